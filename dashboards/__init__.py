@@ -1,0 +1,1 @@
+"""Plotly figures and the self-contained HTML Pareto report of a search."""

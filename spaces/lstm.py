@@ -1,0 +1,79 @@
+"""The reference LSTM (Hochreiter & Schmidhuber 1997), gate order i, f, g, o as in ``torch.nn.LSTM``.
+
+    [i; f; g; o] = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh          W_ih: (4n, m), W_hh: (4n, n)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(c_t)
+
+Parameters per layer: 4n(m + n) + 8n (two bias vectors, as torch keeps them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ._base import RecurrentLayer, RecurrentStack, State
+
+
+def lstm_pointwise(gates: Tensor, c: Tensor) -> State:
+    """The LSTM's element-wise update from pre-activation ``gates`` (N, 4H) and cell ``c`` (N, H)."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+class LSTMLayer(RecurrentLayer):
+    """One dense LSTM layer with torch's parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **fk))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **fk))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        # Input projections for the whole window in one matmul: (T, N, 4H).
+        xw = nn.functional.linear(x, self.weight_ih, self.bias_ih)
+        if self.bias_hh is not None:
+            xw = xw + self.bias_hh
+        outs = []
+        for t in range(x.size(0)):
+            gates = xw[t] + h @ self.weight_hh.t()
+            h, c = lstm_pointwise(gates, c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+class LSTM(RecurrentStack):
+    """Plain multi-layer LSTM, the reference every compact family is measured against.
+
+    Same constructor, forward and state layout as ``torch.nn.LSTM``; ``self.layers[i]`` holds layer
+    ``i``'s ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh``.
+    """
+
+    family = "lstm"
+
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
+        return LSTMLayer(input_size, hidden_size, bias, **factory_kwargs)
+
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True) -> int:
+        """Exact parameter count of one layer."""
+        return 4 * hidden_size * (input_size + hidden_size) + (8 * hidden_size if bias else 0)

@@ -1,0 +1,1 @@
+"""Corpora, the language model and its framework-free training loop."""

@@ -1,0 +1,38 @@
+"""Small argument checks shared by the family classes' ``check_args`` classmethods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import check_positive_int
+
+
+def check_sizes(input_size: Any, hidden_size: Any, num_layers: Any) -> tuple[int, int, int]:
+    """Validate the three ``nn.LSTM`` sizes (ValueError naming the bad one); return them."""
+    return (
+        check_positive_int("input_size", input_size),
+        check_positive_int("hidden_size", hidden_size),
+        check_positive_int("num_layers", num_layers),
+    )
+
+
+def layer_input_sizes(input_size: int, hidden_size: int, num_layers: int) -> list[int]:
+    """Input width of each layer: ``input_size`` for the first, ``hidden_size`` after."""
+    return [input_size] + [hidden_size] * (num_layers - 1)
+
+
+def per_layer_ints(name: str, value: Any, num_layers: int) -> tuple[int | tuple[int, ...], list[int]]:
+    """Normalise an int-or-list family argument.
+
+    Returns ``(normalised, per_layer)``: ``normalised`` is the int itself, or a tuple with one
+    positive int per layer; ``per_layer`` always has ``num_layers`` entries. ValueError otherwise.
+    """
+    if value is None:
+        raise ValueError(f"{name} is required, got {name}=None")
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_layers:
+            raise ValueError(f"{name} given per layer must have num_layers={num_layers} entries, got {name}={list(value)!r}")
+        items = tuple(check_positive_int(name, v) for v in value)
+        return items, list(items)
+    v = check_positive_int(name, value)
+    return v, [v] * num_layers

@@ -1,19 +1,242 @@
-"""RoutedLSTM (family ``routed``): SqueezeLSTM, k small LSTM sub-cells with one chosen per step.
+"""RoutedLSTM (family ``routed``): SqueezeLSTM, ``k`` small LSTM sub-cells with one chosen per step.
 
-Work in progress: the class names and classmethod signatures are final; the layer is being written.
+A layer of width ``n`` holds ``k = num_cells`` sub-cells of width ``s = n / k``. Sub-cell ``j`` owns the
+slice ``j`` of the layer state, ``(h_j, c_j)``, and is a small LSTM reading the layer input and its own
+``h_j`` (gate order i, f, g, o as in ``torch.nn.LSTM``):
+
+    [i; f; g; o]_j = W_ih_j x_t + b_ih_j + W_hh_j h_j + b_hh_j      W_ih_j: (4s, m), W_hh_j: (4s, s)
+    c_j' = sigmoid(f) * c_j + sigmoid(i) * tanh(g),   h_j' = sigmoid(o) * tanh(c_j')
+
+At each step every sequence is routed to ONE sub-cell ``r_t``: ``(h_r, c_r) <- (h_r', c_r')`` and the
+other sub-cells keep their state. The step's output is the whole state ``h_t = [h_1; ...; h_k]``.
+``routing`` picks ``r_t``:
+
+- ``hidden``: a learned router ``Linear(n, k)`` on ``h_{t-1}``. Eval: ``argmax``. Training: a
+  straight-through Gumbel-softmax (temperature ``gumbel_tau``): the forward is hard (one sub-cell),
+  the backward uses ``y = onehot - softmax.detach() + softmax`` in ``h_j <- y_j h_j' + (1 - y_j) h_j``,
+  which needs every candidate update ``h_j'``; so in training all ``k`` sub-cells are computed
+  (recurrent cost ``4 n s`` multiply-adds a token, like a grouped LSTM with ``k`` groups), while eval
+  computes only the chosen one (``4 s^2``). The Gumbel noise is drawn from the ``generator`` passed to
+  ``forward`` or, if none, from torch's default generator (which the trainer seeds and checkpoints).
+- ``round_robin``: ``r_t = (offset + t) mod k``, ``t`` counting from the window start; pass the window's
+  position in the stream as ``forward(..., offset=...)`` so split windows equal whole ones.
+- ``token``: a fixed hash of ``x_t``: the sign pattern of a fixed seeded random projection
+  (a 16-column buffer, not a parameter) read as a binary number, ``mod k``. Same input, same sub-cell.
+- ``soft``: every sub-cell updates and ``w = softmax(Linear(n, k)(h_{t-1}))`` mixes old and new state:
+  ``h_j <- w_j h_j' + (1 - w_j) h_j`` (same for ``c``). The dense upper bound.
+
+Parameters per layer (SqueezeLSTM): ``k (4s(m + s) + 8s)`` plus ``n k + k`` for the ``hidden``/``soft``
+router when ``k > 1`` (``n k`` without bias). ``k = 1`` is exactly the reference LSTM.
+
+FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode, as the code computes
+them: the input projection of all sub-cells (``4 n m``: one whole-window matmul, cheaper than
+gathering), the chosen sub-cell's recurrent matmul (``4 s^2``; all ``k`` for ``soft``: ``4 n s``) and
+the router (``n k``). Element-wise gate maths is not counted.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ._base import RecurrentStack, check_positive_int
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
+from ._family_args import check_sizes, layer_input_sizes
+from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
+HASH_BITS = 16
+HASH_SEED = 0x5EED
+
+
+def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, family_args: dict) -> dict:
+    unknown = sorted(set(family_args) - {"num_cells", "routing"})
+    if unknown:
+        raise ValueError(f"routed: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes num_cells, routing")
+    check_sizes(input_size, hidden_size, num_layers)
+    k = check_positive_int("num_cells", family_args.get("num_cells", 2))
+    routing = family_args.get("routing", "hidden")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {list(ROUTINGS)}, got routing={routing!r}")
+    if hidden_size % k:
+        raise ValueError(f"num_cells={k} must divide hidden_size={hidden_size}")
+    return {"num_cells": k, "routing": routing}
+
+
+class RoutedLayer(RecurrentLayer):
+    """One SqueezeLSTM layer: ``num_cells`` sub-cells, one updated per sequence and step.
+
+    Parameters: ``weight_ih`` (4n, m) with sub-cell ``j`` in rows ``[4s j, 4s (j+1))``, ``weight_hh``
+    (k, 4s, s), ``bias_ih``/``bias_hh`` (4n,), and for ``hidden``/``soft`` routing with k > 1
+    ``router_weight`` (k, n) and ``router_bias`` (k,). ``token`` routing keeps ``hash_proj`` (m, 16), a buffer.
+    """
+
+    gumbel_tau = 1.0
+
+    def __init__(self, input_size: int, hidden_size: int, num_cells: int, routing: str, bias: bool = True,
+                 hash_seed: int = HASH_SEED, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_cells, self.routing = num_cells, routing
+        self.cell_size = s = hidden_size // num_cells
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **fk))
+        self.weight_hh = nn.Parameter(torch.empty(num_cells, 4 * s, s, **fk))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if num_cells > 1 and routing in ("hidden", "soft"):
+            self.router_weight = nn.Parameter(torch.empty(num_cells, hidden_size, **fk))
+            self.router_bias = nn.Parameter(torch.empty(num_cells, **fk)) if bias else None
+        else:
+            self.register_parameter("router_weight", None)
+            self.register_parameter("router_bias", None)
+        if num_cells > 1 and routing == "token":
+            gen = torch.Generator().manual_seed(hash_seed)
+            proj = torch.randn(input_size, HASH_BITS, generator=gen)
+            self.register_buffer("hash_proj", proj.to(**{k: v for k, v in fk.items() if v is not None}))
+            self.register_buffer("hash_powers", 2 ** torch.arange(HASH_BITS, device=device), persistent=False)
+        # Set by RoutedLSTM.forward for the duration of one call (nn.LSTM's layer call takes no extras).
+        self.offset = 0
+        self.generator: torch.Generator | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Each sub-cell is initialised like an nn.LSTM of its own width, so k = 1 matches nn.LSTM.
+        bound = 1.0 / math.sqrt(self.cell_size)
+        for name, p in self.named_parameters():
+            b = 1.0 / math.sqrt(self.hidden_size) if name.startswith("router") else bound
+            nn.init.uniform_(p, -b, b)
+
+    # -- routing ---------------------------------------------------------------------------------
+    def token_choices(self, x: Tensor) -> Tensor:
+        """Sub-cell index of each input vector ``x`` (..., m) under the fixed hash; a long tensor (...)."""
+        bits = (x @ self.hash_proj.to(x.dtype)) > 0
+        return (bits.long() * self.hash_powers).sum(-1) % self.num_cells
+
+    def _router_logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.router_weight, self.router_bias)
+
+    def _gumbel_st(self, logits: Tensor) -> Tensor:
+        """Straight-through Gumbel-softmax weights (N, k): one-hot forward, softmax gradient."""
+        noise = -torch.empty_like(logits).exponential_(generator=self.generator).log()
+        soft = torch.softmax((logits + noise) / self.gumbel_tau, dim=-1)
+        hard = F.one_hot(soft.argmax(-1), self.num_cells).to(soft.dtype)
+        return hard - soft.detach() + soft
+
+    # -- fast path -------------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        T, N = x.shape[0], x.shape[1]
+        k, s = self.num_cells, self.cell_size
+        # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
+        xw = F.linear(x, self.weight_ih, self.bias_ih)
+        if self.bias_hh is not None:
+            xw = xw + self.bias_hh
+        xw = xw.view(T, N, k, 4 * s)
+        w_hh_t = self.weight_hh.transpose(1, 2)  # (k, s, 4s): h_j @ w_hh_t[j]
+        dense = k > 1 and (self.routing == "soft" or (self.routing == "hidden" and self.training))
+        choices = self.token_choices(x) if (k > 1 and self.routing == "token") else None  # (T, N)
+        rows = torch.arange(N, device=x.device)
+        outs = []
+        for t in range(T):
+            hk, ck = h.view(N, k, s), c.view(N, k, s)
+            if dense:
+                # All sub-cells update (k batched matmuls); the router's weights mix old and new.
+                rec = torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1)  # (N, k, 4s)
+                hn, cn = lstm_pointwise(xw[t] + rec, ck)
+                logits = self._router_logits(h)
+                w = torch.softmax(logits, -1) if self.routing == "soft" else self._gumbel_st(logits)
+                w = w.unsqueeze(-1)  # (N, k, 1)
+                h = (w * hn + (1 - w) * hk).reshape(N, k * s)
+                c = (w * cn + (1 - w) * ck).reshape(N, k * s)
+            elif k == 1 or self.routing == "round_robin":
+                # One sub-cell for the whole batch: a plain slice, no gather.
+                j = (self.offset + t) % k if k > 1 else 0
+                hn, cn = lstm_pointwise(xw[t, :, j] + hk[:, j] @ w_hh_t[j], ck[:, j])
+                h = torch.cat([hk[:, :j], hn.unsqueeze(1), hk[:, j + 1:]], 1).reshape(N, k * s)
+                c = torch.cat([ck[:, :j], cn.unsqueeze(1), ck[:, j + 1:]], 1).reshape(N, k * s)
+            else:
+                # Per-sequence sub-cell: gather only the chosen recurrent weights (N, s, 4s) and bmm.
+                idx = choices[t] if choices is not None else self._router_logits(h).argmax(-1)
+                rec = torch.bmm(hk[rows, idx].unsqueeze(1), w_hh_t[idx]).squeeze(1)  # (N, 4s)
+                hn, cn = lstm_pointwise(xw[t][rows, idx] + rec, ck[rows, idx])
+                keep = F.one_hot(idx, k).bool().unsqueeze(-1)  # (N, k, 1)
+                h = torch.where(keep, hn.unsqueeze(1), hk).reshape(N, k * s)
+                c = torch.where(keep, cn.unsqueeze(1), ck).reshape(N, k * s)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    # -- slow reference --------------------------------------------------------------------------
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Obviously-correct per-step, per-sequence, per-sub-cell loop; tests compare ``forward`` to it.
+
+        Draws Gumbel noise in the same order as ``forward`` (one (N, k) draw a step), so with the same
+        generator state it routes identically in training mode too.
+        """
+        h, c = state
+        T, N = x.shape[0], x.shape[1]
+        k, s = self.num_cells, self.cell_size
+        mixing = k > 1 and (self.routing == "soft" or (self.routing == "hidden" and self.training))
+        outs = []
+        for t in range(T):
+            weights = None
+            if k > 1 and self.routing in ("hidden", "soft"):
+                logits = self._router_logits(h)
+                if self.routing == "soft":
+                    weights = torch.softmax(logits, -1)
+                elif self.training:
+                    weights = self._gumbel_st(logits)
+                else:
+                    weights = F.one_hot(logits.argmax(-1), k).to(h.dtype)
+            new_h, new_c = [], []
+            for b in range(N):
+                if k == 1:
+                    chosen = 0
+                elif self.routing == "round_robin":
+                    chosen = (self.offset + t) % k
+                elif self.routing == "token":
+                    chosen = int(self.token_choices(x[t, b]))
+                else:
+                    chosen = int(weights[b].argmax())
+                hs, cs = [], []
+                for j in range(k):
+                    hj, cj = h[b, j * s:(j + 1) * s], c[b, j * s:(j + 1) * s]
+                    rows = slice(4 * s * j, 4 * s * (j + 1))
+                    gates = self.weight_ih[rows] @ x[t, b] + self.weight_hh[j] @ hj
+                    if self.bias_ih is not None:
+                        gates = gates + self.bias_ih[rows] + self.bias_hh[rows]
+                    hj_new, cj_new = lstm_pointwise(gates, cj)
+                    if mixing:
+                        w = weights[b, j]
+                        hj_new, cj_new = w * hj_new + (1 - w) * hj, w * cj_new + (1 - w) * cj
+                    elif j != chosen:
+                        hj_new, cj_new = hj, cj
+                    hs.append(hj_new)
+                    cs.append(cj_new)
+                new_h.append(torch.cat(hs))
+                new_c.append(torch.cat(cs))
+            h, c = torch.stack(new_h), torch.stack(new_c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, num_cells={self.num_cells}, routing={self.routing!r}"
 
 
 class RoutedLSTM(RecurrentStack):
-    """SqueezeLSTM: ``num_cells`` sub-cells of width ``hidden_size / num_cells``; ``routing`` picks one per step."""
+    """SqueezeLSTM: ``num_cells`` sub-cells of width ``hidden_size / num_cells``; ``routing`` picks one per step.
+
+    Same constructor, state layout and forward as ``torch.nn.LSTM``, plus the ``forward`` keywords
+    ``offset`` (stream position of ``input[0]``, used by ``round_robin``) and ``generator`` (Gumbel
+    noise for ``hidden`` routing in training mode; torch's default generator if None).
+    """
 
     family = "routed"
 
@@ -24,51 +247,52 @@ class RoutedLSTM(RecurrentStack):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
 
     def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        raise NotImplementedError("RoutedLSTM layer is being written")
+        return RoutedLayer(input_size, hidden_size, self.num_cells, self.routing, bias,
+                           hash_seed=HASH_SEED + index, **factory_kwargs)
+
+    def forward(self, input: Tensor, hx: State | None = None, offset: int = 0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        """Run the stack like ``nn.LSTM``; ``offset`` is the stream position of the first step.
+
+        Returns ``(output, (h_n, c_n))`` exactly as ``RecurrentStack.forward``.
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got offset={offset!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        for layer in self.layers:
+            layer.offset, layer.generator = offset, generator
+        try:
+            return super().forward(input, hx)
+        finally:
+            for layer in self.layers:
+                layer.offset, layer.generator = 0, None
+
+    def family_repr(self) -> str:
+        return f"num_cells={self.num_cells}, routing={self.routing!r}"
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:
-        """Validate family arguments; return them normalised as ``{"num_cells": k, "routing": r}``."""
-        unknown = set(family_args) - {"num_cells", "routing"}
-        if unknown:
-            raise ValueError(f"routed: unexpected family argument(s) {sorted(unknown)}; it takes num_cells, routing")
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("num_layers", num_layers)
-        k = check_positive_int("num_cells", family_args.get("num_cells", 2))
-        routing = family_args.get("routing", "hidden")
-        if routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {list(ROUTINGS)}, got routing={routing!r}")
-        if hidden_size % k:
-            raise ValueError(f"num_cells={k} must divide hidden_size={hidden_size}")
-        return {"num_cells": k, "routing": routing}
+        """Validate the family arguments; returns ``{"num_cells": k, "routing": r}`` (defaults 2, "hidden")."""
+        return _check_routed_args(input_size, hidden_size, num_layers, family_args)
 
     @classmethod
     def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                          **family_args: Any) -> int:
-        """Exact parameter count (equals the module's ``numel`` sum)."""
+        """Exact parameter count of the stack (equals the module's ``numel`` sum)."""
         a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
         k, n = a["num_cells"], hidden_size
-        total = 0
-        for layer in range(num_layers):
-            m = input_size if layer == 0 else n
-            h = n // k
-            total += k * (4 * h * (m + h) + (8 * h if bias else 0))
-            if k > 1 and a["routing"] in ("hidden", "soft"):
-                total += n * k + (k if bias else 0)
-        return total
+        s = n // k
+        router = (n * k + (k if bias else 0)) if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
+        return sum(k * (4 * s * (m + s) + (8 * s if bias else 0)) + router
+                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
 
     @classmethod
     def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
-        """Matmul multiply-adds per token (eval mode), all layers; element-wise maths not counted."""
+        """Matmul multiply-adds of one token through all layers in eval mode (see the module docstring)."""
         a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
         k, n = a["num_cells"], hidden_size
-        h = n // k
-        total = 0
-        for layer in range(num_layers):
-            m = input_size if layer == 0 else n
-            total += m * 4 * n
-            total += k * 4 * h * h if a["routing"] == "soft" else 4 * h * h
-            if k > 1 and a["routing"] in ("hidden", "soft"):
-                total += n * k
-        return total
+        s = n // k
+        recurrent = k * 4 * s * s if a["routing"] == "soft" else 4 * s * s
+        router = n * k if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
+        return sum(4 * n * m + recurrent + router for m in layer_input_sizes(input_size, hidden_size, num_layers))

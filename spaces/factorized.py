@@ -1,0 +1,143 @@
+"""F-LSTM: the LSTM with a low-rank gate matrix (Kuchaiev & Ginsburg 2017, "Factorization tricks
+for LSTM networks", arXiv 1703.10722, section 2.1).
+
+The LSTM's affine map T: [x_t; h_{t-1}] (m + n) -> 4n gates is replaced by a product through a
+rank-r bottleneck, with no bias on the inner factor (the paper's "W2 W1"):
+
+    z_t          = W1 [x_t; h_{t-1}]                 W1: (r, m + n), no bias
+    [i; f; g; o] = W2 z_t + b                        W2: (4n, r),    b: (4n,)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),     h_t = sigmoid(o) * tanh(c_t)
+
+Parameters per layer: r(m + n) + 4nr + 4n. Like the paper, F-LSTM keeps ONE bias vector of 4n
+(the reference LSTM keeps torch's two, 8n). ``rank`` is an int or one int per layer, with
+1 <= r <= min(4n, m + n) (a larger rank cannot be realised by the (4n, m + n) matrix).
+FLOPs (matmul multiply-adds per token, one sequence) per layer: r(m + n) + 4nr; element-wise gate
+maths and bias additions are not counted (the same convention in every family).
+
+r = min(4n, m + n) represents every LSTM: e.g. W1 = identity, W2 = [W_ih W_hh] when m + n <= 4n.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import RecurrentLayer, RecurrentStack, State
+from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from .lstm import lstm_pointwise
+
+
+class FactorizedLSTMLayer(RecurrentLayer):
+    """One F-LSTM layer: ``weight_in`` = W1 (r, m + n), ``weight_out`` = W2 (4n, r), ``bias`` (4n,)."""
+
+    def __init__(self, input_size: int, hidden_size: int, rank: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.rank = input_size, hidden_size, rank
+        self.weight_in = nn.Parameter(torch.empty(rank, input_size + hidden_size, **fk))
+        self.weight_out = nn.Parameter(torch.empty(4 * hidden_size, rank, **fk))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Each factor gets torch's fan-in bound, so the product starts at a sensible scale.
+        nn.init.uniform_(self.weight_in, -1.0 / math.sqrt(self.weight_in.size(1)), 1.0 / math.sqrt(self.weight_in.size(1)))
+        nn.init.uniform_(self.weight_out, -1.0 / math.sqrt(self.rank), 1.0 / math.sqrt(self.rank))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.hidden_size)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        m = self.input_size
+        w_out_t = self.weight_out.t()  # (r, 4n)
+        w_h_t = self.weight_in[:, m:].t()  # (n, r)
+        # The x half of the bottleneck for the whole window in one matmul: (T, N, r).
+        xz = x @ self.weight_in[:, :m].t()
+        outs = []
+        for t in range(x.size(0)):
+            z = torch.addmm(xz[t], h, w_h_t)  # (N, r)
+            gates = torch.addmm(self.bias, z, w_out_t) if self.bias is not None else z @ w_out_t
+            h, c = lstm_pointwise(gates, c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Slow, obviously-correct version: the full gate matrix W2 W1 applied to [x_t; h] each step."""
+        h, c = state
+        weight = self.weight_out @ self.weight_in  # (4n, m + n)
+        outs = []
+        for t in range(x.size(0)):
+            gates = torch.cat([x[t], h], dim=-1) @ weight.t()
+            if self.bias is not None:
+                gates = gates + self.bias
+            h, c = lstm_pointwise(gates, c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+class FactorizedLSTM(RecurrentStack):
+    """Multi-layer F-LSTM with the ``torch.nn.LSTM`` interface; ``rank`` is an int or one per layer."""
+
+    family = "factorized"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        rank: int | list[int] | tuple[int, ...] | None = None,
+    ) -> None:
+        self.rank = self.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"]
+        self._ranks = per_layer_ints("rank", self.rank, num_layers)[1]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
+
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
+        return FactorizedLSTMLayer(input_size, hidden_size, self._ranks[index], bias, **factory_kwargs)
+
+    def family_repr(self) -> str:
+        return f"rank={self.rank}"
+
+    @classmethod
+    def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, rank: Any = None) -> dict:
+        """Validate ``rank`` (1 <= r <= min(4n, m + n) on every layer); returns ``{"rank": int | tuple}``."""
+        input_size, hidden_size, num_layers = check_sizes(input_size, hidden_size, num_layers)
+        normalised, ranks = per_layer_ints("rank", rank, num_layers)
+        for layer, (m, r) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks)):
+            limit = min(4 * hidden_size, m + hidden_size)
+            if r > limit:
+                where = f" on layer {layer}" if num_layers > 1 else ""
+                raise ValueError(
+                    f"rank={r}{where} is larger than the (4*hidden_size, input+hidden) gate matrix allows: "
+                    f"rank must be <= min(4*{hidden_size}, {m}+{hidden_size}) = {limit}"
+                )
+        return {"rank": normalised}
+
+    @classmethod
+    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, rank: Any = None) -> int:
+        """Exact parameter count: sum over layers of r(m + n) + 4nr (+ 4n with bias)."""
+        ranks = per_layer_ints("rank", cls.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"], num_layers)[1]
+        n = hidden_size
+        return sum(
+            r * (m + n) + 4 * n * r + (4 * n if bias else 0)
+            for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks)
+        )
+
+    @classmethod
+    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, rank: Any = None) -> int:
+        """Matmul multiply-adds of one token through all layers: sum of r(m + n) + 4nr."""
+        ranks = per_layer_ints("rank", cls.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"], num_layers)[1]
+        n = hidden_size
+        return sum(r * (m + n) + 4 * n * r for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks))

@@ -1,0 +1,167 @@
+"""G-LSTM: the LSTM split into independent groups (Kuchaiev & Ginsburg 2017, "Factorization tricks
+for LSTM networks", arXiv 1703.10722, section 2.2).
+
+With g groups, x_t and h_{t-1} are cut into g equal slices; group j sees only its slices and
+produces the i, f, g, o pre-activations of its own n/g hidden units:
+
+    [i_j; f_j; g_j; o_j] = W^x_j x_t^(j) + W^h_j h_{t-1}^(j) + b_j     W^x_j: (4n/g, m/g), W^h_j: (4n/g, n/g)
+    c_t^(j) = sigmoid(f_j) * c_{t-1}^(j) + sigmoid(i_j) * tanh(g_j),   h_t^(j) = sigmoid(o_j) * tanh(c_t^(j))
+    h_t = [h_t^(1); ...; h_t^(g)]
+
+Parameters per layer: 4n(m + n)/g + 4n. Like the paper, G-LSTM keeps ONE bias vector of 4n (the
+reference LSTM keeps torch's two, 8n). ``groups`` is an int or one int per layer (the paper's
+hierarchical G-LSTM); on every layer g must divide both its input width m and n.
+FLOPs (matmul multiply-adds per token, one sequence) per layer: 4n(m + n)/g (element-wise maths
+and bias additions not counted).
+
+Layout: ``weight_ih`` is (g, 4n/g, m/g), each group's rows ordered i, f, g, o, and ``bias`` is
+(4n,) in the LSTM's i, f, g, o order over all units, so g = 1 is exactly ``LSTM`` with
+``weight_ih[0] = W_ih``, ``weight_hh[0] = W_hh`` and ``bias = b_ih + b_hh``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import RecurrentLayer, RecurrentStack, State
+from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from .lstm import lstm_pointwise
+
+
+class GroupedLSTMLayer(RecurrentLayer):
+    """One G-LSTM layer: ``weight_ih`` (g, 4n/g, m/g), ``weight_hh`` (g, 4n/g, n/g), ``bias`` (4n,)."""
+
+    def __init__(self, input_size: int, hidden_size: int, groups: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.groups = input_size, hidden_size, groups
+        g = groups
+        self.weight_ih = nn.Parameter(torch.empty(g, 4 * hidden_size // g, input_size // g, **fk))
+        self.weight_hh = nn.Parameter(torch.empty(g, 4 * hidden_size // g, hidden_size // g, **fk))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(4 * hidden_size, **fk))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # torch's LSTM bound 1/sqrt(hidden) taken per group: each group is a small LSTM of n/g units.
+        bound = 1.0 / math.sqrt(self.hidden_size // self.groups)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def _group_bias(self) -> Tensor:
+        """The (4n,) bias in i, f, g, o order, rearranged to group-major (g, 1, 4n/g)."""
+        g, n = self.groups, self.hidden_size
+        return self.bias.view(4, g, n // g).transpose(0, 1).reshape(g, 1, 4 * n // g)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        g, n = self.groups, self.hidden_size
+        steps, batch = x.size(0), x.size(1)
+        # Work group-major throughout the loop so each step is one baddbmm and no permutes.
+        # x-side projections for the whole window in one bmm: (g, T*N, m/g) @ (g, m/g, 4n/g).
+        xg = x.reshape(steps * batch, g, self.input_size // g).transpose(0, 1)
+        if self.bias is not None:
+            xw = torch.baddbmm(self._group_bias(), xg, self.weight_ih.transpose(1, 2))
+        else:
+            xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
+        xw = xw.view(g, steps, batch, 4 * n // g)
+        w_hh_t = self.weight_hh.transpose(1, 2)  # (g, n/g, 4n/g)
+        hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
+        cg = c.view(batch, g, n // g).transpose(0, 1)
+        outs = []
+        for t in range(steps):
+            gates = torch.baddbmm(xw[:, t], hg, w_hh_t)  # (g, N, 4n/g), rows i, f, g, o per group
+            hg, cg = lstm_pointwise(gates, cg)
+            outs.append(hg)
+        out = torch.stack(outs, dim=1)  # (g, T, N, n/g)
+        out = out.permute(1, 2, 0, 3).reshape(steps, batch, n)
+
+        def ungroup(s: Tensor) -> Tensor:
+            return s.transpose(0, 1).reshape(batch, n)
+
+        return out, (ungroup(hg), ungroup(cg))
+
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Slow, obviously-correct version: a Python loop over steps and groups, LSTM gate layout."""
+        h, c = state
+        g, n = self.groups, self.hidden_size
+        mg, ng = self.input_size // g, n // g
+        outs = []
+        for t in range(x.size(0)):
+            parts = [[None] * g for _ in range(4)]  # parts[gate][group]: (N, n/g)
+            for j in range(g):
+                pre = x[t, :, j * mg:(j + 1) * mg] @ self.weight_ih[j].t() + h[:, j * ng:(j + 1) * ng] @ self.weight_hh[j].t()
+                for k, chunk in enumerate(pre.chunk(4, dim=-1)):
+                    parts[k][j] = chunk
+            gates = torch.cat([torch.cat(parts[k], dim=-1) for k in range(4)], dim=-1)  # (N, 4n) i, f, g, o
+            if self.bias is not None:
+                gates = gates + self.bias
+            h, c = lstm_pointwise(gates, c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+class GroupedLSTM(RecurrentStack):
+    """Multi-layer G-LSTM with the ``torch.nn.LSTM`` interface; ``groups`` is an int or one per layer."""
+
+    family = "grouped"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        groups: int | list[int] | tuple[int, ...] | None = None,
+    ) -> None:
+        self.groups = self.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"]
+        self._groups = per_layer_ints("groups", self.groups, num_layers)[1]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
+
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
+        return GroupedLSTMLayer(input_size, hidden_size, self._groups[index], bias, **factory_kwargs)
+
+    def family_repr(self) -> str:
+        return f"groups={self.groups}"
+
+    @classmethod
+    def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, groups: Any = None) -> dict:
+        """Validate ``groups`` (divides each layer's input width and hidden_size); returns ``{"groups": int | tuple}``."""
+        input_size, hidden_size, num_layers = check_sizes(input_size, hidden_size, num_layers)
+        normalised, per_layer = per_layer_ints("groups", groups, num_layers)
+        for layer, (m, g) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer)):
+            if m % g or hidden_size % g:
+                width = "input_size" if layer == 0 else "hidden_size (layer input)"
+                where = f" on layer {layer}" if num_layers > 1 else ""
+                raise ValueError(
+                    f"groups={g}{where} must divide both {width}={m} and hidden_size={hidden_size}"
+                )
+        return {"groups": normalised}
+
+    @classmethod
+    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, groups: Any = None) -> int:
+        """Exact parameter count: sum over layers of 4n(m + n)/g (+ 4n with bias)."""
+        per_layer = per_layer_ints("groups", cls.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"], num_layers)[1]
+        n = hidden_size
+        return sum(
+            4 * n * (m + n) // g + (4 * n if bias else 0)
+            for m, g in zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer)
+        )
+
+    @classmethod
+    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, groups: Any = None) -> int:
+        """Matmul multiply-adds of one token through all layers: sum of 4n(m + n)/g."""
+        per_layer = per_layer_ints("groups", cls.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"], num_layers)[1]
+        n = hidden_size
+        return sum(4 * n * (m + n) // g for m, g in zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer))

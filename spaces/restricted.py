@@ -1,0 +1,201 @@
+"""Restricted LSTM: input-side and hidden-side gate weights drawn from one shared row pool
+(Diao, Ding & Tarokh 2019, "Restricted Recurrent Neural Networks", arXiv 1908.07724).
+
+The structure follows the authors' code (``oConv2d`` in diaoenmao/Restricted-Recurrent-Neural-Networks):
+a layer owns ONE weight pool P of shape (s + 8(n - s), max(m, n)) and a bias pool of s + 8(n - s),
+where s = round(share * n). Rows 0..s-1 are shared by all four gates on BOTH sides; each of the
+8 (side, gate) blocks then takes its own n - s private rows, in the order x-i, x-f, x-g, x-o,
+h-i, h-f, h-g, h-o. The input side reads the first m columns of its rows, the hidden side the
+first n columns:
+
+    R_x^k = rows [0, s) ++ private rows of (x, k)         R_h^k = rows [0, s) ++ private rows of (h, k)
+    k_t   = P[R_x^k, :m] x_t + b[R_x^k] + P[R_h^k, :n] h_{t-1} + b[R_h^k]     for k in i, f, g, o
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),     h_t = sigmoid(o) * tanh(c_t)
+
+Parameters per layer, exactly as the authors' code counts them: (s + 2*4*(n - s)) * (max(m, n) + 1)
+(the "+1" is the bias; without bias (s + 8(n - s)) * max(m, n)). When m != n the narrower side's
+private rows carry max(m, n) - min(m, n) columns that are never read (so their gradient is zero):
+they exist only because the pool is rectangular, as in the authors' code.
+FLOPs (matmul multiply-adds per token, one sequence) per layer: 4n(m + n), the same as the LSTM:
+sharing saves parameters, not work, since shared rows are applied once per gate as in the
+authors' code (element-wise maths and bias additions not counted).
+
+share = 0 has the same 8n free rows as an LSTM (with m = n even the same count): copying W_ih,
+W_hh, b_ih, b_hh into the private rows gives exactly the LSTM's function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import RecurrentLayer, RecurrentStack, State
+from ._family_args import check_sizes, layer_input_sizes
+from .lstm import lstm_pointwise
+
+
+def shared_rows(share: float, hidden_size: int) -> int:
+    """s = round(share * n), the number of pool rows shared by every gate on both sides.
+
+    Rounds like ``torch.round`` in the authors' code (half to even), computed in float32 as there.
+    """
+    return int(torch.round(torch.tensor(float(hidden_size), dtype=torch.float32) * share).item())
+
+
+def pool_row_indices(share: float, hidden_size: int) -> tuple[Tensor, Tensor]:
+    """Pool rows feeding the input side and the hidden side: two (4n,) index tensors, gates i, f, g, o."""
+    n = hidden_size
+    s = shared_rows(share, n)
+    shared = torch.arange(s)
+    pivot = s
+    sides = []
+    for _side in range(2):
+        blocks = []
+        for _gate in range(4):
+            blocks.append(torch.cat([shared, torch.arange(pivot, pivot + n - s)]))
+            pivot += n - s
+        sides.append(torch.cat(blocks))
+    return sides[0], sides[1]
+
+
+def check_share(share: Any) -> float:
+    """Return ``share`` as a float if it is a number in [0, 1], else raise a ValueError naming it."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= float(share) <= 1.0:
+        raise ValueError(f"share must be a number in [0, 1], got share={share!r}")
+    return float(share)
+
+
+def _per_layer_share(share: Any, num_layers: int) -> tuple[float | tuple[float, ...], list[float]]:
+    if share is None:
+        raise ValueError("share is required, got share=None")
+    if isinstance(share, (list, tuple)):
+        if len(share) != num_layers:
+            raise ValueError(f"share given per layer must have num_layers={num_layers} entries, got share={list(share)!r}")
+        values = tuple(check_share(v) for v in share)
+        return values, list(values)
+    v = check_share(share)
+    return v, [v] * num_layers
+
+
+class RestrictedLSTMLayer(RecurrentLayer):
+    """One Restricted LSTM layer: ``weight`` pool (s + 8(n - s), max(m, n)) and ``bias`` pool (s + 8(n - s),)."""
+
+    def __init__(self, input_size: int, hidden_size: int, share: float, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.share = input_size, hidden_size, share
+        n = hidden_size
+        s = shared_rows(share, n)
+        rows = s + 8 * (n - s)
+        self.weight = nn.Parameter(torch.empty(rows, max(input_size, n), **fk))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(rows, **fk))
+        else:
+            self.register_parameter("bias", None)
+        rows_x, rows_h = pool_row_indices(share, n)
+        # Index maps are structure, not state: rebuilt from (share, n), so kept out of state_dict.
+        self.register_buffer("rows_x", rows_x.to(device), persistent=False)
+        self.register_buffer("rows_h", rows_h.to(device), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def gate_weights(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The pool expanded to dense gate matrices: W_x (4n, m), W_h (4n, n) and the summed bias (4n,)."""
+        w_x = self.weight.index_select(0, self.rows_x)[:, : self.input_size]
+        w_h = self.weight.index_select(0, self.rows_h)[:, : self.hidden_size]
+        b = None
+        if self.bias is not None:
+            b = self.bias.index_select(0, self.rows_x) + self.bias.index_select(0, self.rows_h)
+        return w_x, w_h, b
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        # Expand the pool once per call; the time loop is then exactly the dense LSTM's.
+        w_x, w_h, b = self.gate_weights()
+        xw = nn.functional.linear(x, w_x, b)  # (T, N, 4n) for the whole window
+        w_h_t = w_h.t()
+        outs = []
+        for t in range(x.size(0)):
+            gates = torch.addmm(xw[t], h, w_h_t)
+            h, c = lstm_pointwise(gates, c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Slow, obviously-correct version: each (side, gate) block read row by row from the pool."""
+        h, c = state
+        n, m = self.hidden_size, self.input_size
+        s = shared_rows(self.share, n)
+        outs = []
+        for t in range(x.size(0)):
+            gate_pre = []
+            for k in range(4):
+                x_rows = list(range(s)) + list(range(s + k * (n - s), s + (k + 1) * (n - s)))
+                h_rows = list(range(s)) + list(range(s + (4 + k) * (n - s), s + (5 + k) * (n - s)))
+                pre = x[t] @ self.weight[x_rows, :m].t() + h @ self.weight[h_rows, :n].t()
+                if self.bias is not None:
+                    pre = pre + self.bias[x_rows] + self.bias[h_rows]
+                gate_pre.append(pre)
+            h, c = lstm_pointwise(torch.cat(gate_pre, dim=-1), c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+class RestrictedLSTM(RecurrentStack):
+    """Multi-layer Restricted LSTM with the ``torch.nn.LSTM`` interface; ``share`` in [0, 1] (or one per layer)."""
+
+    family = "restricted"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        share: float | list[float] | tuple[float, ...] | None = None,
+    ) -> None:
+        self.share = self.check_args(input_size, hidden_size, num_layers, share=share)["share"]
+        self._shares = _per_layer_share(self.share, num_layers)[1]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
+
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
+        return RestrictedLSTMLayer(input_size, hidden_size, self._shares[index], bias, **factory_kwargs)
+
+    def family_repr(self) -> str:
+        return f"share={self.share}"
+
+    @classmethod
+    def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, share: Any = None) -> dict:
+        """Validate ``share`` (a number in [0, 1], or one per layer); returns ``{"share": float | tuple}``."""
+        check_sizes(input_size, hidden_size, num_layers)
+        return {"share": _per_layer_share(share, num_layers)[0]}
+
+    @classmethod
+    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, share: Any = None) -> int:
+        """Exact parameter count: sum over layers of (s + 8(n - s)) * (max(m, n) + 1), s = round(share * n)."""
+        shares = _per_layer_share(cls.check_args(input_size, hidden_size, num_layers, share=share)["share"], num_layers)[1]
+        n = hidden_size
+        total = 0
+        for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), shares):
+            s = shared_rows(r, n)
+            total += (s + 2 * 4 * (n - s)) * (max(m, n) + (1 if bias else 0))
+        return total
+
+    @classmethod
+    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, share: Any = None) -> int:
+        """Matmul multiply-adds of one token through all layers: sum of 4n(m + n), as the LSTM."""
+        cls.check_args(input_size, hidden_size, num_layers, share=share)
+        n = hidden_size
+        return sum(4 * n * (m + n) for m in layer_input_sizes(input_size, hidden_size, num_layers))

@@ -1,17 +1,163 @@
-"""HiddenLayerLSTM (family ``hidden``): H-LSTM, a ReLU hidden layer inside each gate, with grow-and-prune.
+"""HiddenLayerLSTM (family ``hidden``): H-LSTM, a ReLU hidden layer inside every gate, with grow-and-prune.
 
-Work in progress: the class names and classmethod signatures are final; the layer is being written.
+Dai, Yin & Jha (2018), "Grow and Prune Compact, Fast, and Accurate LSTMs": each gate control becomes
+a small multi-layer network. We implement one ReLU hidden layer of width ``d = gate_hidden`` per gate
+``k`` in (i, f, g, o), reading ``u_t = [x_t; h_{t-1}]``:
+
+    z_k   = ReLU(W1_k u_t + b1_k)                      W1_k: (d, m + n), stored as w1_ih (4d, m), w1_hh (4d, n)
+    gate_k = act_k(W2_k z_k + b2_k)                    W2_k: (n, d), stored as w2 (4, n, d); b2: (4n,)
+    act = sigmoid for i, f, o and tanh for g;  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+
+Parameters per layer: ``4 (d (m + n) + d + n d + n)`` (``4 (d (m + n) + n d)`` without bias).
+FLOPs per token and layer (``count_flops``): ``4 (d (m + n) + n d)`` matmul multiply-adds, dense;
+element-wise maths is not counted. ``live_flops()`` gives the count after pruning (one multiply-add
+per live weight).
+
+Grow-and-prune: ``w1_ih``, ``w1_hh`` and ``w2`` each carry a 0/1 mask buffer (``mask_<name>``, in the
+state_dict, not a parameter). The forward uses ``weight * mask``, so a masked weight has zero gradient
+and no optimiser step can revive it; pruning also zeroes the weights themselves.
+
+- ``prune(sparsity)``: GLOBAL magnitude pruning over all masked matrices of all layers (biases are
+  never pruned) until that fraction of the weights is masked; never revives a masked weight.
+- ``grow(amount, grads=None)``: revives the dormant weights with the largest loss-gradient magnitude,
+  initialised to zero. The gradient is taken w.r.t. the *effective* weight ``weight * mask``, which is
+  dense even where the mask is 0: a hook records it on every backward pass (summed over passes since
+  the last ``grow``/``clear_growth_grads``). So call ``loss.backward()`` then ``grow(...)``, or pass
+  ``grads={"layers.0.w1_ih": tensor, ...}`` yourself.
+- ``live_parameters()``: unmasked weights plus biases; ``count_parameters`` stays the dense count.
 """
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any
 
-from ._base import RecurrentStack, check_positive_int
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
+from ._family_args import check_sizes, layer_input_sizes
+from .lstm import lstm_pointwise
+
+MASKED = ("w1_ih", "w1_hh", "w2")
+
+
+class HiddenLayer(RecurrentLayer):
+    """One H-LSTM layer: parameters ``w1_ih`` (4d, m), ``w1_hh`` (4d, n), ``b1`` (4d,), ``w2`` (4, n, d), ``b2`` (4n,)."""
+
+    def __init__(self, input_size: int, hidden_size: int, gate_hidden: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.gate_hidden = input_size, hidden_size, gate_hidden
+        n, d = hidden_size, gate_hidden
+        self.w1_ih = nn.Parameter(torch.empty(4 * d, input_size, **fk))
+        self.w1_hh = nn.Parameter(torch.empty(4 * d, n, **fk))
+        self.w2 = nn.Parameter(torch.empty(4, n, d, **fk))
+        if bias:
+            self.b1 = nn.Parameter(torch.empty(4 * d, **fk))
+            self.b2 = nn.Parameter(torch.empty(4 * n, **fk))
+        else:
+            self.register_parameter("b1", None)
+            self.register_parameter("b2", None)
+        for name in MASKED:
+            self.register_buffer(f"mask_{name}", torch.ones_like(getattr(self, name)))
+        # Dense gradients of the effective weights, recorded by hooks for grow(); not state.
+        self.growth_grads: dict[str, Tensor] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default bound 1/sqrt(fan_in) for each of the two gate layers.
+        b1 = 1.0 / math.sqrt(self.input_size + self.hidden_size)
+        b2 = 1.0 / math.sqrt(self.gate_hidden)
+        for name, p in self.named_parameters():
+            nn.init.uniform_(p, -b1, b1) if name in ("w1_ih", "w1_hh", "b1") else nn.init.uniform_(p, -b2, b2)
+        self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the raw weights wherever the mask is 0."""
+        for name in MASKED:
+            getattr(self, name).mul_(getattr(self, f"mask_{name}"))
+
+    def _record(self, name: str, grad: Tensor) -> None:
+        g = grad.detach()
+        self.growth_grads[name] = g.clone() if name not in self.growth_grads else self.growth_grads[name] + g
+
+    def effective(self, name: str) -> Tensor:
+        """``weight * mask`` for one masked weight; registers the hook that records its dense gradient."""
+        eff = getattr(self, name) * getattr(self, f"mask_{name}")
+        if eff.requires_grad:
+            eff.register_hook(partial(self._record, name))
+        return eff
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = state
+        N, n, d = x.size(1), self.hidden_size, self.gate_hidden
+        w1_ih, w1_hh, w2 = (self.effective(name) for name in MASKED)
+        # The x part of all four gates' first layers for the whole window in one matmul: (T, N, 4d).
+        xw = F.linear(x, w1_ih, self.b1)
+        w1_hh_t = w1_hh.t()  # (n, 4d)
+        w2_t = w2.transpose(1, 2)  # (4, d, n)
+        b2 = self.b2.view(4, 1, n) if self.b2 is not None else None
+        outs = []
+        for t in range(x.size(0)):
+            z = torch.relu(xw[t] + h @ w1_hh_t).view(N, 4, d).transpose(0, 1)  # (4, N, d)
+            g = torch.baddbmm(b2, z, w2_t) if b2 is not None else torch.bmm(z, w2_t)  # (4, N, n)
+            h, c = lstm_pointwise(g.transpose(0, 1).reshape(N, 4 * n), c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Obviously-correct per-step, per-gate loop (no hooks); tests compare ``forward`` to it."""
+        h, c = state
+        d, n = self.gate_hidden, self.hidden_size
+        w1 = torch.cat([self.w1_ih * self.mask_w1_ih, self.w1_hh * self.mask_w1_hh], 1)  # (4d, m + n)
+        w2 = self.w2 * self.mask_w2
+        acts = (torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid)
+        outs = []
+        for t in range(x.size(0)):
+            u = torch.cat([x[t], h], -1)
+            gates = []
+            for k in range(4):
+                pre = u @ w1[k * d:(k + 1) * d].t()
+                if self.b1 is not None:
+                    pre = pre + self.b1[k * d:(k + 1) * d]
+                out = torch.relu(pre) @ w2[k].t()
+                if self.b2 is not None:
+                    out = out + self.b2[k * n:(k + 1) * n]
+                gates.append(acts[k](out))
+            i, f, g, o = gates
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, gate_hidden={self.gate_hidden}"
+
+
+def _check_amount(amount: Any, dormant: int) -> int:
+    """Number of connections to grow: an int count >= 0, or a float fraction in (0, 1] of ``dormant``."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise TypeError(f"amount must be an int count or a float fraction, got amount={amount!r}")
+    if isinstance(amount, int):
+        if amount < 0:
+            raise ValueError(f"amount must be >= 0 when a count, got amount={amount}")
+        return min(amount, dormant)
+    if not 0.0 < amount <= 1.0:
+        raise ValueError(f"amount must be in (0, 1] when a fraction, got amount={amount}")
+    return int(round(amount * dormant))
 
 
 class HiddenLayerLSTM(RecurrentStack):
-    """H-LSTM (Dai, Yin & Jha 2018): every gate is a one-hidden-layer ReLU network of width ``gate_hidden``."""
+    """H-LSTM (Dai, Yin & Jha 2018): every gate is a one-hidden-layer ReLU network of width ``gate_hidden``.
+
+    Same constructor, state layout and forward as ``torch.nn.LSTM``; adds ``prune``, ``grow``,
+    ``live_parameters``, ``live_flops``, ``sparsity`` and ``clear_growth_grads`` (see the module docstring).
+    """
 
     family = "hidden"
 
@@ -21,37 +167,137 @@ class HiddenLayerLSTM(RecurrentStack):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
 
     def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        raise NotImplementedError("HiddenLayerLSTM layer is being written")
+        return HiddenLayer(input_size, hidden_size, self.gate_hidden, bias, **factory_kwargs)
 
+    def family_repr(self) -> str:
+        return f"gate_hidden={self.gate_hidden}"
+
+    # -- grow and prune --------------------------------------------------------------------------
+    def _masked(self) -> list[tuple[str, HiddenLayer, str]]:
+        return [(f"layers.{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in MASKED]
+
+    def _masks(self) -> list[Tensor]:
+        return [getattr(layer, f"mask_{name}") for _, layer, name in self._masked()]
+
+    def num_weights(self) -> int:
+        """Number of prunable weights (all entries of the masked matrices)."""
+        return sum(m.numel() for m in self._masks())
+
+    def live_weights(self) -> int:
+        """Number of prunable weights whose mask is 1."""
+        return int(sum(int(m.count_nonzero()) for m in self._masks()))
+
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are masked."""
+        return 1.0 - self.live_weights() / self.num_weights()
+
+    def live_parameters(self) -> int:
+        """Parameters that still count after pruning: unmasked weights plus every bias."""
+        biases = sum(p.numel() for layer in self.layers for p in (layer.b1, layer.b2) if p is not None)
+        return self.live_weights() + biases
+
+    def live_flops(self) -> int:
+        """Matmul multiply-adds per token after pruning: one per live weight."""
+        return self.live_weights()
+
+    def clear_growth_grads(self) -> None:
+        """Forget the dense gradients recorded for ``grow`` since the last grow."""
+        for layer in self.layers:
+            layer.growth_grads.clear()
+
+    @torch.no_grad()
+    def prune(self, sparsity: float) -> int:
+        """Mask the smallest-magnitude live weights (globally) until ``sparsity`` of them are masked.
+
+        Never revives a masked weight (a target below the current sparsity changes nothing).
+        Returns the number of weights newly masked.
+        """
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be a float in [0, 1), got sparsity={sparsity!r}")
+        entries = self._masked()
+        masks = self._masks()
+        target = int(round(sparsity * self.num_weights()))
+        todo = target - (self.num_weights() - self.live_weights())
+        if todo <= 0:
+            return 0
+        scores = torch.cat([
+            torch.where(mask.bool(), getattr(layer, name).abs(), torch.full_like(mask, math.inf)).flatten()
+            for (_, layer, name), mask in zip(entries, masks)
+        ])
+        flat = torch.cat([m.flatten() for m in masks])
+        flat[torch.topk(scores, todo, largest=False).indices] = 0
+        self._set_masks(flat)
+        return todo
+
+    @torch.no_grad()
+    def grow(self, amount: int | float, grads: dict[str, Tensor] | None = None) -> int:
+        """Revive the dormant weights with the largest gradient magnitude; they start at zero.
+
+        ``amount`` is a count (int >= 0) or a fraction (float in (0, 1]) of the dormant weights.
+        ``grads`` maps names like ``"layers.0.w1_ih"`` to dense gradients; if None, the gradients
+        recorded on the effective weights by the backward passes since the last grow are used.
+        Clears the recorded gradients. Returns the number of weights revived.
+        """
+        entries = self._masked()
+        masks = self._masks()
+        count = _check_amount(amount, self.num_weights() - self.live_weights())
+        if grads is None:
+            missing = [q for q, layer, name in entries if name not in layer.growth_grads]
+            if missing:
+                raise ValueError(f"grow: no gradient recorded for {missing[0]}; call loss.backward() first or pass grads=")
+            grads = {q: layer.growth_grads[name] for q, layer, name in entries}
+        else:
+            for q, layer, name in entries:
+                if q not in grads:
+                    raise ValueError(f"grow: grads is missing {q!r}")
+                if tuple(grads[q].shape) != tuple(getattr(layer, name).shape):
+                    raise ValueError(f"grow: grads[{q!r}] has shape {tuple(grads[q].shape)}, expected {tuple(getattr(layer, name).shape)}")
+        self.clear_growth_grads()
+        if count == 0:
+            return 0
+        scores = torch.cat([
+            torch.where(mask.bool(), torch.full_like(mask, -1.0), grads[q].to(mask).abs()).flatten()
+            for (q, _, _), mask in zip(entries, masks)
+        ])
+        flat = torch.cat([m.flatten() for m in masks])
+        flat[torch.topk(scores, count).indices] = 1
+        before = [m.clone() for m in masks]
+        self._set_masks(flat)
+        for (_, layer, name), old, new in zip(entries, before, masks):
+            getattr(layer, name).masked_fill_((new > old), 0.0)  # revived weights start at zero
+        return count
+
+    def _set_masks(self, flat: Tensor) -> None:
+        start = 0
+        for _, layer, name in self._masked():
+            mask = getattr(layer, f"mask_{name}")
+            mask.copy_(flat[start:start + mask.numel()].view_as(mask))
+            start += mask.numel()
+        for layer in self.layers:
+            layer.apply_masks()
+
+    # -- counting --------------------------------------------------------------------------------
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:
-        """Validate family arguments; return them normalised as ``{"gate_hidden": d}``."""
-        unknown = set(family_args) - {"gate_hidden"}
+        """Validate the family arguments; returns ``{"gate_hidden": d}`` (default 16, must be >= 1)."""
+        unknown = sorted(set(family_args) - {"gate_hidden"})
         if unknown:
-            raise ValueError(f"hidden: unexpected family argument(s) {sorted(unknown)}; it takes gate_hidden")
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("num_layers", num_layers)
-        d = check_positive_int("gate_hidden", family_args.get("gate_hidden", 16))
-        return {"gate_hidden": d}
+            raise ValueError(f"hidden: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes gate_hidden")
+        check_sizes(input_size, hidden_size, num_layers)
+        return {"gate_hidden": check_positive_int("gate_hidden", family_args.get("gate_hidden", 16))}
 
     @classmethod
     def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                          **family_args: Any) -> int:
-        """Exact parameter count (equals the module's ``numel`` sum; pruning does not change it)."""
+        """Exact dense parameter count (equals the module's ``numel`` sum; pruning does not change it)."""
         d = cls.check_args(input_size, hidden_size, num_layers, **family_args)["gate_hidden"]
-        n, total = hidden_size, 0
-        for layer in range(num_layers):
-            m = input_size if layer == 0 else n
-            total += 4 * (d * (m + n) + n * d + ((d + n) if bias else 0))
-        return total
+        n = hidden_size
+        return sum(4 * (d * (m + n) + n * d + ((d + n) if bias else 0))
+                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
 
     @classmethod
     def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
-        """Matmul multiply-adds per token, all layers, dense (unpruned); element-wise maths not counted."""
+        """Matmul multiply-adds of one token through all layers, dense (unpruned)."""
         d = cls.check_args(input_size, hidden_size, num_layers, **family_args)["gate_hidden"]
-        n, total = hidden_size, 0
-        for layer in range(num_layers):
-            m = input_size if layer == 0 else n
-            total += 4 * (d * (m + n) + n * d)
-        return total
+        n = hidden_size
+        return sum(4 * (d * (m + n) + n * d) for m in layer_input_sizes(input_size, hidden_size, num_layers))

@@ -1,0 +1,203 @@
+"""RoutedLSTM (SqueezeLSTM): shapes, fast path vs reference, routing semantics, reduction to LSTM, counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from squeezelstm.spaces import LSTM, build_cell, count_flops, count_parameters
+from squeezelstm.spaces.routed import ROUTINGS, RoutedLSTM
+
+M, N_HID = 5, 8
+
+
+def make(routing, k=2, seed=0, **kw):
+    torch.manual_seed(seed)
+    return RoutedLSTM(M, N_HID, num_cells=k, routing=routing, **kw)
+
+
+def numel(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_shapes_batched_batch_first_unbatched_and_hx(routing):
+    m = make(routing, num_layers=2)
+    out, (h, c) = m(torch.randn(6, 3, M))
+    assert out.shape == (6, 3, N_HID) and h.shape == c.shape == (2, 3, N_HID)
+    hx = (torch.randn(2, 3, N_HID), torch.randn(2, 3, N_HID))
+    out2, _ = m(torch.randn(6, 3, M), hx)
+    assert out2.shape == (6, 3, N_HID)
+    mb = make(routing, num_layers=2, batch_first=True)
+    out, (h, c) = mb(torch.randn(3, 6, M))
+    assert out.shape == (3, 6, N_HID) and h.shape == (2, 3, N_HID)
+    out, (h, c) = m(torch.randn(6, M), (torch.randn(2, N_HID), torch.randn(2, N_HID)))
+    assert out.shape == (6, N_HID) and h.shape == c.shape == (2, N_HID)
+    with pytest.raises(ValueError, match="h_0"):
+        m(torch.randn(6, 3, M), (torch.randn(2, 4, N_HID), torch.randn(2, 3, N_HID)))
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_fast_path_matches_reference_forward_and_gradients(routing, k, training):
+    m = make(routing, k=k).double().train(training)
+    layer = m.layers[0]
+    layer.offset = 3
+    x = torch.randn(5, 3, M, dtype=torch.double)
+    state = (torch.randn(3, N_HID, dtype=torch.double), torch.randn(3, N_HID, dtype=torch.double))
+    results = []
+    for fn in (layer.forward, layer.forward_reference):
+        layer.generator = torch.Generator().manual_seed(7)
+        m.zero_grad()
+        out, (h, c) = fn(x, state)
+        (out.square().sum() + (c * torch.linspace(-1, 1, N_HID, dtype=torch.double)).sum()).backward()
+        # In eval mode the argmax router gets no gradient on either path.
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in layer.parameters()]
+        results.append([out, h, c] + grads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_gradients_reach_every_parameter(routing):
+    m = make(routing, k=4, num_layers=2).train()
+    out, (h, c) = m(torch.randn(12, 6, M))
+    (out.sum() + c.sum()).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_two_halves_with_carried_state_equal_whole(routing):
+    m = make(routing, k=4, num_layers=2).eval()
+    x = torch.randn(10, 3, M)
+    with torch.no_grad():
+        whole, (h, c) = m(x, offset=5)
+        first, hx = m(x[:4], offset=5)
+        second, (h2, c2) = m(x[4:], hx, offset=9)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+
+
+def test_round_robin_without_offset_differs_so_offset_matters():
+    m = make("round_robin", k=4).eval()
+    x = torch.randn(6, 2, M)
+    with torch.no_grad():
+        whole, _ = m(x)
+        first, hx = m(x[:3])
+        wrong, _ = m(x[3:], hx)  # offset left at 0: routes step 3 to sub-cell 0 instead of 3
+    assert not torch.allclose(wrong, whole[3:])
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_same_seed_same_result(routing):
+    x = torch.randn(6, 3, M)
+    outs = []
+    for _ in range(2):
+        m = make(routing, k=2, seed=3).train()
+        outs.append(m(x, generator=torch.Generator().manual_seed(11))[0])
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_hard_routing_updates_exactly_one_sub_cell_per_sequence():
+    for routing in ("hidden", "round_robin", "token"):
+        m = make(routing, k=4).eval()
+        x = torch.randn(1, 5, M)
+        h0, c0 = torch.randn(1, 5, N_HID), torch.randn(1, 5, N_HID)
+        with torch.no_grad():
+            _, (h1, c1) = m(x, (h0, c0), offset=2)
+        changed = (c1 != c0).view(5, 4, 2).any(-1)  # (N, k)
+        assert (changed.sum(-1) == 1).all(), routing
+        if routing == "round_robin":
+            assert changed[:, 2].all()
+
+
+def test_hidden_routing_eval_is_deterministic_and_training_gives_router_gradients():
+    m = make("hidden", k=4).eval()
+    x = torch.randn(8, 4, M)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[0], m(x)[0], rtol=0, atol=0)
+    m.train()
+    out, _ = m(x, generator=torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert m.layers[0].router_weight.grad.abs().sum() > 0
+
+
+def test_token_routing_is_a_fixed_hash_and_state_dict_round_trips():
+    m = make("token", k=4)
+    layer = m.layers[0]
+    x = torch.randn(50, M)
+    choices = layer.token_choices(x)
+    assert choices.min() >= 0 and choices.max() < 4 and len(set(choices.tolist())) > 1
+    torch.testing.assert_close(layer.token_choices(x.clone()), choices)
+    assert "layers.0.hash_proj" in m.state_dict()
+    assert numel(m) == RoutedLSTM.count_parameters(M, N_HID, num_cells=4, routing="token")
+    other = make("token", k=4, seed=99)
+    other.load_state_dict(m.state_dict())
+    xs = torch.randn(6, 2, M)
+    torch.testing.assert_close(other(xs)[0], m(xs)[0])
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_one_cell_reduces_to_the_plain_lstm(routing):
+    m = make(routing, k=1, num_layers=2)
+    assert numel(m) == LSTM.count_parameters(M, N_HID, 2)
+    ref = torch.nn.LSTM(M, N_HID, 2)
+    with torch.no_grad():
+        for i, layer in enumerate(m.layers):
+            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{i}"))
+            layer.weight_hh[0].copy_(getattr(ref, f"weight_hh_l{i}"))
+            layer.bias_ih.copy_(getattr(ref, f"bias_ih_l{i}"))
+            layer.bias_hh.copy_(getattr(ref, f"bias_hh_l{i}"))
+    x = torch.randn(7, 3, M)
+    hx = (torch.randn(2, 3, N_HID), torch.randn(2, 3, N_HID))
+    out, (h, c) = m(x, hx)
+    rout, (rh, rc) = ref(x, hx)
+    torch.testing.assert_close(out, rout, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, rc, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_arguments_name_the_problem():
+    with pytest.raises(ValueError, match=r"num_cells=3.*hidden_size=8"):
+        RoutedLSTM(M, N_HID, num_cells=3)
+    with pytest.raises(ValueError, match=r"routing.*round_robin.*'bogus'"):
+        RoutedLSTM(M, N_HID, routing="bogus")
+    with pytest.raises(ValueError, match="num_cells"):
+        RoutedLSTM(M, N_HID, num_cells=0)
+    with pytest.raises(ValueError, match="groups"):
+        RoutedLSTM.check_args(M, N_HID, groups=2)
+    with pytest.raises(ValueError, match="routing"):
+        count_parameters("routed", M, N_HID, num_cells=2, routing="random")
+    with pytest.raises(ValueError, match="offset"):
+        make("round_robin")(torch.randn(3, 1, M), offset=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 12),
+    s=st.integers(1, 6),
+    k=st.integers(1, 4),
+    layers=st.integers(1, 3),
+    bias=st.booleans(),
+    routing=st.sampled_from(ROUTINGS),
+)
+def test_count_parameters_equals_numel(m, s, k, layers, bias, routing):
+    module = build_cell("routed", m, s * k, layers, bias, num_cells=k, routing=routing)
+    assert count_parameters("routed", m, s * k, layers, bias, num_cells=k, routing=routing) == numel(module)
+
+
+def test_count_flops_are_sane():
+    m, n = 32, 64
+    lstm = count_flops("lstm", m, n)
+    assert count_flops("routed", m, n, num_cells=1, routing="round_robin") == lstm
+    for k in (2, 4, 8):
+        s = n // k
+        # Input projection stays dense; the recurrent matmul shrinks by k^2 (one sub-cell of width n/k).
+        assert count_flops("routed", m, n, num_cells=k, routing="round_robin") == 4 * n * m + 4 * n * n // k**2
+        assert count_flops("routed", m, n, num_cells=k, routing="hidden") == 4 * n * m + 4 * s * s + n * k
+        assert count_flops("routed", m, n, num_cells=k, routing="soft") == 4 * n * m + 4 * n * n // k + n * k
+        assert count_flops("routed", m, n, num_cells=k, routing="token") < lstm

@@ -1,0 +1,34 @@
+"""H-LSTM grow-and-prune phases (Dai, Yin & Jha 2018) scheduled by epoch.
+
+``train.grow_epochs`` lists the epochs after which every layer grows (re-activates connections by
+gradient magnitude); ``train.prune_epochs`` those after which it prunes by weight magnitude. The
+k-th of P prune phases prunes to ``prune_sparsity * k / P``, so sparsity ramps up and the epochs in
+between retrain the survivors. The live parameter count is reported every epoch.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import Config
+
+
+def phase_for_epoch(config: Config, epoch: int) -> tuple[str, float] | None:
+    """``("grow", 0.0)``, ``("prune", target_sparsity)`` or None for the end of ``epoch`` (1-based)."""
+    t = config.train
+    if epoch in t.prune_epochs and t.prune_sparsity > 0:
+        phases = sorted(set(t.prune_epochs))
+        k = phases.index(epoch) + 1
+        return "prune", t.prune_sparsity * k / len(phases)
+    if epoch in t.grow_epochs:
+        return "grow", 0.0
+    return None
+
+
+def apply_phase(model: nn.Module, kind: str, sparsity: float) -> None:
+    """Run one grow or prune phase on every layer of ``model`` that supports it."""
+    for layer in model.layers:
+        if kind == "prune" and hasattr(layer, "prune"):
+            layer.prune(sparsity)
+        elif kind == "grow" and hasattr(layer, "grow"):
+            layer.grow()

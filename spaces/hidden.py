@@ -42,6 +42,7 @@ from ._family_args import check_sizes, layer_input_sizes
 from .lstm import lstm_pointwise
 
 MASKED = ("w1_ih", "w1_hh", "w2")
+GROW_FRACTION = 0.5  # grow() with no amount revives this fraction of the dormant weights
 
 
 class HiddenLayer(RecurrentLayer):
@@ -230,17 +231,21 @@ class HiddenLayerLSTM(RecurrentStack):
         return todo
 
     @torch.no_grad()
-    def grow(self, amount: int | float, grads: dict[str, Tensor] | None = None) -> int:
+    def grow(self, amount: int | float = GROW_FRACTION, grads: dict[str, Tensor] | None = None) -> int:
         """Revive the dormant weights with the largest gradient magnitude; they start at zero.
 
-        ``amount`` is a count (int >= 0) or a fraction (float in (0, 1]) of the dormant weights.
-        ``grads`` maps names like ``"layers.0.w1_ih"`` to dense gradients; if None, the gradients
-        recorded on the effective weights by the backward passes since the last grow are used.
-        Clears the recorded gradients. Returns the number of weights revived.
+        ``amount`` is a count (int >= 0) or a fraction (float in (0, 1]) of the dormant weights
+        (default: half of them). ``grads`` maps names like ``"layers.0.w1_ih"`` to dense gradients;
+        if None, the gradients recorded on the effective weights by the backward passes since the
+        last grow are used (so a grow at the end of an epoch ranks by the epoch's summed gradient).
+        Clears the recorded gradients. Returns the number of weights revived (0 if none is dormant).
         """
         entries = self._masked()
         masks = self._masks()
         count = _check_amount(amount, self.num_weights() - self.live_weights())
+        if count == 0:
+            self.clear_growth_grads()
+            return 0
         if grads is None:
             missing = [q for q, layer, name in entries if name not in layer.growth_grads]
             if missing:
@@ -253,8 +258,6 @@ class HiddenLayerLSTM(RecurrentStack):
                 if tuple(grads[q].shape) != tuple(getattr(layer, name).shape):
                     raise ValueError(f"grow: grads[{q!r}] has shape {tuple(grads[q].shape)}, expected {tuple(getattr(layer, name).shape)}")
         self.clear_growth_grads()
-        if count == 0:
-            return 0
         scores = torch.cat([
             torch.where(mask.bool(), torch.full_like(mask, -1.0), grads[q].to(mask).abs()).flatten()
             for (q, _, _), mask in zip(entries, masks)

@@ -121,6 +121,7 @@ def test_invalid_arguments_name_the_problem():
     for bad in (1.0, -0.1, "half"):
         with pytest.raises(ValueError, match="sparsity"):
             m.prune(bad)
+    assert m.grow() == 0  # nothing dormant: no gradients needed
     m.prune(0.5)
     with pytest.raises(ValueError, match="loss.backward"):
         m.grow(3)
@@ -210,6 +211,10 @@ def test_grow_revives_the_dormant_weights_with_the_largest_dense_gradient():
     grads = {q: torch.rand_like(getattr(l, n)) for q, l, n in m._masked()}
     dormant = m.num_weights() - m.live_weights()
     assert m.grow(0.5, grads=grads) == round(0.5 * dormant)
+    # The default (what the trainer's grow phase calls) revives half the dormant weights.
+    dormant = m.num_weights() - m.live_weights()
+    loss_of(m, x).backward()
+    assert m.grow() == round(0.5 * dormant)
 
 
 @settings(max_examples=60, deadline=None)

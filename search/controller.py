@@ -140,6 +140,7 @@ class SearchController:
         self.smallest = self.space.check_budget(self._measure)
 
         self._lock = threading.RLock()
+        self._corpus: Any = None
         self._records: dict[int, TrialRecord] = {}
         self._prune_decided: set[int] = set()
         self.rejected = 0
@@ -269,6 +270,15 @@ class SearchController:
     def front(self) -> list[TrialRecord]:
         """The Pareto front of the finished trials (params, valid_ppl), by parameter count."""
         return pareto_front(self.records())
+
+    @property
+    def corpus(self) -> Any:
+        """The space's corpus (loaded once through the trainer's per-process cache): vocabulary, unigram and optimal perplexity."""
+        if self._corpus is None:
+            from squeezelstm.trainers import Config, load_corpus
+
+            self._corpus = load_corpus(Config.from_dict({"data": copy.deepcopy(self.space.fixed.get("data", {}))}).data)
+        return self._corpus
 
     def spec(self, number: int) -> TrialSpec:
         """The spec of an already suggested trial (for a runner resuming it)."""

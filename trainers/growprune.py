@@ -1,9 +1,11 @@
 """H-LSTM grow-and-prune phases (Dai, Yin & Jha 2018) scheduled by epoch.
 
-``train.grow_epochs`` lists the epochs after which every layer grows (re-activates connections by
-gradient magnitude); ``train.prune_epochs`` those after which it prunes by weight magnitude. The
-k-th of P prune phases prunes to ``prune_sparsity * k / P``, so sparsity ramps up and the epochs in
-between retrain the survivors. The live parameter count is reported every epoch.
+``train.grow_epochs`` lists the epochs after which every layer grows (revives dormant connections
+by the magnitude of their gradient summed over that epoch); ``train.prune_epochs`` those after
+which it prunes by weight magnitude. The k-th of P prune phases prunes to
+``prune_sparsity * k / P``, so sparsity ramps up and the epochs in between retrain the survivors.
+Each layer is its own one-layer cell, so pruning is per layer (every layer reaches the target)
+rather than global over the stack. The live parameter count is reported every epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ def phase_for_epoch(config: Config, epoch: int) -> tuple[str, float] | None:
     if epoch in t.grow_epochs:
         return "grow", 0.0
     return None
+
+
+def reset_growth_grads(model: nn.Module) -> None:
+    """Forget growth gradients from earlier epochs: a grow ranks by its own epoch's gradients only,
+    which also keeps a resumed run (whose checkpoint holds no gradients) identical to a whole one."""
+    for layer in model.layers:
+        if hasattr(layer, "clear_growth_grads"):
+            layer.clear_growth_grads()
 
 
 def apply_phase(model: nn.Module, kind: str, sparsity: float) -> None:

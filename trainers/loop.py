@@ -23,7 +23,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config, validate
 from .corpus import Corpus, batchify, entropy_to_ppl, load_corpus
 from .device import autocast, resolve_device, thread_budget
-from .growprune import apply_phase, phase_for_epoch
+from .growprune import apply_phase, phase_for_epoch, reset_growth_grads
 from .model import LanguageModel, build_model, count_model_flops
 
 Report = Callable[[int, dict[str, Any]], Any]
@@ -244,6 +244,7 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
 
     for epoch in range(start_epoch + 1, t.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
+        reset_growth_grads(model)
         try:
             train_loss, tokens, seconds = train_epoch(model, train_data, config, optimizer, generator, device,
                                                       scaler, progress, epoch)

@@ -45,6 +45,9 @@ class FactorizedLSTMLayer(RecurrentLayer):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, rank={self.rank}, bias={self.bias is not None}"
+
     def reset_parameters(self) -> None:
         # Each factor gets torch's fan-in bound, so the product starts at a sensible scale.
         nn.init.uniform_(self.weight_in, -1.0 / math.sqrt(self.weight_in.size(1)), 1.0 / math.sqrt(self.weight_in.size(1)))

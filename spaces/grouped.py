@@ -48,6 +48,9 @@ class GroupedLSTMLayer(RecurrentLayer):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, groups={self.groups}, bias={self.bias is not None}"
+
     def reset_parameters(self) -> None:
         # torch's LSTM bound 1/sqrt(hidden) taken per group: each group is a small LSTM of n/g units.
         bound = 1.0 / math.sqrt(self.hidden_size // self.groups)

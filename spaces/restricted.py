@@ -101,6 +101,9 @@ class RestrictedLSTMLayer(RecurrentLayer):
         self.register_buffer("rows_h", rows_h.to(device), persistent=False)
         self.reset_parameters()
 
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, share={self.share}, bias={self.bias is not None}"
+
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():

@@ -524,6 +524,13 @@ def parse_space(raw: Any, source: str = "<dict>") -> SearchSpace:
 
     if not isinstance(raw, Mapping):
         raise ValueError(f"space {source}: expected a mapping at the top level, got {type(raw).__name__}")
+
+    def dist_of(value: Any, key: str) -> Dist | None:
+        try:
+            return parse_dist(value, key)
+        except ValueError as exc:
+            raise ValueError(f"space {source}: {exc}") from None
+
     for key in raw:
         if key not in TOP_KEYS:
             raise fail(str(key), f"unknown key (allowed: {', '.join(TOP_KEYS)})")
@@ -560,7 +567,7 @@ def parse_space(raw: Any, source: str = "<dict>") -> SearchSpace:
                 raise fail(dotted, "family arguments go under families.<family>.<key>")
             if section == "model" and key == "cell":
                 continue
-            dist = parse_dist(value, dotted)
+            dist = dist_of(value, dotted)
             if dist is not None and section == "data":
                 raise fail(dotted, "data settings are fixed for a whole search (one corpus, one vocabulary)")
             if dist is None:
@@ -571,7 +578,7 @@ def parse_space(raw: Any, source: str = "<dict>") -> SearchSpace:
     cell = (raw.get("model") or {}).get("cell")
     if cell is None:
         raise fail("model.cell", f"is required: a family or {{choice: [...]}} of {', '.join(KNOWN_FAMILIES)}")
-    cell_dist = parse_dist(cell, "model.cell")
+    cell_dist = dist_of(cell, "model.cell")
     if cell_dist is None:
         families: tuple = (cell,)
     elif isinstance(cell_dist, Choice):
@@ -617,7 +624,7 @@ def parse_space(raw: Any, source: str = "<dict>") -> SearchSpace:
             if key not in FAMILY_KEYS[fam]:
                 allowed = ", ".join(FAMILY_KEYS[fam]) or "no arguments"
                 raise fail(dotted, f"unknown key for family {fam} (allowed: {allowed})")
-            dist = parse_dist(value, dotted)
+            dist = dist_of(value, dotted)
             specs[key] = dist if dist is not None else value
             _check_family_value(fam, key, specs[key], lambda problem, k=dotted: fail(k, problem))
         family_knobs[fam] = specs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from ._base import check_positive_int
@@ -32,7 +33,14 @@ def per_layer_ints(name: str, value: Any, num_layers: int) -> tuple[int | tuple[
     if isinstance(value, (list, tuple)):
         if len(value) != num_layers:
             raise ValueError(f"{name} given per layer must have num_layers={num_layers} entries, got {name}={list(value)!r}")
-        items = tuple(check_positive_int(name, v) for v in value)
+        items = tuple(check_positive_int(name, _plain_int(v)) for v in value)
         return items, list(items)
-    v = check_positive_int(name, value)
+    v = check_positive_int(name, _plain_int(value))
     return v, [v] * num_layers
+
+
+def _plain_int(value: Any) -> Any:
+    """numpy / torch integer scalars (as samplers may hand out) become plain ints; anything else is left as is."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value

@@ -27,6 +27,7 @@ W_hh, b_ih, b_hh into the private rows gives exactly the LSTM's function.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ def pool_row_indices(share: float, hidden_size: int) -> tuple[Tensor, Tensor]:
 
 def check_share(share: Any) -> float:
     """Return ``share`` as a float if it is a number in [0, 1], else raise a ValueError naming it."""
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= float(share) <= 1.0:
+    if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0.0 <= float(share) <= 1.0:
         raise ValueError(f"share must be a number in [0, 1], got share={share!r}")
     return float(share)
 

@@ -148,3 +148,12 @@ def test_validate_family_args_normalises():
     assert validate_family_args("lstm", 4, 4) == {}
     assert validate_family_args("grouped", 8, 8, 2, groups=[2, 4]) == {"groups": (2, 4)}
     assert validate_family_args("restricted", 8, 8, share=1) == {"share": 1.0}
+
+
+def test_numpy_scalars_from_samplers_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert validate_family_args("grouped", 8, 8, 2, groups=[np.int64(2), 4]) == {"groups": (2, 4)}
+    assert validate_family_args("factorized", 8, 8, rank=np.int32(3)) == {"rank": 3}
+    assert validate_family_args("restricted", 8, 8, share=np.float32(0.5)) == {"share": 0.5}
+    with pytest.raises(ValueError, match="share=nan"):
+        validate_family_args("restricted", 8, 8, share=float("nan"))

@@ -10,18 +10,24 @@ A plain pruner compares every trial with every other, so it kills the small mode
 are exactly the ones the Pareto front needs. ``ParetoAwarePruner`` instead compares a trial only
 with trials that have *no more* parameters:
 
-* dominated: some trial with no more parameters is already clearly better (by ``margin``) at the
-  same epoch, so the trial is very likely dominated at the end as well;
-* neighbourhood: among trials of similar size (``params / window <= p <= params``), the trial is
-  worse than the ``percentile`` of their values at this epoch.
+* dominated: some trial with no more parameters is already clearly better at the same epoch (its
+  perplexity times ``1 + margin`` is no higher), so the trial is very likely dominated at the end;
+* neighbourhood: among the trials of similar size that have no more parameters
+  (``params / window <= p <= params``, at least ``min_neighbors`` of them), the trial is worse than
+  the ``percentile`` of their values times ``1 + neighbor_margin``. Many neighbours are a steadier
+  witness than one, so this rule can use a smaller margin than the first.
 
 A larger trial being better says nothing about whether a smaller one ends on the front, so larger
-trials are never used. The decision itself is the pure function ``pareto_should_prune``.
+trials are never used. The margins absorb learning curves that converge at different speeds: when
+every curve's shape at an epoch differs from the others' by less than the margins, a trial that
+would end on the front is never pruned (the tests check this on scripted curves). The decision
+itself is the pure function ``pareto_should_prune``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,26 +44,28 @@ def pareto_should_prune(
     params: int,
     others: Sequence[tuple[float, float]],
     *,
-    margin: float = 0.1,
+    margin: float = 0.15,
     window: float = 2.0,
     percentile: float = 50.0,
     min_neighbors: int = 3,
+    neighbor_margin: float = 0.05,
 ) -> bool:
     """Whether a trial with ``params`` and perplexity ``value`` at this epoch should stop.
 
     ``others`` holds ``(params, value)`` of the other trials at the same epoch. True when a trial
-    with no more parameters has ``value * (1 + margin)`` or less (dominated), or when at least
+    with no more parameters has ``value / (1 + margin)`` or less (dominated), or when at least
     ``min_neighbors`` trials with ``params / window <= p <= params`` exist and ``value`` is above
-    the ``percentile`` of theirs (neighbourhood). A non-finite ``value`` is always pruned.
+    ``(1 + neighbor_margin)`` times the ``percentile`` of theirs (neighbourhood). A non-finite
+    ``value`` is always pruned.
     """
     if not math.isfinite(value):
         return True
     smaller = [(p, v) for p, v in others if p <= params and math.isfinite(v)]
     if any(v * (1.0 + margin) <= value for _, v in smaller):
         return True
-    neighbours = [v for p, v in smaller if p >= params / window]
+    neighbours = [v for p, v in smaller if p * window >= params]
     if len(neighbours) >= min_neighbors:
-        return value > float(np.percentile(neighbours, percentile))
+        return value > (1.0 + neighbor_margin) * float(np.percentile(neighbours, percentile))
     return False
 
 
@@ -73,15 +81,17 @@ class ParetoAwarePruner(BasePruner):
     def __init__(
         self,
         *,
-        margin: float = 0.1,
+        margin: float = 0.15,
         window: float = 2.0,
         percentile: float = 50.0,
         min_neighbors: int = 3,
+        neighbor_margin: float = 0.05,
         n_startup_trials: int = 2,
         n_warmup_steps: int = 2,
     ) -> None:
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin must be a finite number >= 0, got {margin=}")
+        for name, value in (("margin", margin), ("neighbor_margin", neighbor_margin)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
         if not (isinstance(window, (int, float)) and math.isfinite(window) and window >= 1):
             raise ValueError(f"window must be a finite number >= 1, got {window=}")
         if not (isinstance(percentile, (int, float)) and 0 <= percentile <= 100):
@@ -92,6 +102,7 @@ class ParetoAwarePruner(BasePruner):
         if min_neighbors < 1:
             raise ValueError(f"min_neighbors must be >= 1, got {min_neighbors=}")
         self.margin = float(margin)
+        self.neighbor_margin = float(neighbor_margin)
         self.window = float(window)
         self.percentile = float(percentile)
         self.min_neighbors = min_neighbors
@@ -117,7 +128,7 @@ class ParetoAwarePruner(BasePruner):
         ]
         return pareto_should_prune(
             best, params, others, margin=self.margin, window=self.window,
-            percentile=self.percentile, min_neighbors=self.min_neighbors,
+            percentile=self.percentile, min_neighbors=self.min_neighbors, neighbor_margin=self.neighbor_margin,
         )
 
 
@@ -137,7 +148,9 @@ def make_pruner(name: str, **kwargs) -> BasePruner:
     if name == "percentile":
         kwargs.setdefault("percentile", 25.0)
     try:
-        return factories[name](**kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # WilcoxonPruner
+            return factories[name](**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad argument for pruner {name!r}: {exc}") from None
 

@@ -142,15 +142,21 @@ def _validate(trials: int, cpus_per_trial: float, gpus_per_trial: float, max_con
 
 
 def _reference_point(space: Any, controller: Any) -> tuple[float | None, float | None, float | None]:
-    """``(ref_params, ref_ppl, optimal_ppl)``: fixed for the whole search so hypervolumes compare."""
+    """``(ref_params, ref_ppl, optimal_ppl)``: fixed for the whole search so hypervolumes compare.
+
+    The reference is the budget's ``max_params`` and the vocabulary size (the perplexity of a model
+    that learned nothing); without a parameter budget there is no hypervolume.
+    """
     ref_params = getattr(space, "max_params", None)
-    corpus = getattr(controller, "corpus", None)
-    vocab = getattr(corpus, "vocab_size", None) or getattr(controller, "vocab_size", None)
-    ref_ppl = getattr(corpus, "unigram_ppl", None) or vocab
-    optimal = getattr(corpus, "optimal_ppl", None)
-    if ref_params is None:
-        ref_params = getattr(controller, "ref_params", None)
-    return (float(ref_params) if ref_params else None, float(ref_ppl) if ref_ppl else None,
+    vocab = getattr(controller, "vocab_size", None)
+    optimal = None
+    try:
+        corpus = controller.corpus
+        vocab = vocab or corpus.vocab_size
+        optimal = corpus.optimal_ppl
+    except (AttributeError, OSError, ValueError):
+        pass
+    return (float(ref_params) if ref_params else None, float(vocab) if vocab else None,
             float(optimal) if optimal else None)
 
 
@@ -262,6 +268,10 @@ def _make_tracker(track: bool, tracking_uri: str | None, experiment: str) -> Any
     return SearchTracker(tracking_uri, experiment)
 
 
+def _trial_name(trial: Any) -> str:
+    return f"trial_{int(trial.config['number']):04d}"
+
+
 def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, experiment: str, trials: int,
          resume: bool, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
          max_failures: int, progress: Callable | None, seed: int, sampler: str, pruner: str | None,
@@ -288,7 +298,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         tracker.start_search(params={k: v for k, v in meta.items() if v is not None},
                              tags={"space": str(meta["space"])}, resume=resume)
 
-    unfinished = [r for r in controller.records() if r.status == "running"]
+    unfinished = controller.unfinished()
     session = SearchSession(
         controller=controller, trials=trials, trials_dir=str(paths.trials_dir),
         threads=max(1, int(cpus_per_trial)), tracker=tracker, progress=progress,
@@ -311,6 +321,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                 tune_config=tune.TuneConfig(
                     search_alg=ControllerSearcher(token), scheduler=ControllerScheduler(token),
                     num_samples=to_run, max_concurrent_trials=max_concurrent, reuse_actors=False,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                 ),
                 run_config=tune.RunConfig(
                     name=name, storage_path=sessions, verbose=0,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,24 +22,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_pareto)
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null (NaN is not JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def run_pareto(args: argparse.Namespace) -> int:
     """Load the search, print its front, write the report if asked; returns the exit status."""
     from squeezelstm.search.records import log_hypervolume, pareto_front
     from squeezelstm.search.tracking import load_search
 
     from .report import write_report
-    from .tables import format_table, front_rows
+    from .tables import format_table, front_rows, json_safe
 
     info, records = load_search(args.tracking_uri, args.experiment)
     front = pareto_front(records)
@@ -58,7 +45,7 @@ def run_pareto(args: argparse.Namespace) -> int:
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     if args.json:
-        print(json.dumps(_plain({
+        print(json.dumps(json_safe({
             "experiment": args.experiment, "parent_run_id": info["run_id"], "tracking_uri": info["tracking_uri"],
             "trials": len(records), "statuses": counts, "hypervolume": hv,
             "reference": list(reference) if reference else None, "optimal_ppl": info.get("optimal_ppl"),

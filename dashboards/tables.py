@@ -62,6 +62,17 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def json_safe(value: Any) -> Any:
+    """A copy of ``value`` that ``json.dumps`` writes as valid JSON: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """CSV text of ``front_rows`` output (key_args as ``name=value`` pairs)."""
     buffer = io.StringIO()

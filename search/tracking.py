@@ -24,10 +24,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from .records import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
 
@@ -246,7 +245,8 @@ class TrialLogger:
         """Find-or-create the child run and log the config (params, tag, artifact), ``params``/``flops`` at step 0."""
         family = str(spec_config.get("model", {}).get("cell", "")) or None
         run_id = self._ensure_run(family)
-        existing = self.client.get_run(run_id).data.params
+        run = self.client.get_run(run_id)
+        existing = run.data.params
         flat = {k: v for k, v in flatten(spec_config).items() if k not in existing}
         config_json = json.dumps(spec_config, sort_keys=True, default=str)
         tags = {STATUS_TAG: "running", SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str)}
@@ -254,7 +254,9 @@ class TrialLogger:
             tags[FAMILY_TAG] = family
         if len(config_json) <= _MAX_TAG_VALUE:
             tags[CONFIG_TAG] = config_json
-        _log(self.client, run_id, params=flat, metrics={"params": params, "flops": flops}, step=0, tags=tags)
+        # a re-run trial (resume, Ray retry) keeps its single step-0 point
+        step0 = {} if "params" in run.data.metrics else {"params": params, "flops": flops}
+        _log(self.client, run_id, params=flat, metrics=step0, step=0, tags=tags)
         self.client.log_dict(run_id, spec_config, "config.json")
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
@@ -372,8 +374,12 @@ class SearchTracker:
         logger.finish(record.status, {k: v for k, v in result.items() if v is not None})
 
     def update_front(self, records: list[TrialRecord], *, ref_params: float, ref_ppl: float,
-                     optimal_ppl: float | None = None) -> None:
-        """Bring the parent's front up to date: pareto tags, hypervolume steps, CSV/JSON and the HTML report."""
+                     optimal_ppl: float | None = None, report: bool = True) -> None:
+        """Bring the parent's front up to date: pareto tags, hypervolume steps, CSV/JSON and the HTML report.
+
+        Call it after every finished trial with all records so far; ``report=False`` skips the
+        HTML report (about a second of plotly work) when trials finish faster than that matters.
+        """
         if ref_params <= 0 or ref_ppl <= 0:
             raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
         parent = self._require_parent()
@@ -383,18 +389,20 @@ class SearchTracker:
         self._retag_front(client, experiment_id, parent, {r.number for r in front})
         self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
         self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
-        history = hypervolume_history(client, parent)
         from squeezelstm.dashboards.report import write_report
-        from squeezelstm.dashboards.tables import front_rows, rows_to_csv
+        from squeezelstm.dashboards.tables import front_rows, json_safe, rows_to_csv
 
         rows = front_rows(front)
         with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:
             tmp_path = Path(tmp)
             (tmp_path / "pareto_front.csv").write_text(rows_to_csv(rows))
-            (tmp_path / "pareto_front.json").write_text(json.dumps(rows, indent=2, default=str))
-            write_report(records, tmp_path / REPORT_FILE, title=f"Pareto front of search {self.experiment}",
-                         optimal_ppl=optimal_ppl, hypervolume_history=history)
-            for name in ("pareto_front.csv", "pareto_front.json", REPORT_FILE):
+            (tmp_path / "pareto_front.json").write_text(json.dumps(json_safe(rows), indent=2, default=str))
+            names = ["pareto_front.csv", "pareto_front.json"]
+            if report:
+                write_report(records, tmp_path / REPORT_FILE, title=f"Pareto front of search {self.experiment}",
+                             optimal_ppl=optimal_ppl, hypervolume_history=hypervolume_history(client, parent))
+                names.append(REPORT_FILE)
+            for name in names:
                 client.log_artifact(parent, str(tmp_path / name))
 
     def _retag_front(self, client, experiment_id: str, parent: str, members: set[int]) -> None:

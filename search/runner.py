@@ -207,6 +207,7 @@ def run_search(
     resume: bool = False,
     seed: int = 0,
     progress: Callable[[Any], None] | None = None,
+    pruner_kwargs: dict | None = None,
 ) -> SearchResult:
     """Run ``trials`` trials of ``space`` (a ``SearchSpace``, a space file or a shipped space name) on Ray Tune.
 
@@ -214,7 +215,8 @@ def run_search(
     Pareto front. ``resume=True`` continues the experiment's earlier, interrupted search: finished
     trials are kept, unfinished ones continue from their last checkpoint, and new ones are sampled
     until ``trials`` exist in total. ``progress`` receives a ``SearchEvent`` per trial event.
-    ``track=False`` (or no MLflow adapter installed) skips MLflow.
+    ``track=False`` (or no MLflow adapter installed) skips MLflow. ``pruner_kwargs`` go to the
+    pruner (``squeezelstm.search.pruners.make_pruner``).
     """
     _validate(trials, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures)
     from .controller import SearchController
@@ -237,6 +239,7 @@ def run_search(
                                               state_dir=paths.state_dir, study_name=experiment)
     if pruner is not None:
         controller_kwargs["pruner"] = pruner
+    controller_kwargs.update(pruner_kwargs or {})
     controller = SearchController(space, **controller_kwargs)
     ref_params, ref_ppl, optimal_ppl = _reference_point(space, controller)
 

@@ -529,7 +529,8 @@ def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[T
     tags, params = dict(parent.data.tags), dict(parent.data.params)
 
     def reference(name: str) -> float | None:
-        raw = tags.get(REF_TAGS[name], params.get(f"hypervolume.{name}"))
+        # our tag, else our param, else a plain param of that name (the runner logs ``ref_params``)
+        raw = tags.get(REF_TAGS[name], params.get(f"hypervolume.{name}", params.get(name)))
         try:
             return float(raw) if raw is not None else None
         except ValueError:

@@ -61,6 +61,15 @@ def test_fast_path_matches_reference_forward_and_gradients(routing, k, training)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("routing", ["hidden", "token"])
+def test_single_sequence_slice_path_matches_reference(routing):
+    m = make(routing, k=4).double().eval()
+    layer = m.layers[0]
+    x = torch.randn(9, 1, M, dtype=torch.double)
+    state = (torch.randn(1, N_HID, dtype=torch.double), torch.randn(1, N_HID, dtype=torch.double))
+    torch.testing.assert_close(layer(x, state), layer.forward_reference(x, state), rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_gradients_reach_every_parameter(routing):
     m = make(routing, k=4, num_layers=2).train()

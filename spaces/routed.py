@@ -242,7 +242,7 @@ class RoutedLayer(RecurrentLayer):
         return torch.stack(outs), (h, c)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, num_cells={self.num_cells}, routing={self.routing!r}"
+        return f"{self.input_size}, {self.hidden_size}, num_cells={self.num_cells}, routing={self.routing}"
 
 
 class RoutedLSTM(RecurrentStack):
@@ -284,7 +284,7 @@ class RoutedLSTM(RecurrentStack):
                 layer.offset, layer.generator = 0, None
 
     def family_repr(self) -> str:
-        return f"num_cells={self.num_cells}, routing={self.routing!r}"
+        return f"num_cells={self.num_cells}, routing={self.routing}"
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:

@@ -238,3 +238,24 @@ def test_count_flops_are_sane():
     assert count_flops("hidden", m, n, gate_hidden=d) < count_flops("lstm", m, n)
     assert count_flops("hidden", m, n, 2, gate_hidden=d) == 4 * (d * (m + n) + n * d) + 4 * (d * 2 * n + n * d)
     assert MASKED == ("w1_ih", "w1_hh", "w2")
+
+
+def test_hx_none_is_zeros_batch_first_and_unbatched_agree_dtype_and_repr():
+    m = make(num_layers=2, dropout=0.2).eval()
+    x = torch.randn(6, 2, M)
+    torch.testing.assert_close(m(x)[0], m(x, (torch.zeros(2, 2, N_HID), torch.zeros(2, 2, N_HID)))[0])
+    bf = make(num_layers=2, batch_first=True, seed=5).eval()
+    bf.load_state_dict(m.state_dict())
+    hx = (torch.randn(2, 2, N_HID), torch.randn(2, 2, N_HID))
+    out_t, (h_t, _) = m(x, hx)
+    out_b, (h_b, _) = bf(x.transpose(0, 1), hx)
+    torch.testing.assert_close(out_b.transpose(0, 1), out_t)
+    torch.testing.assert_close(h_b, h_t)
+    out_u, _ = m(x[:, 1], (hx[0][:, 1], hx[1][:, 1]))
+    torch.testing.assert_close(out_u, out_t[:, 1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="input_size"):
+        m(torch.randn(3, 2, M + 1))
+    m64 = make(dtype=torch.float64)
+    assert m64(torch.randn(3, 2, M, dtype=torch.float64))[0].dtype == torch.float64
+    assert m64.layers[0].mask_w2.dtype == torch.float64
+    assert f"gate_hidden={D}" in repr(m64)

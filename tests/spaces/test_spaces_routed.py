@@ -210,3 +210,25 @@ def test_count_flops_are_sane():
         assert count_flops("routed", m, n, num_cells=k, routing="hidden") == 4 * n * m + 4 * s * s + n * k
         assert count_flops("routed", m, n, num_cells=k, routing="soft") == 4 * n * m + 4 * n * n // k + n * k
         assert count_flops("routed", m, n, num_cells=k, routing="token") < lstm
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_hx_none_is_zeros_batch_first_and_unbatched_agree_dtype_and_repr(routing):
+    m = make(routing, k=4, num_layers=2, dropout=0.2).eval()
+    x = torch.randn(6, 2, M)
+    zeros = (torch.zeros(2, 2, N_HID), torch.zeros(2, 2, N_HID))
+    torch.testing.assert_close(m(x, offset=1)[0], m(x, zeros, offset=1)[0])
+    bf = make(routing, k=4, num_layers=2, batch_first=True, seed=5).eval()
+    bf.load_state_dict(m.state_dict())
+    hx = (torch.randn(2, 2, N_HID), torch.randn(2, 2, N_HID))
+    out_t, (h_t, _) = m(x, hx)
+    out_b, (h_b, _) = bf(x.transpose(0, 1), hx)
+    torch.testing.assert_close(out_b.transpose(0, 1), out_t)
+    torch.testing.assert_close(h_b, h_t)
+    out_u, (h_u, _) = m(x[:, 1], (hx[0][:, 1], hx[1][:, 1]))  # the batch of one takes the slice path
+    torch.testing.assert_close(out_u, out_t[:, 1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="input_size"):
+        m(torch.randn(3, 2, M + 1))
+    m64 = make(routing, k=4, dtype=torch.float64)
+    assert m64(torch.randn(3, 2, M, dtype=torch.float64))[0].dtype == torch.float64
+    assert f"num_cells=4, routing={routing}" in repr(m64)

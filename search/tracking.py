@@ -327,7 +327,8 @@ class SearchTracker:
             parents = _search_all(self.client, experiment_id,
                                   f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{_quote(self.experiment)}'")
             run = max(parents, key=lambda r: r.info.start_time or 0) if parents else None
-        all_tags = {**{str(k): v for k, v in (tags or {}).items()}, ROLE_TAG: "search", SEARCH_TAG: self.experiment}
+        all_tags = {**code_version(), **{str(k): v for k, v in (tags or {}).items()},
+                    ROLE_TAG: "search", SEARCH_TAG: self.experiment}
         if run is None:
             run = self.client.create_run(experiment_id, tags={k: str(v) for k, v in all_tags.items()},
                                          run_name=f"search-{self.experiment}")
@@ -448,6 +449,26 @@ class SearchTracker:
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got status={status!r}")
         self.client.set_terminated(self._require_parent(), status=status)
+
+
+def code_version() -> dict[str, str]:
+    """Tags naming the code that ran a search: the package version and, in a git checkout, the commit."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {}
+    try:
+        tags["squeezelstm.version"] = version("squeezelstm")
+    except PackageNotFoundError:
+        pass
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5)
+        if done.returncode == 0 and done.stdout.strip():
+            tags["mlflow.source.git.commit"] = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # an installed wheel, or no git: the version tag has to do
+    return tags
 
 
 def _quote(value: str) -> str:

@@ -89,7 +89,7 @@ def test_run_structure_metrics_tags_and_artifacts(store):
     client = tracker.client
     prun = client.get_run(parent)
     assert prun.data.tags["squeezelstm.role"] == "search" and prun.data.tags["squeezelstm.search"] == "structure"
-    assert prun.data.tags["code_version"] == "abc123"
+    assert prun.data.tags["code_version"] == "abc123" and prun.data.tags["squeezelstm.version"]
     assert prun.data.params["sampler"] == "tpe" and prun.data.params["budget.max_params"] == "100000"
     assert float(prun.data.params["hypervolume.ref_params"]) == 1e7
     parent_artifacts = {a.path for a in client.list_artifacts(parent)}

@@ -229,9 +229,17 @@ class ControllerScheduler(FIFOScheduler):
         if result.get("final") or "epoch" not in result:
             return TrialScheduler.CONTINUE
         s = _session(self._token)
-        metrics = dict(result.get("metrics", {}))
+        metrics = _epoch_metrics(result)
         prune = s.controller.report(int(trial.config["number"]), int(result["epoch"]), metrics)
         return TrialScheduler.STOP if prune else TrialScheduler.CONTINUE
+
+
+def _epoch_metrics(result: dict) -> dict:
+    """The trainer's metrics of an epoch result (Ray hands schedulers flattened ``metrics/...`` keys)."""
+    metrics = dict(result.get("metrics") or {})
+    prefix = "metrics/"
+    metrics.update({k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)})
+    return metrics
 
 
 def _restore_checkpoint(ckpt_dir: Path) -> None:

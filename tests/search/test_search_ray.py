@@ -127,7 +127,8 @@ def test_scheduler_stops_what_the_controller_prunes(session):
     s, token, _ = session
     scheduler = ControllerScheduler(token)
     keep = scheduler.on_trial_result(None, FakeTrial(0), {"epoch": 1, "metrics": {"valid_ppl": 30.0}})
-    stop = scheduler.on_trial_result(None, FakeTrial(1), {"epoch": 1, "metrics": {"valid_ppl": 50.0}})
+    # Ray hands schedulers flattened results.
+    stop = scheduler.on_trial_result(None, FakeTrial(1), {"epoch": 1, "metrics/valid_ppl": 50.0})
     final = scheduler.on_trial_result(None, FakeTrial(1), {"final": True, "trial_status": "finished"})
     assert (keep, stop, final) == ("CONTINUE", "STOP", "CONTINUE")
     assert s.controller.reports == [(0, 1, {"valid_ppl": 30.0}), (1, 1, {"valid_ppl": 50.0})]
@@ -196,8 +197,10 @@ def test_search_runs_requested_trials_through_ray(search):
     assert [e.kind for e in events].count("started") == 4
     assert result.front and all(r.status == "finished" for r in result.front)
     for r in result.records:
+        assert all("valid_ppl" in h and "train_ppl" in h for h in r.history)
         if r.status == "finished":
             assert r.epochs == 2 and math.isfinite(r.valid_ppl) and r.test_ppl is not None
+            assert r.history[-1]["valid_ppl"] == pytest.approx(r.valid_ppl)
     assert result.paths.records_file.is_file()
 
 

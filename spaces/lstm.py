@@ -27,6 +27,24 @@ def lstm_pointwise(gates: Tensor, c: Tensor) -> State:
     return h, c
 
 
+def fused_lstm(x: Tensor, state: State, weights: list[Tensor]) -> tuple[Tensor, State]:
+    """One LSTM layer through torch's fused kernel (``torch._VF.lstm``, what ``nn.LSTM`` calls).
+
+    ``x`` is (T, N, m), ``state`` is ``(h, c)`` each (N, H) and ``weights`` is ``[W_ih (4H, m),
+    W_hh (4H, H)]`` optionally followed by ``b_ih, b_hh`` (4H,), gate rows i, f, g, o. Returns
+    ``(out (T, N, H), (h, c))``. Differentiable in every argument (the weights may be views or
+    gathers of other parameters; gradients flow back through them).
+    """
+    h, c = state
+    has_bias = len(weights) == 4
+    # The kernel wants contiguous weights (cuDNN would otherwise copy them with a warning each call).
+    weights = [w.contiguous() for w in weights]
+    out, h_n, c_n = torch._VF.lstm(
+        x, (h.unsqueeze(0), c.unsqueeze(0)), weights, has_bias, 1, 0.0, torch.is_grad_enabled(), False, False
+    )
+    return out, (h_n.squeeze(0), c_n.squeeze(0))
+
+
 class LSTMLayer(RecurrentLayer):
     """One dense LSTM layer with torch's parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``)."""
 
@@ -50,6 +68,15 @@ class LSTMLayer(RecurrentLayer):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        # torch's own multi-step kernel (oneDNN on CPU, cuDNN on GPU) computes exactly this layer's
+        # function from the same four tensors; a Python time loop runs at a fraction of its speed.
+        weights = [self.weight_ih, self.weight_hh]
+        if self.bias_ih is not None:
+            weights += [self.bias_ih, self.bias_hh]
+        return fused_lstm(x, state, weights)
+
+    def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Slow, obviously-correct version: one matmul and ``lstm_pointwise`` per step."""
         h, c = state
         # Input projections for the whole window in one matmul: (T, N, 4H).
         xw = nn.functional.linear(x, self.weight_ih, self.bias_ih)

@@ -60,7 +60,8 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
     """Points per family (faded unless finished), the front and its staircase, and the optimum line.
 
     Returns ``{"families": {family: {"trial", "params", "valid_ppl", "status", "faded", "hover"}},
-    "front": {"trial", "params", "valid_ppl"}, "step": {"x", "y"}, "optimal_ppl", "unplotted"}``:
+    "front": {"trial", "params", "valid_ppl"}, "step": {"x", "y"}, "optimal_ppl", "unplotted",
+    "y_range"}``: ``y_range`` spans every point but stops at 3x the worst finished perplexity;
     ``step`` is the front as a staircase (each point, then right to the next point's parameter
     count at the same perplexity); ``unplotted`` lists trials without any perplexity.
     """
@@ -87,8 +88,17 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
             step_y.append(step_y[-1])
         step_x.append(float(r.params))
         step_y.append(float(r.valid_ppl))
+    # a diverged trial's perplexity can be astronomic: keep the axis on the trials worth reading
+    every = [v for fam in families.values() for v in fam["valid_ppl"]]
+    done = [v for fam in families.values() for v, f in zip(fam["valid_ppl"], fam["faded"]) if not f]
+    y_range = None
+    if every:
+        top = min(max(every), 3.0 * max(done)) if done else max(every)
+        low = min(every + ([float(optimal_ppl)] if _finite(optimal_ppl) else []))
+        y_range = [0.95 * min(low, top), 1.05 * top]
     return {
         "families": families,
+        "y_range": y_range,
         "front": {"trial": [r.number for r in front], "params": [int(r.params) for r in front],
                   "valid_ppl": [float(r.valid_ppl) for r in front]},
         "step": {"x": step_x, "y": step_y},
@@ -121,7 +131,8 @@ def draw_pareto(data: dict[str, Any]) -> go.Figure:
         fig.add_hline(y=data["optimal_ppl"], line_dash="dash", line_color="grey",
                       annotation_text=f"optimal ppl {data['optimal_ppl']:.3g}", annotation_position="top left")
     fig.update_layout(title="Parameters vs validation perplexity (faded: pruned / failed)",
-                      xaxis={"title": "parameters", "type": "log"}, yaxis={"title": "validation perplexity"},
+                      xaxis={"title": "parameters", "type": "log"},
+                      yaxis={"title": "validation perplexity", "range": data.get("y_range")},
                       template="plotly_white", legend_title="cell family")
     return fig
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import urllib.error
@@ -490,6 +491,13 @@ def hypervolume_history(client, parent_run_id: str) -> list[dict[str, float]]:
     return out
 
 
+def _unclamp(value: float | None) -> float | None:
+    """MLflow stores +-inf as +-float max: give back the infinity a diverged trial reported."""
+    if value is not None and abs(value) >= sys.float_info.max:
+        return math.copysign(math.inf, value)
+    return value
+
+
 def _record_from_run(client, run) -> TrialRecord:
     tags, metrics = run.data.tags, run.data.metrics
     config: dict[str, Any] = {}
@@ -509,19 +517,19 @@ def _record_from_run(client, run) -> TrialRecord:
         if key in STEP0_METRICS or key.startswith(FINAL_PREFIX):
             continue
         for m in client.get_metric_history(run.info.run_id, key):
-            history_by_step.setdefault(int(m.step), {"epoch": int(m.step)})[key] = float(m.value)
+            history_by_step.setdefault(int(m.step), {"epoch": int(m.step)})[key] = _unclamp(float(m.value))
     history = [history_by_step[s] for s in sorted(history_by_step)]
     status = tags.get(STATUS_TAG, "running")
     if status not in STATUSES:
         status = "failed"
-    valid = metrics.get(f"{FINAL_PREFIX}valid_ppl")
+    valid = _unclamp(metrics.get(f"{FINAL_PREFIX}valid_ppl"))
     if valid is None and history:
         valid = history[-1].get("valid_ppl")
     family = tags.get(FAMILY_TAG) or str(config.get("model", {}).get("cell", "unknown"))
     return TrialRecord(
         number=int(tags[TRIAL_TAG]), family=family, params=int(metrics.get("params", 0)),
         flops=int(metrics.get("flops", 0)), status=status, valid_ppl=valid,
-        test_ppl=metrics.get(f"{FINAL_PREFIX}test_ppl"), config=config, sampled=sampled, history=history,
+        test_ppl=_unclamp(metrics.get(f"{FINAL_PREFIX}test_ppl")), config=config, sampled=sampled, history=history,
         started_at=(run.info.start_time / 1000.0) if run.info.start_time else None,
         ended_at=(run.info.end_time / 1000.0) if run.info.end_time else None,
     )

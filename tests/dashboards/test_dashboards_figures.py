@@ -84,6 +84,15 @@ def test_pareto_data_fades_unfinished_and_skips_trials_without_perplexity():
     assert "Pareto front" in [t.name for t in fig.data]
 
 
+def test_pareto_axis_ignores_astronomic_perplexities_of_diverged_trials():
+    records = make_records(seed=9)
+    worst = max(r.valid_ppl for r in records if r.status == "finished")
+    records.append(TrialRecord(number=99, family="lstm", params=5000, status="diverged", valid_ppl=1e12))
+    low, high = figures.pareto_data(records, optimal_ppl=1.5)["y_range"]
+    assert high <= 1.05 * 3 * worst and low <= 0.95 * 1.5
+    assert figures.pareto_data([])["y_range"] is None
+
+
 def test_hypervolume_data_recomputes_in_order_of_ending_and_uses_history_as_given():
     records = make_records(seed=4)
     data = figures.hypervolume_data(records, reference=(1e7, 1000.0))

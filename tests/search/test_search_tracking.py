@@ -7,6 +7,7 @@ database and uses its own experiment.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -177,6 +178,7 @@ def test_load_search_and_pareto_command_rebuild_from_the_store(store, tmp_path, 
     tracker.start_search(params={"seed": 2}, tags={})
     records = [record(0, 5000, 80.0), record(1, 9000, 60.0, family="grouped"),
                record(2, 4000, 95.0, status="pruned", epochs=1), record(3, 3000, None, status="diverged", epochs=2)]
+    records[3].history[-1]["valid_ppl"] = math.inf  # MLflow stores it as float max; it must come back as inf
     for r in records:
         run_trial(tracker, r)
     tracker.update_front(records, **REF, optimal_ppl=20.0, report=False)
@@ -194,6 +196,7 @@ def test_load_search_and_pareto_command_rebuild_from_the_store(store, tmp_path, 
         if want.valid_ppl is not None:
             assert got.valid_ppl == pytest.approx(want.valid_ppl) and got.test_ppl == pytest.approx(want.test_ppl)
     assert [r.number for r in pareto_front(loaded)] == [0, 1]
+    assert loaded[3].history[-1]["valid_ppl"] == math.inf
 
     out = tmp_path / "report.html"
     assert cli_main(["pareto", "--experiment", "rebuild", "--tracking-uri", store, "--json", "--out", str(out)]) == 0

@@ -82,7 +82,10 @@ def make_sampler(name: str, seed: int, **kwargs: Any) -> optuna.samplers.BaseSam
                 options.update(kwargs)
                 return optuna.samplers.NSGAIISampler(seed=seed, **options)
             if name == "gp":
-                return optuna.samplers.GPSampler(seed=seed, **kwargs)
+                # the space is conditional: family arguments outside the shared space are sampled at random
+                options = {"warn_independent_sampling": False}
+                options.update(kwargs)
+                return optuna.samplers.GPSampler(seed=seed, **options)
             if name == "random":
                 return optuna.samplers.RandomSampler(seed=seed, **kwargs)
         except TypeError as exc:

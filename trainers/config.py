@@ -27,6 +27,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LEVELS = ("word", "char")
 # Family arguments live directly in ``model``; each may be one value or one value per layer.
 FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
+# Spellings of "no value" accepted for optional fields in overrides (``--set data.path=null``).
+NULLS = ("null", "none", "~")
 
 IntOrPerLayer = Union[int, tuple[int, ...], None]
 FloatOrPerLayer = Union[float, tuple[float, ...], None]
@@ -245,16 +247,14 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-        errors = []
+        if type(None) in options and (value is None or (isinstance(value, str) and value.strip().lower() in NULLS)):
+            return None
         # Try scalars before tuples so that "4" becomes 4, not an error about lists.
         for option in sorted((o for o in options if o is not type(None)), key=lambda o: typing.get_origin(o) is tuple):
             try:
                 return coerce(key, option, value)
-            except (TypeError, ValueError) as exc:
-                errors.append(exc)
+            except (TypeError, ValueError):
+                continue
         raise TypeError(f"{key} must be {_type_name(tp)}, got {key}={value!r}")
     if origin is tuple:
         (elem, _ellipsis) = typing.get_args(tp)
@@ -378,7 +378,8 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | list[str] | tupl
             if not isinstance(text, str) or "=" not in text:
                 raise ValueError(f"override must look like section.key=value, got {text!r}")
             key, value = text.split("=", 1)
-            items.append((key.strip(), _parse_scalar(value) if value.strip() else value))
+            # Keep the text: ``coerce`` parses it to the field's type (so a str field keeps "123").
+            items.append((key.strip(), value.strip()))
     data = config.to_dict()
     for key, value in items:
         parts = key.split(".")

@@ -100,3 +100,10 @@ def test_shipped_configs_load(name):
     if name.startswith("zaremba"):
         m, t = c.model, c.train
         assert (m.hidden_size, m.num_layers, t.bptt, t.batch_size, t.epochs) == (200, 2, 20, 20, 13)
+
+
+def test_override_text_is_parsed_by_field_type():
+    c = apply_overrides(Config(), ["data.path=123", "data.corpus=text", "model.cell=routed", "model.routing=soft",
+                                   "model.num_cells=2", "train.grow_epochs=[1, 2]"])
+    assert c.data.path == "123" and c.model.routing == "soft" and c.train.grow_epochs == (1, 2)
+    assert apply_overrides(c, ["data.path=null", "model.routing=none"]).data.path is None

@@ -34,7 +34,7 @@ from ray.tune.search import Searcher
 from .records import TrialRecord, log_hypervolume, pareto_front
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
-_FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s")
+_FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,16 @@ def _epoch_metrics(result: dict) -> dict:
     return metrics
 
 
+def _checkpoint_history(ckpt_dir: Path) -> list[dict]:
+    """Per-epoch metrics stored in the trainer's checkpoint in ``ckpt_dir`` (empty when there is none)."""
+    from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
+
+    path = checkpoint_path(ckpt_dir)
+    if not path.exists():
+        return []
+    return [dict(h) for h in load_checkpoint(path).get("history", []) if "epoch" in h]
+
+
 def _restore_checkpoint(ckpt_dir: Path) -> None:
     """Seed the trainer's checkpoint folder from Ray's latest checkpoint (a retry on another node)."""
     checkpoint = tune.get_checkpoint()
@@ -286,6 +296,10 @@ def run_trial(config: dict) -> None:
     cfg = Config.from_dict(spec["config"])
     # Concurrent trials must not oversubscribe the node: each gets its own share of the cores.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=int(config.get("threads", 1))))
+    # A driver killed between the trainer's checkpoint and its report loses that epoch's report:
+    # replay the resumed checkpoint's history first (the controller keeps one entry per epoch).
+    for entry in _checkpoint_history(ckpt_dir):
+        report(int(entry["epoch"]), entry)
     result = train(cfg, report=report, checkpoint_dir=ckpt_dir, resume=True)
     final = {
         "final": True,
@@ -296,9 +310,11 @@ def run_trial(config: dict) -> None:
         "params": int(getattr(result, "params", spec["params"])),
         "tokens_per_s": _num(getattr(result, "tokens_per_s", None)),
         "epochs": int(getattr(result, "epochs", 0)),
+        "history": [{k: v for k, v in h.items() if isinstance(v, (int, float, str, bool))}
+                    for h in getattr(result, "history", []) or []],
     }
     if logger is not None:
-        logger.finish(result.status, {k: v for k, v in final.items() if v is not None})
+        logger.finish(result.status, {k: v for k, v in final.items() if v is not None and k != "history"})
     tune.report(final)
 
 

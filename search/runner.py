@@ -109,7 +109,8 @@ def has_state(paths: SearchPaths) -> bool:
 def write_records(path: Path, records: list[TrialRecord], meta: dict | None = None) -> None:
     """Atomically write the records (and search metadata) as JSON: what ``export`` reads without MLflow."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps({"meta": meta or {}, "records": [r.to_dict() for r in records]}, default=_jsonable))
+    data = _finite({"meta": meta or {}, "records": [r.to_dict() for r in records]})
+    tmp.write_text(json.dumps(data, default=str, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -119,10 +120,15 @@ def read_records(path: Path) -> tuple[dict, list[TrialRecord]]:
     return data.get("meta", {}), [TrialRecord.from_dict(r) for r in data["records"]]
 
 
-def _jsonable(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats as None: strict JSON that every reader accepts."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _validate(trials: int, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,

@@ -53,7 +53,9 @@ def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = 
         p.add_argument("--space", default=space_default, help="space file or shipped space name")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler (tpe, random, nsga2, ...)")
-    p.add_argument("--pruner", default=None, help="pruner (default: the controller's)")
+    p.add_argument("--pruner", default=None, help="pruner: pareto (default), median, percentile, hyperband, none, ...")
+    p.add_argument("--pruner-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="pruner argument, e.g. --pruner-arg n_warmup_steps=1 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
@@ -84,8 +86,20 @@ def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, 
         pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,
-        seed=args.seed, progress=_progress(args),
+        seed=args.seed, progress=_progress(args), pruner_kwargs=_pruner_args(args.pruner_arg),
     )
+
+
+def _pruner_args(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--pruner-arg must be KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def front_table(front: list[TrialRecord]) -> str:

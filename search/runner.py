@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -225,9 +226,14 @@ def run_search(
     pruner (``squeezelstm.search.pruners.make_pruner``).
     """
     _validate(trials, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures)
-    from .controller import SearchController
+    from .controller import SAMPLERS, SearchController
+    from .pruners import PRUNERS
     from .space import SearchSpace, load_space
 
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler={sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    if pruner is not None and pruner not in PRUNERS:
+        raise ValueError(f"unknown pruner={pruner!r}; valid pruners: {', '.join(PRUNERS)}")
     if not isinstance(space, SearchSpace):
         space = load_space(space)
     paths = resolve_paths(experiment, storage)
@@ -246,7 +252,12 @@ def run_search(
     if pruner is not None:
         controller_kwargs["pruner"] = pruner
     controller_kwargs.update(pruner_kwargs or {})
-    controller = SearchController(space, **controller_kwargs)
+    try:
+        controller = SearchController(space, **controller_kwargs)
+    except BaseException:
+        if not existed:  # a bad sampler/pruner argument must not leave a half-made experiment behind
+            shutil.rmtree(paths.state_dir, ignore_errors=True)
+        raise
     ref_params, ref_ppl, optimal_ppl = _reference_point(space, controller)
 
     tracker = _make_tracker(track, tracking_uri, experiment)

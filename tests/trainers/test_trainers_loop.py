@@ -53,7 +53,8 @@ def test_learns_synthetic_and_reports_every_epoch():
     {},
     {"model.dropout": 0.3, "model.locked_dropout": True, "train.optimizer": "sgd", "train.lr": 1.0,
      "train.schedule": "epoch", "train.decay_start": 1},
-    {"model.cell": "routed", "model.num_cells": 2, "model.routing": "hidden", "model.dropout": 0.2},
+    {"model.cell": "routed", "model.num_cells": 2, "model.routing": "hidden", "model.dropout": 0.2,
+     "data.train_tokens": 1200},
 ])
 def test_resume_equals_uninterrupted(tmp_path, extra):
     whole = train(tiny(**{"train.epochs": 3, **extra}))

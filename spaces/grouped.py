@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from ._recurrence import linear_recurrence
 from .lstm import lstm_pointwise
 
 
@@ -66,29 +67,24 @@ class GroupedLSTMLayer(RecurrentLayer):
         h, c = state
         g, n = self.groups, self.hidden_size
         steps, batch = x.size(0), x.size(1)
-        # Work group-major throughout the loop so each step is one baddbmm and no permutes.
         # x-side projections for the whole window in one bmm: (g, T*N, m/g) @ (g, m/g, 4n/g).
         xg = x.reshape(steps * batch, g, self.input_size // g).transpose(0, 1)
         if self.bias is not None:
             xw = torch.baddbmm(self._group_bias(), xg, self.weight_ih.transpose(1, 2))
         else:
             xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
-        xw = xw.view(g, steps, batch, 4 * n // g)
-        w_hh_t = self.weight_hh.transpose(1, 2)  # (g, n/g, 4n/g)
+        # Time-major (T, g, N, 4n/g) so each step's slice is contiguous; the recurrence is one
+        # autograd node with a hand-written backward (one baddbmm a step over all groups).
+        xw = xw.view(g, steps, batch, 4 * n // g).transpose(0, 1)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)
-        outs = []
-        for t in range(steps):
-            gates = torch.baddbmm(xw[:, t], hg, w_hh_t)  # (g, N, 4n/g), rows i, f, g, o per group
-            hg, cg = lstm_pointwise(gates, cg)
-            outs.append(hg)
-        out = torch.stack(outs, dim=1)  # (g, T, N, n/g)
-        out = out.permute(1, 2, 0, 3).reshape(steps, batch, n)
+        hs, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),))
+        out = hs.transpose(1, 2).reshape(steps, batch, n)  # (T, g, N, n/g) -> (T, N, n)
 
         def ungroup(s: Tensor) -> Tensor:
             return s.transpose(0, 1).reshape(batch, n)
 
-        return out, (ungroup(hg), ungroup(cg))
+        return out, (ungroup(h_n), ungroup(c_n))
 
     def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Slow, obviously-correct version: a Python loop over steps and groups, LSTM gate layout."""

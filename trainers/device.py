@@ -16,7 +16,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> ``cuda`` if available else ``cpu``; asking for CUDA without it -> ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r} is not a device (use 'auto', 'cpu' or 'cuda[:N]')") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available (use 'auto' or 'cpu')")
     return device

@@ -107,3 +107,14 @@ def test_override_text_is_parsed_by_field_type():
                                    "model.num_cells=2", "train.grow_epochs=[1, 2]"])
     assert c.data.path == "123" and c.model.routing == "soft" and c.train.grow_epochs == (1, 2)
     assert apply_overrides(c, ["data.path=null", "model.routing=none"]).data.path is None
+
+
+def test_device_names_are_checked():
+    from squeezelstm.trainers.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="train.device"):
+        resolve_device("cuda:abc")
+    with pytest.raises(ValueError, match="train.device"):
+        apply_overrides(Config(), ["train.device=tpu"])

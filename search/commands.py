@@ -176,9 +176,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError:
         write_report = None
     if write_report is not None:
-        history = None
+        meta = _meta(result)
+        reference = (meta["ref_params"], meta["ref_ppl"]) if meta.get("ref_params") and meta.get("ref_ppl") else None
         write_report(result.records, report, title=f"squeezelstm {experiment}",
-                     optimal_ppl=_optimal_ppl(result), hypervolume_history=history)
+                     optimal_ppl=meta.get("optimal_ppl"), reference=reference)
         print(f"report: {report}", file=sys.stderr)
     best = knee_point(result.front)
     export_trial(best, out_dir / "best.yaml", experiment=experiment)
@@ -187,11 +188,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optimal_ppl(result: Any) -> float | None:
+def _meta(result: Any) -> dict:
     from .runner import read_records
 
     try:
         meta, _ = read_records(result.paths.records_file)
     except (OSError, ValueError):
-        return None
-    return meta.get("optimal_ppl")
+        return {}
+    return meta

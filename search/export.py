@@ -127,7 +127,7 @@ def export_trial(record: TrialRecord, out: str | os.PathLike, *, experiment: str
     test = "n/a" if record.test_ppl is None else f"{record.test_ppl:.4f}"
     header = (f"squeezelstm export: experiment {experiment or '?'} trial {record.number} ({record.family})\n"
               f"params {record.params:,}  flops {record.flops:,}  valid ppl {record.valid_ppl:.4f}  test ppl {test}\n"
-              f"train it again with: squeezelstm train --config {out.name}")
+              f"train it again with: squeezelstm train {out.name}")
     save_config(config, out, header_comment=header)
     metrics_file = out.with_name(out.name + ".metrics.json")
     if checkpoint_from is not None:

@@ -38,10 +38,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import yaml
+
+from .distributions import (Choice, Dist, FloatRange, IntRange, RandomSuggester, Suggester, _is_int, _is_number,
+                            dist_to_dict, parse_dist)
 
 SECTIONS = ("data", "model", "train")
 TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
@@ -68,163 +70,6 @@ FAMILY_REQUIRED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
 # model keys that do not change the parameter count: the cheapest-config search leaves them at one value
 _SIZE_FREE_MODEL_KEYS = ("dropout",)
-
-
-class Suggester(Protocol):
-    """What a space needs to sample a config; ``optuna.Trial`` satisfies it as it is."""
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
-
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
-
-
-class RandomSuggester:
-    """Independent uniform (or log-uniform) draws from an explicit seeded ``numpy.random.Generator``."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.params: dict[str, Any] = {}
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        value = choices[int(self.rng.integers(len(choices)))]
-        self.params[name] = value
-        return value
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        if log:
-            value = int(math.floor(math.exp(self.rng.uniform(math.log(low), math.log(high + 1)))))
-            value = min(max(value, low), high)
-        else:
-            value = low + step * int(self.rng.integers((high - low) // step + 1))
-        self.params[name] = value
-        return value
-
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
-        if log:
-            value = float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
-        else:
-            value = float(self.rng.uniform(low, high))
-        value = min(max(value, low), high)
-        self.params[name] = value
-        return value
-
-
-# ----------------------------------------------------------------------------------------------
-# distributions
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of a fixed tuple of scalar values."""
-
-    choices: tuple
-
-    def sample(self, suggester: Suggester, name: str) -> Any:
-        return suggester.suggest_categorical(name, list(self.choices))
-
-    def candidates(self) -> tuple:
-        numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
-        if numeric and len(self.choices) > 4:
-            return (min(self.choices), max(self.choices))
-        return self.choices
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """An int in ``[low, high]`` on a grid of ``step`` (or log-uniform, step 1)."""
-
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-
-    def sample(self, suggester: Suggester, name: str) -> int:
-        return int(suggester.suggest_int(name, self.low, self.high, step=self.step, log=self.log))
-
-    def candidates(self) -> tuple:
-        top = self.low + (self.high - self.low) // self.step * self.step
-        return (self.low, top) if top != self.low else (self.low,)
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    """A float in ``[low, high]``, uniform or log-uniform."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    def sample(self, suggester: Suggester, name: str) -> float:
-        return float(suggester.suggest_float(name, self.low, self.high, log=self.log))
-
-    def candidates(self) -> tuple:
-        return (self.low, self.high) if self.high != self.low else (self.low,)
-
-
-Dist = Choice | IntRange | FloatRange
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_dist(raw: Any, key: str) -> Dist | None:
-    """Return the distribution a space-file leaf declares, or None if it is a fixed value.
-
-    ValueError naming ``key`` for a malformed distribution (empty choices, min > max, a log range
-    that reaches 0, wrong types, unknown fields).
-    """
-    if not isinstance(raw, Mapping) or not ({"choice", "int", "float"} & set(raw)):
-        return None
-    kinds = [k for k in ("choice", "int", "float") if k in raw]
-    if len(kinds) > 1:
-        raise ValueError(f"{key}: give one of choice/int/float, got {sorted(raw)}")
-    kind = kinds[0]
-    allowed = {"choice": {"choice"}, "int": {"int", "step", "log"}, "float": {"float", "log"}}[kind]
-    extra = sorted(set(raw) - allowed)
-    if extra:
-        raise ValueError(f"{key}: unknown field {extra[0]!r} in a {kind} distribution (allowed: {', '.join(sorted(allowed))})")
-    if kind == "choice":
-        choices = raw["choice"]
-        if not isinstance(choices, (list, tuple)) or not choices:
-            raise ValueError(f"{key}: choice must be a non-empty list, got {choices!r}")
-        for c in choices:
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise ValueError(f"{key}: choices must be scalars (bool, int, float, str), got {c!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise ValueError(f"{key}: choice has repeated values {list(choices)!r}")
-        return Choice(tuple(choices))
-    bounds = raw[kind]
-    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-        raise ValueError(f"{key}: {kind} must be a [low, high] pair, got {bounds!r}")
-    low, high = bounds
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise ValueError(f"{key}: log must be true or false, got {log!r}")
-    if kind == "int":
-        if not (_is_int(low) and _is_int(high)):
-            raise ValueError(f"{key}: int range bounds must be integers, got {list(bounds)!r}")
-        step = raw.get("step", 1)
-        if not _is_int(step) or step < 1:
-            raise ValueError(f"{key}: step must be a positive integer, got step={step!r}")
-        if log and step != 1:
-            raise ValueError(f"{key}: a log int range cannot have step={step} (use step 1)")
-        dist: Dist = IntRange(int(low), int(high), int(step), log)
-    else:
-        if not (_is_number(low) and _is_number(high)):
-            raise ValueError(f"{key}: float range bounds must be numbers, got {list(bounds)!r}")
-        dist = FloatRange(float(low), float(high), log)
-    if dist.low > dist.high:
-        raise ValueError(f"{key}: min > max in {kind} range {list(bounds)!r}")
-    if log and dist.low <= 0:
-        raise ValueError(f"{key}: a log range needs low > 0, got {list(bounds)!r}")
-    return dist
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,21 +268,6 @@ class SearchSpace:
         if fams:
             out["families"] = fams
         return out
-
-
-def dist_to_dict(dist: Dist) -> dict:
-    """Space-file form of a distribution."""
-    if isinstance(dist, Choice):
-        return {"choice": list(dist.choices)}
-    if isinstance(dist, IntRange):
-        out: dict[str, Any] = {"int": [dist.low, dist.high]}
-        if dist.step != 1:
-            out["step"] = dist.step
-    else:
-        out = {"float": [dist.low, dist.high]}
-    if dist.log:
-        out["log"] = True
-    return out
 
 
 def _override_items(overrides: Mapping[str, Any] | list[str]) -> list[tuple[str, Any]]:

@@ -9,13 +9,13 @@ autograd node instead:
     pre_t = xw_t + h_{t-1} F_1 F_2 ... F_L          (batched over G independent groups)
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),    h_t = sigmoid(o) * tanh(c_t)
 
-with ``xw`` (T, G, N, 4s) the input projections of the whole window (computed by the caller with
+with ``xw`` (G, T, N, 4s) the input projections of the whole window (computed by the caller with
 ordinary autograd, one big matmul), ``h, c`` (G, N, s) and factors ``F_l`` (G, a_l, b_l) chaining
 s -> ... -> 4s (gate columns i, f, g, o of each group). The forward loop runs without autograd,
 writing into preallocated buffers; the backward loop computes the gate gradients step by step and
 the factors' gradients afterwards as one batched matmul over the whole window.
 
-``linear_recurrence(xw, h0, c0, factors) -> (hs (T, G, N, s), h_T, c_T)`` is the entry point.
+``linear_recurrence(xw, h0, c0, factors) -> (out (T, N, G*s), h_T, c_T)`` is the entry point.
 """
 
 from __future__ import annotations
@@ -35,60 +35,67 @@ def _chain(h: Tensor, factors: tuple[Tensor, ...], out_add: Tensor) -> Tensor:
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, *factors: Tensor):
-        steps = xw.size(0)
+        groups, steps, batch, four_s = xw.shape
         s = h0.size(-1)
-        hs = xw.new_empty((steps + 1,) + tuple(h0.shape))
+        # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
+        # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
+        # for the weight gradients, so no layout copies are needed.
+        hs = xw.new_empty(groups, steps + 1, batch, s)
         cs = torch.empty_like(hs)
-        tcs = xw.new_empty((steps,) + tuple(h0.shape))  # tanh(c_t), reused by the backward
+        tcs = xw.new_empty(groups, steps, batch, s)  # tanh(c_t), reused by the backward
         acts = torch.empty_like(xw)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) per step
-        hs[0] = h0
-        cs[0] = c0
+        hs[:, 0] = h0
+        cs[:, 0] = c0
         for t in range(steps):
-            pre = _chain(hs[t], factors, xw[t])
-            a = acts[t]
+            pre = _chain(hs[:, t], factors, xw[:, t])
+            a = acts[:, t]
             torch.sigmoid(pre, out=a)
             torch.tanh(pre[..., 2 * s:3 * s], out=a[..., 2 * s:3 * s])
             i, f, g, o = a.split(s, dim=-1)
-            c = cs[t + 1]
-            torch.mul(f, cs[t], out=c)
+            c = cs[:, t + 1]
+            torch.mul(f, cs[:, t], out=c)
             c.addcmul_(i, g)
-            torch.tanh(c, out=tcs[t])
-            torch.mul(o, tcs[t], out=hs[t + 1])
+            torch.tanh(c, out=tcs[:, t])
+            torch.mul(o, tcs[:, t], out=hs[:, t + 1])
         ctx.save_for_backward(hs, cs, tcs, acts, *factors)
-        # Clones: the buffers are saved for backward and must not alias tensors the caller may modify.
-        return hs[1:].clone(), hs[steps].clone(), cs[steps].clone()
+        # Views of the saved buffers: autograd refuses in-place changes to a custom Function's
+        # view outputs, so they cannot corrupt what the backward reads.
+        out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)  # (T, N, G*s)
+        return out, hs[:, steps], cs[:, steps]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None):
         hs, cs, tcs, acts, *factors = ctx.saved_tensors
-        steps = acts.size(0)
+        groups, steps, batch, four_s = acts.shape
         s = hs.size(-1)
-        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
-        dc = torch.zeros_like(cs[0]) if d_cn is None else d_cn.clone()
+        dh = torch.zeros_like(hs[:, 0]) if d_hn is None else d_hn.clone()
+        dc = torch.zeros_like(cs[:, 0]) if d_cn is None else d_cn.clone()
+        if d_out is not None:
+            d_out = d_out.view(steps, batch, groups, s)
         dgates = torch.empty_like(acts)
         back = [f.transpose(1, 2) for f in reversed(factors)]  # 4s -> ... -> s
         tmp = torch.empty_like(dh)
+        one = torch.ones((), dtype=hs.dtype, device=hs.device)
         for t in range(steps - 1, -1, -1):
             if d_out is not None:
-                dh.add_(d_out[t])
-            a = acts[t]
+                dh.add_(d_out[t].transpose(0, 1))
+            a = acts[:, t]
             i, f, g, o = a.split(s, dim=-1)
-            tc = tcs[t]
+            tc = tcs[:, t]
             # dc += dh * o * (1 - tanh(c)^2)
-            torch.addcmul(torch.ones((), dtype=tc.dtype, device=tc.device), tc, tc, value=-1.0, out=tmp)
+            torch.addcmul(one, tc, tc, value=-1.0, out=tmp)
             tmp.mul_(o).mul_(dh)
             dc.add_(tmp)
-            dg = dgates[t]
+            dg = dgates[:, t]
             di, df, dgg, do = dg.split(s, dim=-1)
             torch.mul(dc, g, out=di)
-            torch.mul(dc, cs[t], out=df)
+            torch.mul(dc, cs[:, t], out=df)
             torch.mul(dc, i, out=dgg)
             torch.mul(dh, tc, out=do)
             # Activation derivatives: a(1 - a) for the sigmoids, 1 - a^2 for tanh(g).
             deriv = torch.addcmul(a, a, a, value=-1.0)
-            torch.addcmul(torch.ones((), dtype=g.dtype, device=g.device), g, g, value=-1.0,
-                          out=deriv[..., 2 * s:3 * s])
+            torch.addcmul(one, g, g, value=-1.0, out=deriv[..., 2 * s:3 * s])
             dg.mul_(deriv)
             dc.mul_(f)
             if t > 0 or ctx.needs_input_grad[1]:
@@ -96,33 +103,31 @@ class _LinearRecurrence(torch.autograd.Function):
                 for w in back[:-1]:
                     x = torch.bmm(x, w)
                 dh = torch.bmm(x, back[-1])
-        d_factors = []
+        d_factors: list[Tensor | None] = [None] * len(factors)
         if any(ctx.needs_input_grad[3:]):
-            groups, batch = hs.size(1), hs.size(2)
-            # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s), group-major.
-            h_prev = hs[:-1].transpose(0, 1).reshape(groups, steps * batch, s)
-            d_pre = dgates.transpose(0, 1).reshape(groups, steps * batch, dgates.size(-1))
+            # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
+            h_prev = hs[:, :-1].reshape(groups, steps * batch, s)
+            d_pre = dgates.view(groups, steps * batch, four_s)
             # Activations entering each factor, forward: u_0 = H, u_l = u_{l-1} F_l.
             inputs = [h_prev]
             for fct in factors[:-1]:
                 inputs.append(torch.bmm(inputs[-1], fct))
             grad = d_pre
             for idx in range(len(factors) - 1, -1, -1):
-                d_factors.append(torch.bmm(inputs[idx].transpose(1, 2), grad))
+                d_factors[idx] = torch.bmm(inputs[idx].transpose(1, 2), grad)
                 if idx > 0:
                     grad = torch.bmm(grad, factors[idx].transpose(1, 2))
-            d_factors.reverse()
-        else:
-            d_factors = [None] * len(factors)
         return (dgates, dh, dc, *d_factors)
 
 
 def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor]):
     """Run the LSTM recurrence ``pre_t = xw_t + h_{t-1} F_1 ... F_L`` over a window; differentiable.
 
-    ``xw`` (T, G, N, 4s); ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) with a chain s -> 4s.
-    Returns ``(hs, h_T, c_T)``: every step's hidden state (T, G, N, s) and the final state.
+    ``xw`` (G, T, N, 4s) group-major; ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) chaining s -> 4s.
+    Returns ``(out, h_T, c_T)``: every step's hidden state laid out as (T, N, G*s) (group j's units
+    in columns [j s, (j+1) s)) and the final state (G, N, s).
     """
-    if xw.size(0) == 0:
-        return xw.new_empty((0,) + tuple(h0.shape)), h0, c0
-    return _LinearRecurrence.apply(xw.contiguous(), h0.contiguous(), c0.contiguous(), *factors)
+    groups, steps, batch, _ = xw.shape
+    if steps == 0:
+        return xw.new_empty(0, batch, groups * h0.size(-1)), h0, c0
+    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, *factors)

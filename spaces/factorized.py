@@ -67,8 +67,8 @@ class FactorizedLSTMLayer(RecurrentLayer):
         xz = x @ self.weight_in[:, :m].t()
         xw = nn.functional.linear(xz, self.weight_out, self.bias)
         factors = (self.weight_in[:, m:].t().unsqueeze(0), self.weight_out.t().unsqueeze(0))
-        hs, h_n, c_n = linear_recurrence(xw.unsqueeze(1), h.unsqueeze(0), c.unsqueeze(0), factors)
-        return hs.squeeze(1), (h_n.squeeze(0), c_n.squeeze(0))
+        out, h_n, c_n = linear_recurrence(xw.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), factors)
+        return out, (h_n.squeeze(0), c_n.squeeze(0))
 
     def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Slow, obviously-correct version: the full gate matrix W2 W1 applied to [x_t; h] each step."""

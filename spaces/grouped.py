@@ -73,13 +73,12 @@ class GroupedLSTMLayer(RecurrentLayer):
             xw = torch.baddbmm(self._group_bias(), xg, self.weight_ih.transpose(1, 2))
         else:
             xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
-        # Time-major (T, g, N, 4n/g) so each step's slice is contiguous; the recurrence is one
-        # autograd node with a hand-written backward (one baddbmm a step over all groups).
-        xw = xw.view(g, steps, batch, 4 * n // g).transpose(0, 1)
+        # The recurrence is one autograd node with a hand-written backward: one baddbmm a step
+        # over all groups, group-major (g, T, N, 4n/g) so no layout copies are needed.
+        xw = xw.view(g, steps, batch, 4 * n // g)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)
-        hs, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),))
-        out = hs.transpose(1, 2).reshape(steps, batch, n)  # (T, g, N, n/g) -> (T, N, n)
+        out, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),))
 
         def ungroup(s: Tensor) -> Tensor:
             return s.transpose(0, 1).reshape(batch, n)

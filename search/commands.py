@@ -51,6 +51,8 @@ def add_parser(sub: Any) -> None:
 def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = None) -> None:
     if space_default is not None:
         p.add_argument("--space", default=space_default, help="space file or shipped space name")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space key, e.g. --set data.path=~/data/ptb (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler (tpe, random, nsga2, ...)")
     p.add_argument("--pruner", default=None, help="pruner: pareto (default), median, percentile, hyperband, none, ...")
@@ -80,9 +82,10 @@ def _progress(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, resume: bool):
     from .runner import run_search
+    from .space import load_space
 
     return run_search(
-        space, trials=trials, experiment=experiment, epochs=args.epochs, sampler=args.sampler,
+        load_space(space, args.overrides or None), trials=trials, experiment=experiment, epochs=args.epochs, sampler=args.sampler,
         pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,

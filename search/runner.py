@@ -193,6 +193,9 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # MLflow and its migrations announce every new sqlite store at INFO: noise next to progress lines.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_search(
@@ -246,6 +249,11 @@ def run_search(
     if resume and not existed:
         raise ValueError(f"nothing to resume: no search state for experiment {experiment!r} in {paths.experiment_dir}")
     check_writable(paths)
+    # An unreachable MLflow store is reported before anything of the experiment is created.
+    tracker = _make_tracker(track, tracking_uri, experiment)
+    _quiet_ray()  # after MLflow's import, which sets its own logger levels
+    if tracker is not None:
+        tracker.check()
 
     controller_kwargs: dict[str, Any] = dict(sampler=sampler, seed=seed, epochs=epochs,
                                               state_dir=paths.state_dir, study_name=experiment)
@@ -260,11 +268,6 @@ def run_search(
         raise
     ref_params, ref_ppl, optimal_ppl = _reference_point(space, controller)
 
-    tracker = _make_tracker(track, tracking_uri, experiment)
-    if tracker is not None:
-        tracker.check()
-
-    _quiet_ray()
     started_ray = _start_ray(address, cpus_per_trial)
     try:
         return _fit(space, controller, paths, tracker, experiment=experiment, trials=trials, resume=resume,

@@ -125,3 +125,10 @@ def test_storage_paths():
     remote = resolve_paths("exp", "s3://bucket/runs/")
     assert remote.ray_storage == "s3://bucket/runs/exp" and remote.state_dir.name == "controller"
     assert is_uri("gs://b/x") and not is_uri("file:///tmp/x") and not is_uri("/tmp/x")
+
+
+def test_unreachable_tracking_server_fails_before_anything_is_created(capsys, tmp_path, space):
+    code, err = run(capsys, "search", "--space", str(space), "--trials", "2", "--experiment", "t",
+                    "--storage", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9")
+    one_line_error(code, err, "127.0.0.1:9")
+    assert not resolve_paths("t", tmp_path).state_dir.exists() or not any(resolve_paths("t", tmp_path).state_dir.iterdir())

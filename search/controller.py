@@ -233,9 +233,10 @@ class SearchController:
     def complete(self, number: int, status: str, result: dict | None = None) -> TrialRecord:
         """Close trial ``number`` with its real outcome, tell the study, and return its record.
 
-        ``status`` is finished/pruned/failed/diverged; a trial this controller decided to prune
-        is pruned whatever the caller says, and a "finished" trial without a finite ``valid_ppl``
-        is failed (there is no value to tell). Calling again for a closed trial changes nothing.
+        ``status`` is finished/pruned/failed/diverged. A trial this controller decided to prune is
+        pruned even if the caller says finished (a runner may let it run its last epoch); one that
+        failed or diverged stays so (told as FAIL either way). A "finished" trial without a finite
+        ``valid_ppl`` is failed: there is no value to tell. Calling again for a closed trial changes nothing.
         """
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}, got status={status!r}")
@@ -244,8 +245,8 @@ class SearchController:
             if record.status != "running":
                 return copy.deepcopy(record)
             result = dict(result or {})
-            if number in self._prune_decided:
-                status = "pruned"
+            if number in self._prune_decided and status == "finished":
+                status = "pruned"  # its perplexity is a half-trained one: never told as final
             history = result.get("history")
             if isinstance(history, list) and len(history) > len(record.history):
                 record.history = [{k: _plain(v) for k, v in dict(h).items()} for h in history]

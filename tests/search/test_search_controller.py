@@ -223,6 +223,17 @@ def test_resume_replays_the_pruning_decision(tmp_path):
     second = SearchController(space, sampler="random", pruner="median", state_dir=tmp_path, vocab_size=VOCAB,
                               n_startup_trials=1, n_warmup_steps=0)
     assert second.complete(bad.number, "finished", {"valid_ppl": 400.0}).status == "pruned"
+    assert second.study.get_trials(deepcopy=False)[bad.number].state == TrialState.PRUNED
+
+
+def test_a_pruned_decision_does_not_hide_a_divergence():
+    controller = SearchController(parse_space(toy_raw()), sampler="random", pruner="median", vocab_size=VOCAB,
+                                  n_startup_trials=1, n_warmup_steps=0)
+    run_trial(controller, controller.suggest())
+    spec = controller.suggest()
+    assert controller.report(spec.number, 1, {"valid_ppl": float("nan")}) is True
+    assert controller.complete(spec.number, "diverged").status == "diverged"
+    assert controller.study.get_trials(deepcopy=False)[spec.number].state == TrialState.FAIL
 
 
 def test_vocabulary_comes_from_the_space_corpus():

@@ -337,5 +337,7 @@ def draw_family_table(data: dict[str, Any]) -> go.Figure:
     fig = go.Figure(go.Table(header={"values": header, "align": "left", "fill_color": "#e8e8e8"},
                              cells={"values": columns, "align": "left"}))
     fig.update_layout(title="Best validation perplexity per family within each parameter budget",
-                      template="plotly_white", height=120 + 30 * max(1, len(data["families"])))
+                      template="plotly_white", margin={"t": 60, "b": 20},
+                      # the default margins alone are taller than a short table: size it to its rows
+                      height=140 + 30 * (1 + max(1, len(data["families"]))))
     return fig

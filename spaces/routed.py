@@ -35,7 +35,7 @@ chosen sub-cell's recurrent matmul (``4 s^2``; all ``k`` for ``soft``: ``4 n s``
 
 Execution: when one sub-cell serves the whole batch (``round_robin``, ``k = 1``, or a single
 sequence) only its recurrent matmul runs. When sequences in a batch pick different sub-cells
-(``token``, ``hidden`` in eval) the code runs one ``bmm`` over all ``k`` sub-cells and selects, which
+(``token``, ``hidden`` in eval) the code updates all ``k`` sub-cells (one ``bmm``) and keeps the chosen one, which
 executes ``4 n s`` multiply-adds instead of the counted ``4 s^2``: measured on CPU it is 2-20x faster
 than gathering each sequence's ``(s, 4s)`` weights, so ``count_flops`` is the cell's intrinsic cost
 (what a per-cell kernel needs), not the batched implementation's.
@@ -146,47 +146,65 @@ class RoutedLayer(RecurrentLayer):
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:
             xw = xw + self.bias_hh
-        xw = xw.view(T, N, k, 4 * s)
+        # unbind once: indexing xw[t] every step would make backward allocate a whole-window zero tensor per step.
+        xs = xw.view(T, N, k, 4 * s).unbind(0)
         w_hh_t = self.weight_hh.transpose(1, 2)  # (k, s, 4s): h_j @ w_hh_t[j]
-        dense = k > 1 and (self.routing == "soft" or (self.routing == "hidden" and self.training))
-        choices = self.token_choices(x) if (k > 1 and self.routing == "token") else None  # (T, N)
-        rows = torch.arange(N, device=x.device)
+        if k > 1 and (self.routing == "soft" or (self.routing == "hidden" and self.training)):
+            return self._forward_mixed(xs, h, c, w_hh_t)
+        if k > 1 and self.routing in ("hidden", "token") and N > 1:
+            return self._forward_selected(x, xs, h, c, w_hh_t)
+        # One sub-cell serves the whole batch each step: update only its slice of the state.
+        hs, cs = list(h.view(N, k, s).unbind(1)), list(c.view(N, k, s).unbind(1))
+        ws = w_hh_t.unbind(0)
+        tokens = self.token_choices(x).flatten().tolist() if (k > 1 and self.routing == "token") else None
         outs = []
         for t in range(T):
-            hk, ck = h.view(N, k, s), c.view(N, k, s)
-            if dense:
-                # All sub-cells update (k batched matmuls); the router's weights mix old and new.
-                rec = torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1)  # (N, k, 4s)
-                hn, cn = lstm_pointwise(xw[t] + rec, ck)
-                logits = self._router_logits(h)
-                w = torch.softmax(logits, -1) if self.routing == "soft" else self._gumbel_st(logits)
-                w = w.unsqueeze(-1)  # (N, k, 1)
-                h = (w * hn + (1 - w) * hk).reshape(N, k * s)
-                c = (w * cn + (1 - w) * ck).reshape(N, k * s)
-            else:
-                if k == 1:
-                    j = 0
-                elif self.routing == "round_robin":
-                    j = (self.offset + t) % k
-                else:
-                    idx = choices[t] if choices is not None else self._router_logits(h).argmax(-1)  # (N,)
-                    j = int(idx) if N == 1 else None
-                if j is not None:
-                    # One sub-cell for the whole batch: slice its weights, leave the others untouched.
-                    hn, cn = lstm_pointwise(xw[t, :, j] + hk[:, j] @ w_hh_t[j], ck[:, j])
-                    h = torch.cat([hk[:, :j], hn.unsqueeze(1), hk[:, j + 1:]], 1).reshape(N, k * s)
-                    c = torch.cat([ck[:, :j], cn.unsqueeze(1), ck[:, j + 1:]], 1).reshape(N, k * s)
-                else:
-                    # Sequences pick different sub-cells. One bmm over all k sub-cells then a select
-                    # beats gathering each sequence's (s, 4s) weights (2-20x on CPU: the gather copies
-                    # N s 4s floats a step), although it executes 4ns instead of 4s^2 multiply-adds.
-                    rec = torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1)[rows, idx]  # (N, 4s)
-                    hn, cn = lstm_pointwise(xw[t][rows, idx] + rec, ck[rows, idx])
-                    keep = F.one_hot(idx, k).bool().unsqueeze(-1)  # (N, k, 1)
-                    h = torch.where(keep, hn.unsqueeze(1), hk).reshape(N, k * s)
-                    c = torch.where(keep, cn.unsqueeze(1), ck).reshape(N, k * s)
-            outs.append(h)
-        return torch.stack(outs), (h, c)
+            if k == 1:
+                j = 0
+            elif self.routing == "round_robin":
+                j = (self.offset + t) % k
+            elif tokens is not None:
+                j = tokens[t]
+            else:  # hidden routing, eval, a single sequence
+                j = int(self._router_logits(outs[-1] if outs else h).argmax())
+            hs[j], cs[j] = lstm_pointwise(xs[t][:, j] + hs[j] @ ws[j], cs[j])
+            outs.append(torch.cat(hs, 1) if k > 1 else hs[0])
+        return torch.stack(outs), (outs[-1], torch.cat(cs, 1) if k > 1 else cs[0])
+
+    def _forward_mixed(self, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
+        """``soft`` and ``hidden`` in training: every sub-cell updates; router weights mix old and new."""
+        N, k, s = h.size(0), self.num_cells, self.cell_size
+        hk, ck = h.view(N, k, s), c.view(N, k, s)
+        outs = []
+        for xt in xs:
+            rec = torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1)  # (N, k, 4s), k batched matmuls
+            hn, cn = lstm_pointwise(xt + rec, ck)
+            logits = self._router_logits(hk.reshape(N, k * s))
+            w = torch.softmax(logits, -1) if self.routing == "soft" else self._gumbel_st(logits)
+            w = w.unsqueeze(-1)  # (N, k, 1)
+            hk, ck = w * hn + (1 - w) * hk, w * cn + (1 - w) * ck
+            outs.append(hk.reshape(N, k * s))
+        return torch.stack(outs), (outs[-1], ck.reshape(N, k * s))
+
+    def _forward_selected(self, x, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
+        """``token`` and ``hidden`` in eval with sequences routed to different sub-cells.
+
+        Computing all k candidate updates (one bmm) and keeping the chosen one beats gathering each
+        sequence's (s, 4s) weights (2-20x on CPU: the gather copies N s 4s floats a step) and beats
+        selecting before the element-wise update (fewer ops a step), although it executes 4ns
+        instead of 4s^2 multiply-adds.
+        """
+        N, k, s = h.size(0), self.num_cells, self.cell_size
+        hk, ck = h.view(N, k, s), c.view(N, k, s)
+        choices = self.token_choices(x) if self.routing == "token" else None  # (T, N)
+        outs = []
+        for t, xt in enumerate(xs):
+            idx = choices[t] if choices is not None else self._router_logits(hk.reshape(N, k * s)).argmax(-1)
+            hn, cn = lstm_pointwise(xt + torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1), ck)  # (N, k, s)
+            keep = F.one_hot(idx, k).bool().unsqueeze(-1)  # (N, k, 1)
+            hk, ck = torch.where(keep, hn, hk), torch.where(keep, cn, ck)
+            outs.append(hk.reshape(N, k * s))
+        return torch.stack(outs), (outs[-1], ck.reshape(N, k * s))
 
     # -- slow reference --------------------------------------------------------------------------
     def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -6,6 +6,12 @@ study holds one trial per launched search trial, receives each epoch's validatio
 ``trial.report`` and answers ``should_prune()`` with the wrapped Optuna pruner. Its decisions are
 therefore exactly Optuna's. The main study only ever hears the outcome (PRUNED).
 
+Wrapped pruners (``make_pruner`` names): ``median`` and ``percentile`` compare a trial's best value
+with the other finished trials at the same epoch; ``successive_halving`` and ``hyperband`` keep
+the top fraction of each rung; ``wilcoxon`` is built for steps that are evaluation instances, so
+here the epochs are its paired samples against the best trial (with a handful of epochs it
+rarely fires); ``none`` never prunes; ``pareto`` is ``ParetoAwarePruner`` below.
+
 A plain pruner compares every trial with every other, so it kills the small models first, which
 are exactly the ones the Pareto front needs. ``ParetoAwarePruner`` instead compares a trial only
 with trials that have *no more* parameters:

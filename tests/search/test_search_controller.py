@@ -226,6 +226,7 @@ def test_resume_replays_the_pruning_decision(tmp_path):
     assert second.study.get_trials(deepcopy=False)[bad.number].state == TrialState.PRUNED
 
 
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
 def test_a_pruned_decision_does_not_hide_a_divergence():
     controller = SearchController(parse_space(toy_raw()), sampler="random", pruner="median", vocab_size=VOCAB,
                                   n_startup_trials=1, n_warmup_steps=0)

@@ -24,6 +24,12 @@ _LAZY_SEARCH_CORE = {
 }
 __all__ += list(_LAZY_SEARCH_CORE)
 
+# The Ray runner and export (notebook API): light to import, Ray itself loads only when a search runs.
+from .export import export_trial, knee_point, pick
+from .runner import SearchResult, run_search
+
+__all__ += ["SearchResult", "export_trial", "knee_point", "pick", "run_search"]
+
 
 def __getattr__(name: str):
     if name in _LAZY_SEARCH_CORE:

@@ -180,8 +180,9 @@ def _start_ray(address: str | None, cpus_per_trial: float) -> bool:
             ray.init(address=address, **kwargs)
         else:
             ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {first}") from None
     return True
 
 
@@ -271,7 +272,7 @@ def run_search(
     started_ray = _start_ray(address, cpus_per_trial)
     try:
         return _fit(space, controller, paths, tracker, experiment=experiment, trials=trials, resume=resume,
-                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                    address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                     max_failures=max_failures, progress=progress, seed=seed, sampler=sampler, pruner=pruner,
                     epochs=epochs, refs=(ref_params, ref_ppl, optimal_ppl))
     finally:
@@ -296,7 +297,7 @@ def _trial_name(trial: Any) -> str:
 
 
 def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, experiment: str, trials: int,
-         resume: bool, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
+         resume: bool, address: str | None, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
          max_failures: int, progress: Callable | None, seed: int, sampler: str, pruner: str | None,
          epochs: int | None, refs: tuple) -> SearchResult:
     import ray
@@ -329,9 +330,15 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )
     to_run = len(unfinished) + max(0, trials - len(controller.records()))
+    available = ray.cluster_resources()
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        # A local Ray never grows: a trial asking for more than it has would wait forever.
+        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
+            if want > available.get(key, 0):
+                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
+                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
     if max_concurrent is None:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        max_concurrent = max(1, int(cpus // cpus_per_trial))
+        max_concurrent = max(1, int(available.get("CPU", 1) // cpus_per_trial))
     token = register_session(session)
     status = "FINISHED"
     try:

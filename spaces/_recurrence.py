@@ -32,6 +32,40 @@ def _chain(h: Tensor, factors: tuple[Tensor, ...], out_add: Tensor) -> Tensor:
     return torch.baddbmm(out_add, h, factors[-1])
 
 
+def _cell_forward(pre: Tensor, c_prev: Tensor, a: Tensor, c: Tensor, tc: Tensor, h: Tensor) -> None:
+    """The LSTM's element-wise step, written into buffers: activations ``a``, ``c``, ``tanh(c)``, ``h``."""
+    s = c.size(-1)
+    torch.sigmoid(pre, out=a)
+    torch.tanh(pre[..., 2 * s:3 * s], out=a[..., 2 * s:3 * s])
+    i, f, g, o = a.split(s, dim=-1)
+    torch.mul(f, c_prev, out=c)
+    c.addcmul_(i, g)
+    torch.tanh(c, out=tc)
+    torch.mul(o, tc, out=h)
+
+
+def _cell_backward(dh: Tensor, dc: Tensor, a: Tensor, c_prev: Tensor, tc: Tensor, dg: Tensor,
+                   tmp: Tensor, one: Tensor) -> None:
+    """Gradient of one element-wise step: writes the pre-activation gradient into ``dg`` and turns
+    ``dc`` (the gradient reaching c_t from later steps) into the gradient w.r.t. ``c_{t-1}``."""
+    s = dh.size(-1)
+    i, f, g, o = a.split(s, dim=-1)
+    # dc += dh * o * (1 - tanh(c)^2)
+    torch.addcmul(one, tc, tc, value=-1.0, out=tmp)
+    tmp.mul_(o).mul_(dh)
+    dc.add_(tmp)
+    di, df, dgg, do = dg.split(s, dim=-1)
+    torch.mul(dc, g, out=di)
+    torch.mul(dc, c_prev, out=df)
+    torch.mul(dc, i, out=dgg)
+    torch.mul(dh, tc, out=do)
+    # Activation derivatives: a(1 - a) for the sigmoids, 1 - a^2 for tanh(g).
+    deriv = torch.addcmul(a, a, a, value=-1.0)
+    torch.addcmul(one, g, g, value=-1.0, out=deriv[..., 2 * s:3 * s])
+    dg.mul_(deriv)
+    dc.mul_(f)
+
+
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, *factors: Tensor):
@@ -48,15 +82,7 @@ class _LinearRecurrence(torch.autograd.Function):
         cs[:, 0] = c0
         for t in range(steps):
             pre = _chain(hs[:, t], factors, xw[:, t])
-            a = acts[:, t]
-            torch.sigmoid(pre, out=a)
-            torch.tanh(pre[..., 2 * s:3 * s], out=a[..., 2 * s:3 * s])
-            i, f, g, o = a.split(s, dim=-1)
-            c = cs[:, t + 1]
-            torch.mul(f, cs[:, t], out=c)
-            c.addcmul_(i, g)
-            torch.tanh(c, out=tcs[:, t])
-            torch.mul(o, tcs[:, t], out=hs[:, t + 1])
+            _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
         ctx.save_for_backward(hs, cs, tcs, acts, *factors)
         # Views of the saved buffers: autograd refuses in-place changes to a custom Function's
         # view outputs, so they cannot corrupt what the backward reads.
@@ -80,24 +106,8 @@ class _LinearRecurrence(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             if d_out is not None:
                 dh.add_(d_out[t].transpose(0, 1))
-            a = acts[:, t]
-            i, f, g, o = a.split(s, dim=-1)
-            tc = tcs[:, t]
-            # dc += dh * o * (1 - tanh(c)^2)
-            torch.addcmul(one, tc, tc, value=-1.0, out=tmp)
-            tmp.mul_(o).mul_(dh)
-            dc.add_(tmp)
             dg = dgates[:, t]
-            di, df, dgg, do = dg.split(s, dim=-1)
-            torch.mul(dc, g, out=di)
-            torch.mul(dc, cs[:, t], out=df)
-            torch.mul(dc, i, out=dgg)
-            torch.mul(dh, tc, out=do)
-            # Activation derivatives: a(1 - a) for the sigmoids, 1 - a^2 for tanh(g).
-            deriv = torch.addcmul(a, a, a, value=-1.0)
-            torch.addcmul(one, g, g, value=-1.0, out=deriv[..., 2 * s:3 * s])
-            dg.mul_(deriv)
-            dc.mul_(f)
+            _cell_backward(dh, dc, acts[:, t], cs[:, t], tcs[:, t], dg, tmp, one)
             if t > 0 or ctx.needs_input_grad[1]:
                 x = dg
                 for w in back[:-1]:
@@ -118,6 +128,68 @@ class _LinearRecurrence(torch.autograd.Function):
                 if idx > 0:
                     grad = torch.bmm(grad, factors[idx].transpose(1, 2))
         return (dgates, dh, dc, *d_factors)
+
+
+class _BottleneckRecurrence(torch.autograd.Function):
+    """F-LSTM: ``z_t = xz_t + h_{t-1} A``, ``pre_t = z_t B + b``; xz (T, N, r), A (n, r), B (r, 4n)."""
+
+    @staticmethod
+    def forward(ctx, xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_out: Tensor, bias: Tensor | None):
+        steps, batch, rank = xz.shape
+        n = h0.size(-1)
+        hs = xz.new_empty(steps + 1, batch, n)
+        cs = torch.empty_like(hs)
+        tcs = xz.new_empty(steps, batch, n)
+        zs = torch.empty_like(xz)  # the bottleneck of every step, for B's gradient
+        acts = xz.new_empty(steps, batch, 4 * n)
+        hs[0] = h0
+        cs[0] = c0
+        for t in range(steps):
+            z = torch.addmm(xz[t], hs[t], a_in, out=zs[t])
+            pre = torch.addmm(bias, z, b_out) if bias is not None else torch.mm(z, b_out)
+            _cell_forward(pre, cs[t], acts[t], cs[t + 1], tcs[t], hs[t + 1])
+        ctx.save_for_backward(hs, cs, tcs, acts, zs, a_in, b_out)
+        ctx.has_bias = bias is not None
+        return hs[1:], hs[steps], cs[steps]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None):
+        hs, cs, tcs, acts, zs, a_in, b_out = ctx.saved_tensors
+        steps, batch, four_n = acts.shape
+        rank = zs.size(-1)
+        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
+        dc = torch.zeros_like(cs[0]) if d_cn is None else d_cn.clone()
+        dgates = torch.empty_like(acts)
+        dzs = torch.empty_like(zs)  # gradient of each step's bottleneck == gradient of xz
+        b_t, a_t = b_out.t(), a_in.t()
+        tmp = torch.empty_like(dh)
+        one = torch.ones((), dtype=hs.dtype, device=hs.device)
+        for t in range(steps - 1, -1, -1):
+            if d_out is not None:
+                dh.add_(d_out[t])
+            dg = dgates[t]
+            _cell_backward(dh, dc, acts[t], cs[t], tcs[t], dg, tmp, one)
+            dz = torch.mm(dg, b_t, out=dzs[t])
+            if t > 0 or ctx.needs_input_grad[1]:
+                dh = torch.mm(dz, a_t)
+        d_pre = dgates.view(steps * batch, four_n)
+        d_z = dzs.view(steps * batch, rank)
+        d_a = torch.mm(hs[:-1].reshape(steps * batch, -1).t(), d_z) if ctx.needs_input_grad[3] else None
+        d_b = torch.mm(zs.view(steps * batch, rank).t(), d_pre) if ctx.needs_input_grad[4] else None
+        d_bias = d_pre.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
+        return dzs, dh, dc, d_a, d_b, d_bias
+
+
+def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_out: Tensor, bias: Tensor | None):
+    """Run the F-LSTM recurrence over a window; differentiable in every argument.
+
+    ``xz`` (T, N, r) is the x side of the bottleneck for the window, ``a_in`` (n, r) maps h into
+    it, ``b_out`` (r, 4n) and ``bias`` (4n,) map it to the gates. Returns ``(out (T, N, n), h_T, c_T)``.
+    """
+    if xz.size(0) == 0:
+        return xz.new_empty(0, xz.size(1), h0.size(-1)), h0, c0
+    return _BottleneckRecurrence.apply(xz.contiguous(), h0, c0, a_in, b_out, bias)
 
 
 def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor]):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
-from ._recurrence import linear_recurrence
+from ._recurrence import bottleneck_recurrence
 from .lstm import lstm_pointwise
 
 
@@ -60,15 +60,12 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         m = self.input_size
-        steps, batch = x.size(0), x.size(1)
-        # gates_t = W2 (W1x x_t + W1h h_{t-1}) + b: the x side through both factors for the whole
-        # window in two matmuls, (T, N, 4n); per step only h -> r -> 4n remains (two small matmuls),
-        # run by one autograd node with a hand-written backward.
+        # The x half of the bottleneck for the whole window in one matmul: (T, N, r). Per step only
+        # z = xz_t + h W1h^T and gates = z W2^T + b remain (two small matmuls, exactly the counted
+        # multiply-adds), run by one autograd node with a hand-written backward.
         xz = x @ self.weight_in[:, :m].t()
-        xw = nn.functional.linear(xz, self.weight_out, self.bias)
-        factors = (self.weight_in[:, m:].t().unsqueeze(0), self.weight_out.t().unsqueeze(0))
-        out, h_n, c_n = linear_recurrence(xw.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), factors)
-        return out, (h_n.squeeze(0), c_n.squeeze(0))
+        out, h_n, c_n = bottleneck_recurrence(xz, h, c, self.weight_in[:, m:].t(), self.weight_out.t(), self.bias)
+        return out, (h_n, c_n)
 
     def forward_reference(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Slow, obviously-correct version: the full gate matrix W2 W1 applied to [x_t; h] each step."""

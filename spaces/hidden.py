@@ -39,7 +39,6 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
-from .lstm import lstm_pointwise
 
 MASKED = ("w1_ih", "w1_hh", "w2")
 GROW_FRACTION = 0.5  # grow() with no amount revives this fraction of the dormant weights
@@ -104,10 +103,12 @@ class HiddenLayer(RecurrentLayer):
         w2_t = w2.transpose(1, 2)  # (4, d, n)
         b2 = self.b2.view(4, 1, n) if self.b2 is not None else None
         outs = []
-        for t in range(x.size(0)):
-            z = torch.relu(xw[t] + h @ w1_hh_t).view(N, 4, d).transpose(0, 1)  # (4, N, d)
-            g = torch.baddbmm(b2, z, w2_t) if b2 is not None else torch.bmm(z, w2_t)  # (4, N, n)
-            h, c = lstm_pointwise(g.transpose(0, 1).reshape(N, 4 * n), c)
+        # unbind once: indexing xw[t] every step would make backward allocate a whole-window zero tensor per step.
+        for xt in xw.unbind(0):
+            z = torch.relu(torch.addmm(xt, h, w1_hh_t)).view(N, 4, d).transpose(0, 1)  # (4, N, d)
+            i, f, g, o = (torch.baddbmm(b2, z, w2_t) if b2 is not None else torch.bmm(z, w2_t)).unbind(0)  # (N, n) each
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)
         return torch.stack(outs), (h, c)
 

@@ -574,6 +574,14 @@ def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[T
         "tracking_uri": uri,
     }
     children = _children(client, found.experiment_id, parent.info.run_id)
-    records = [_record_from_run(client, children[n]) for n in sorted(children)]
+    runs = [children[n] for n in sorted(children)]
+    if uri.startswith(("http://", "https://")) and len(runs) > 1:
+        # one metric-history request per key and trial: overlap the round trips to a server
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            records = list(pool.map(lambda run: _record_from_run(client, run), runs))
+    else:
+        records = [_record_from_run(client, run) for run in runs]
     return info, records
 

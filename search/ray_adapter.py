@@ -84,6 +84,7 @@ class SearchSession:
     on_change: Callable[[], None] | None = None
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
+    error: Exception | None = None
 
     def issued(self) -> int:
         """Trial numbers the controller has handed out, over all sessions of this search."""
@@ -163,7 +164,13 @@ class ControllerSearcher(Searcher):
         elif s.issued() >= s.trials:
             return Searcher.FINISHED
         else:
-            spec = s.controller.suggest()
+            try:
+                spec = s.controller.suggest()
+            except ValueError as exc:
+                # e.g. nothing in the space fits the budget: stop handing out trials and let the
+                # runner re-raise it as the one-line error it is (Ray would bury it in a TuneError).
+                s.error = exc
+                return Searcher.FINISHED
         number = int(spec.number)
         self._numbers[trial_id] = number
         s.started.add(number)

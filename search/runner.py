@@ -360,6 +360,8 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                 ),
             )
             tuner.fit()
+            if session.error is not None:
+                raise session.error
     except BaseException:
         status = "KILLED"
         raise

@@ -115,6 +115,17 @@ def test_completion_statuses_reach_the_controller(session):
     assert "3 running" not in events[-1].line() and "0 running" in events[-1].line()
 
 
+def test_a_controller_error_ends_the_search_and_is_kept(session):
+    s, token, _ = session
+
+    def no_room():
+        raise ValueError("no configuration within budget")
+
+    s.controller.suggest = no_room
+    assert ControllerSearcher(token).suggest("x") == ControllerSearcher.FINISHED
+    assert "within budget" in str(s.error)
+
+
 def test_diverged_final_result_is_told_as_diverged(session):
     s, token, _ = session
     searcher = ControllerSearcher(token)

@@ -117,6 +117,8 @@ def render(chromium: str, page, shot, profile, size=(1200, 900)) -> str:
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-default-apps", "--hide-scrollbars", f"--user-data-dir={profile}",
+           # parcoords draws with WebGL: allow the software renderer explicitly (no GPU here)
+           "--enable-unsafe-swiftshader",
            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000",
            f"--window-size={size[0]},{size[1]}", f"--screenshot={shot}", page.as_uri()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -157,7 +157,7 @@ class RoutedLayer(RecurrentLayer):
         hs, cs = list(h.view(N, k, s).unbind(1)), list(c.view(N, k, s).unbind(1))
         ws = w_hh_t.unbind(0)
         tokens = self.token_choices(x).flatten().tolist() if (k > 1 and self.routing == "token") else None
-        outs = []
+        outs: list[list[Tensor]] = [[] for _ in range(k)]  # per sub-cell, its h after every step
         for t in range(T):
             if k == 1:
                 j = 0
@@ -166,10 +166,13 @@ class RoutedLayer(RecurrentLayer):
             elif tokens is not None:
                 j = tokens[t]
             else:  # hidden routing, eval, a single sequence
-                j = int(self._router_logits(outs[-1] if outs else h).argmax())
+                j = int(self._router_logits(torch.cat(hs, 1)).argmax())
             hs[j], cs[j] = lstm_pointwise(xs[t][:, j] + hs[j] @ ws[j], cs[j])
-            outs.append(torch.cat(hs, 1) if k > 1 else hs[0])
-        return torch.stack(outs), (outs[-1], torch.cat(cs, 1) if k > 1 else cs[0])
+            for out, hj in zip(outs, hs):
+                out.append(hj)
+        # k stacks and one cat rather than a cat of all k slices every step.
+        output = torch.cat([torch.stack(out) for out in outs], -1) if k > 1 else torch.stack(outs[0])
+        return output, (output[-1], torch.cat(cs, 1) if k > 1 else cs[0])
 
     def _forward_mixed(self, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
         """``soft`` and ``hidden`` in training: every sub-cell updates; router weights mix old and new."""

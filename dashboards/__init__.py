@@ -1,34 +1,27 @@
-"""Plotly figures and the self-contained HTML Pareto report of a search."""
+"""Plotly figures and the self-contained HTML Pareto report of a search.
 
-from .figures import (
-    draw_family_table,
-    draw_hypervolume,
-    draw_learning_curves,
-    draw_parallel_coordinates,
-    draw_pareto,
-    family_budget_table,
-    hypervolume_data,
-    learning_curve_data,
-    parallel_coordinates_data,
-    pareto_data,
-)
-from .report import report_figures, write_report
-from .tables import format_table, front_rows, rows_to_csv
+Names are imported on first use, so ``squeezelstm --help`` (which imports ``dashboards.commands``)
+does not pay for importing plotly.
+"""
 
-__all__ = [
-    "draw_family_table",
-    "draw_hypervolume",
-    "draw_learning_curves",
-    "draw_parallel_coordinates",
-    "draw_pareto",
-    "family_budget_table",
-    "format_table",
-    "front_rows",
-    "hypervolume_data",
-    "learning_curve_data",
-    "parallel_coordinates_data",
-    "pareto_data",
-    "report_figures",
-    "rows_to_csv",
-    "write_report",
-]
+import importlib
+
+_EXPORTS = {
+    "figures": (
+        "draw_family_table", "draw_hypervolume", "draw_learning_curves", "draw_parallel_coordinates",
+        "draw_pareto", "family_budget_table", "hypervolume_data", "learning_curve_data",
+        "parallel_coordinates_data", "pareto_data",
+    ),
+    "report": ("report_figures", "write_report"),
+    "tables": ("format_table", "front_rows", "rows_to_csv"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)

@@ -195,6 +195,7 @@ def _quiet_ray() -> None:
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     # MLflow and its migrations announce every new sqlite store at INFO: noise next to progress lines.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -251,8 +252,9 @@ def run_search(
         raise ValueError(f"nothing to resume: no search state for experiment {experiment!r} in {paths.experiment_dir}")
     check_writable(paths)
     # An unreachable MLflow store is reported before anything of the experiment is created.
+    _quiet_ray()
     tracker = _make_tracker(track, tracking_uri, experiment)
-    _quiet_ray()  # after MLflow's import, which sets its own logger levels
+    _quiet_ray()  # again after MLflow's import, which sets its own logger levels
     if tracker is not None:
         tracker.check()
 

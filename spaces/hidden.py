@@ -47,6 +47,9 @@ GROW_FRACTION = 0.5  # grow() with no amount revives this fraction of the dorman
 class HiddenLayer(RecurrentLayer):
     """One H-LSTM layer: parameters ``w1_ih`` (4d, m), ``w1_hh`` (4d, n), ``b1`` (4d,), ``w2`` (4, n, d), ``b2`` (4n,)."""
 
+    # Set False to skip recording dense gradients for grow() (saves one add per weight and backward).
+    record_growth_grads = True
+
     def __init__(self, input_size: int, hidden_size: int, gate_hidden: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
@@ -89,7 +92,7 @@ class HiddenLayer(RecurrentLayer):
     def effective(self, name: str) -> Tensor:
         """``weight * mask`` for one masked weight; registers the hook that records its dense gradient."""
         eff = getattr(self, name) * getattr(self, f"mask_{name}")
-        if eff.requires_grad:
+        if eff.requires_grad and self.record_growth_grads:
             eff.register_hook(partial(self._record, name))
         return eff
 

@@ -207,6 +207,10 @@ def test_grow_revives_the_dormant_weights_with_the_largest_dense_gradient():
     for (_, l, n), old in zip(m._masked(), old_masks):
         assert (getattr(l, n)[getattr(l, f"mask_{n}") > old] == 0).all()  # revived weights start at zero
     assert all(not layer.growth_grads for layer in m.layers)  # consumed
+    m.layers[0].record_growth_grads = False
+    loss_of(m, x).backward()
+    assert not m.layers[0].growth_grads and m.layers[1].growth_grads
+    m.layers[0].record_growth_grads = True
     # Explicit gradients and a fraction.
     grads = {q: torch.rand_like(getattr(l, n)) for q, l, n in m._masked()}
     dormant = m.num_weights() - m.live_weights()

@@ -24,6 +24,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._base import State
+from .lstm import fused_lstm
+
 
 def _chain(h: Tensor, factors: tuple[Tensor, ...], out_add: Tensor) -> Tensor:
     """``out_add + h F_1 ... F_L`` (batched over the leading group dim)."""
@@ -68,7 +71,7 @@ def _cell_backward(dh: Tensor, dc: Tensor, a: Tensor, c_prev: Tensor, tc: Tensor
 
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, *factors: Tensor):
+    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, *factors: Tensor):
         groups, steps, batch, four_s = xw.shape
         s = h0.size(-1)
         # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
@@ -83,7 +86,11 @@ class _LinearRecurrence(torch.autograd.Function):
         for t in range(steps):
             pre = _chain(hs[:, t], factors, xw[:, t])
             _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
-        ctx.save_for_backward(hs, cs, tcs, acts, *factors)
+            if keep is not None:
+                # Units not updated this step keep their state (exact aliasing of out and input).
+                torch.where(keep[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+                torch.where(keep[:, t], cs[:, t + 1], cs[:, t], out=cs[:, t + 1])
+        ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
         # Views of the saved buffers: autograd refuses in-place changes to a custom Function's
         # view outputs, so they cannot corrupt what the backward reads.
         out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)  # (T, N, G*s)
@@ -92,7 +99,7 @@ class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None):
-        hs, cs, tcs, acts, *factors = ctx.saved_tensors
+        hs, cs, tcs, acts, keep, *factors = ctx.saved_tensors
         groups, steps, batch, four_s = acts.shape
         s = hs.size(-1)
         dh = torch.zeros_like(hs[:, 0]) if d_hn is None else d_hn.clone()
@@ -107,14 +114,23 @@ class _LinearRecurrence(torch.autograd.Function):
             if d_out is not None:
                 dh.add_(d_out[t].transpose(0, 1))
             dg = dgates[:, t]
+            if keep is not None:
+                # Kept units pass their gradient straight to the previous step; updated ones
+                # go through the cell.
+                k = keep[:, t].to(dh.dtype)
+                dh_pass, dc_pass = dh - dh * k, dc - dc * k
+                dh.mul_(k)
+                dc.mul_(k)
             _cell_backward(dh, dc, acts[:, t], cs[:, t], tcs[:, t], dg, tmp, one)
+            if keep is not None:
+                dc.add_(dc_pass)
             if t > 0 or ctx.needs_input_grad[1]:
                 x = dg
                 for w in back[:-1]:
                     x = torch.bmm(x, w)
-                dh = torch.bmm(x, back[-1])
+                dh = torch.bmm(x, back[-1]) if keep is None else torch.baddbmm(dh_pass, x, back[-1])
         d_factors: list[Tensor | None] = [None] * len(factors)
-        if any(ctx.needs_input_grad[3:]):
+        if any(ctx.needs_input_grad[4:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
             h_prev = hs[:, :-1].reshape(groups, steps * batch, s)
             d_pre = dgates.view(groups, steps * batch, four_s)
@@ -127,7 +143,7 @@ class _LinearRecurrence(torch.autograd.Function):
                 d_factors[idx] = torch.bmm(inputs[idx].transpose(1, 2), grad)
                 if idx > 0:
                     grad = torch.bmm(grad, factors[idx].transpose(1, 2))
-        return (dgates, dh, dc, *d_factors)
+        return (dgates, dh, dc, None, *d_factors)
 
 
 class _BottleneckRecurrence(torch.autograd.Function):
@@ -192,14 +208,46 @@ def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_ou
     return _BottleneckRecurrence.apply(xz.contiguous(), h0, c0, a_in, b_out, bias)
 
 
-def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor]):
+def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor],
+                      keep: Tensor | None = None):
     """Run the LSTM recurrence ``pre_t = xw_t + h_{t-1} F_1 ... F_L`` over a window; differentiable.
 
     ``xw`` (G, T, N, 4s) group-major; ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) chaining s -> 4s.
-    Returns ``(out, h_T, c_T)``: every step's hidden state laid out as (T, N, G*s) (group j's units
-    in columns [j s, (j+1) s)) and the final state (G, N, s).
+    ``keep`` (G, T, N, 1) bool, optional: where False, that group of that sequence keeps its state at
+    that step instead of updating (hard routing). Returns ``(out, h_T, c_T)``: every step's hidden
+    state laid out as (T, N, G*s) (group j's units in columns [j s, (j+1) s)) and the final state (G, N, s).
     """
     groups, steps, batch, _ = xw.shape
     if steps == 0:
         return xw.new_empty(0, batch, groups * h0.size(-1)), h0, c0
-    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, *factors)
+    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, keep, *factors)
+
+
+def strided_lstms(x: Tensor, state: State, weights: list[list[Tensor]], offset: int = 0) -> tuple[Tensor, State]:
+    """k LSTM sub-cells taking turns, sub-cell j updating at the steps t with (offset + t) mod k == j.
+
+    Sub-cell j only ever sees the steps j - offset, j - offset + k, ... of ``x`` (T, N, m), so it is
+    an ordinary LSTM on that strided sub-sequence: one fused-kernel call each (``weights[j]`` as for
+    ``fused_lstm``), and at any step its state is its last output (or its initial state). ``state``
+    is ``(h, c)`` each (N, k*s), sub-cell j in columns [j s, (j+1) s). Returns ``(out (T, N, k*s), (h, c))``.
+    """
+    h, c = state
+    steps, batch = x.size(0), x.size(1)
+    k = len(weights)
+    s = h.size(-1) // k
+    hk, ck = h.view(batch, k, s), c.view(batch, k, s)
+    outs, h_n, c_n = [], [], []
+    for j in range(k):
+        first = (j - offset) % k
+        h0, c0 = hk[:, j], ck[:, j]
+        if first < steps:
+            out_j, (hj, cj) = fused_lstm(x[first::k], (h0, c0), weights[j])
+            seq = torch.cat([h0.unsqueeze(0), out_j])  # (1 + T_j, N, s): state after u updates
+        else:
+            seq, hj, cj = h0.unsqueeze(0), h0, c0
+        # Number of updates sub-cell j has made by the end of step t.
+        updates = [(t - first) // k + 1 if t >= first else 0 for t in range(steps)]
+        outs.append(seq.index_select(0, torch.tensor(updates, device=x.device)))
+        h_n.append(hj)
+        c_n.append(cj)
+    return torch.cat(outs, -1), (torch.cat(h_n, -1), torch.cat(c_n, -1))

@@ -40,7 +40,7 @@ def fused_lstm(x: Tensor, state: State, weights: list[Tensor]) -> tuple[Tensor, 
     # The kernel wants contiguous weights (cuDNN would otherwise copy them with a warning each call).
     weights = [w.contiguous() for w in weights]
     out, h_n, c_n = torch._VF.lstm(
-        x, (h.unsqueeze(0), c.unsqueeze(0)), weights, has_bias, 1, 0.0, torch.is_grad_enabled(), False, False
+        x.contiguous(), (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()), weights, has_bias, 1, 0.0, torch.is_grad_enabled(), False, False
     )
     return out, (h_n.squeeze(0), c_n.squeeze(0))
 

@@ -110,3 +110,85 @@ def test_fast_path_single_step_and_no_grad():
             fast = layer(x, (h, c))
             ref = layer.forward_reference(x, (h, c))
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+
+
+# -- the recurrence kernels themselves ---------------------------------------------------------
+
+from squeezelstm.spaces._recurrence import bottleneck_recurrence, linear_recurrence, strided_lstms  # noqa: E402
+from squeezelstm.spaces.lstm import lstm_pointwise  # noqa: E402
+
+
+def _rand(gen, *shape):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).mul_(0.5).requires_grad_(True)
+
+
+@pytest.mark.parametrize("num_factors", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_linear_recurrence_gradcheck(num_factors, masked):
+    gen = torch.Generator().manual_seed(3)
+    groups, steps, batch, s = 2, 4, 3, 2
+    xw = _rand(gen, groups, steps, batch, 4 * s)
+    h0, c0 = _rand(gen, groups, batch, s), _rand(gen, groups, batch, s)
+    dims = [s, 3, 4 * s][: 1] + ([3] if num_factors == 2 else []) + [4 * s]
+    factors = [_rand(gen, groups, a, b) for a, b in zip(dims[:-1], dims[1:])]
+    keep = (torch.rand(groups, steps, batch, 1, generator=gen) > 0.4) if masked else None
+
+    def fn(xw, h0, c0, *factors):
+        return linear_recurrence(xw, h0, c0, factors, keep)
+
+    assert torch.autograd.gradcheck(fn, (xw, h0, c0, *factors))
+
+
+def test_linear_recurrence_masked_matches_loop():
+    gen = torch.Generator().manual_seed(4)
+    groups, steps, batch, s = 3, 5, 2, 3
+    xw = _rand(gen, groups, steps, batch, 4 * s).detach()
+    h, c = _rand(gen, groups, batch, s).detach(), _rand(gen, groups, batch, s).detach()
+    w = _rand(gen, groups, s, 4 * s).detach()
+    keep = torch.rand(groups, steps, batch, 1, generator=gen) > 0.5
+    out, h_n, c_n = linear_recurrence(xw, h, c, (w,), keep)
+    outs = []
+    for t in range(steps):
+        hn, cn = lstm_pointwise(xw[:, t] + torch.bmm(h, w), c)
+        h, c = torch.where(keep[:, t], hn, h), torch.where(keep[:, t], cn, c)
+        outs.append(h.transpose(0, 1).reshape(batch, groups * s))
+    torch.testing.assert_close(out, torch.stack(outs))
+    torch.testing.assert_close((h_n, c_n), (h, c))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bottleneck_recurrence_gradcheck(bias):
+    gen = torch.Generator().manual_seed(5)
+    steps, batch, n, r = 4, 3, 3, 2
+    args = [_rand(gen, steps, batch, r), _rand(gen, batch, n), _rand(gen, batch, n), _rand(gen, n, r),
+            _rand(gen, r, 4 * n), _rand(gen, 4 * n) if bias else None]
+    assert torch.autograd.gradcheck(bottleneck_recurrence, tuple(args))
+
+
+@pytest.mark.parametrize("steps,offset", [(7, 0), (7, 2), (2, 1), (1, 3)])
+def test_strided_lstms_match_turn_taking_loop(steps, offset):
+    gen = torch.Generator().manual_seed(6)
+    k, s, m, batch = 3, 2, 4, 2
+    x = _rand(gen, steps, batch, m)
+    h0, c0 = _rand(gen, batch, k * s), _rand(gen, batch, k * s)
+    weights = [[_rand(gen, 4 * s, m), _rand(gen, 4 * s, s), _rand(gen, 4 * s), _rand(gen, 4 * s)] for _ in range(k)]
+    out, (h_n, c_n) = strided_lstms(x, (h0, c0), weights, offset)
+    hs, cs = list(h0.split(s, -1)), list(c0.split(s, -1))
+    outs = []
+    for t in range(steps):
+        j = (offset + t) % k
+        w_ih, w_hh, b_ih, b_hh = weights[j]
+        hs[j], cs[j] = lstm_pointwise(x[t] @ w_ih.t() + b_ih + hs[j] @ w_hh.t() + b_hh, cs[j])
+        outs.append(torch.cat(hs, -1))
+    ref = (torch.stack(outs), torch.cat(hs, -1), torch.cat(cs, -1))
+    got = (out, h_n, c_n)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+    leaves = [x, h0, c0] + [p for ws in weights for p in ws]
+    g_got = torch.autograd.grad(sum(t.sum() * (i + 1) for i, t in enumerate(got)), leaves, allow_unused=True)
+    g_ref = torch.autograd.grad(sum(t.sum() * (i + 1) for i, t in enumerate(ref)), leaves, allow_unused=True)
+    for a, b in zip(g_got, g_ref):
+        if a is None or b is None:
+            assert (a is None or not a.any()) and (b is None or not b.any())
+        else:
+            torch.testing.assert_close(a, b)

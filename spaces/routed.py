@@ -44,6 +44,7 @@ than gathering each sequence's ``(s, 4s)`` weights, so ``count_flops`` is the ce
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -100,7 +101,7 @@ class RoutedLayer(RecurrentLayer):
             self.register_parameter("bias_hh", None)
         if num_cells > 1 and routing in ("hidden", "soft"):
             self.router_weight = nn.Parameter(torch.empty(num_cells, hidden_size, **fk))
-            self.router_bias = nn.Parameter(torch.empty(num_cells, **fk)) if bias else None
+            self.register_parameter("router_bias", nn.Parameter(torch.empty(num_cells, **fk)) if bias else None)
         else:
             self.register_parameter("router_weight", None)
             self.register_parameter("router_bias", None)
@@ -292,8 +293,9 @@ class RoutedLSTM(RecurrentStack):
 
         Returns ``(output, (h_n, c_n))`` exactly as ``RecurrentStack.forward``.
         """
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
             raise ValueError(f"offset must be a non-negative int, got offset={offset!r}")
+        offset = int(offset)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         for layer in self.layers:

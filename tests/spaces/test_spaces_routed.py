@@ -134,6 +134,12 @@ def test_hidden_routing_eval_is_deterministic_and_training_gives_router_gradient
     out, _ = m(x, generator=torch.Generator().manual_seed(0))
     out.sum().backward()
     assert m.layers[0].router_weight.grad.abs().sum() > 0
+    # Without a generator the Gumbel noise comes from torch's default generator.
+    torch.manual_seed(1)
+    a = m(x)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(m(x)[0], a, rtol=0, atol=0)
+    assert not torch.allclose(m(x)[0], a)
 
 
 def test_token_routing_is_a_fixed_hash_and_state_dict_round_trips():

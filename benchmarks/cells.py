@@ -144,19 +144,16 @@ def bench_size(n: int, batch: int, bptt: int, variants, rounds: int, mode: str, 
         step()
         once = timed(step, 1)
         iters.append(max(1, int(min_time / max(once, 1e-6))))
-    for _ in range(rounds):
-        base = None
-        for row, step, k in zip(rows, steps, iters):
-            t = timed(step, k)
-            row.times.append(t)
-            if base is None:
-                base = t
-            else:
-                row.ratios.append(base / t)
-            if x.grad is not None:
-                x.grad = None
-        for _, _, _, m, _ in models:
-            m.zero_grad(set_to_none=True)
+    for r in range(rounds):
+        # Rotate the order every round so no model always runs right after another one.
+        order = [(i + r) % len(rows) for i in range(len(rows))]
+        for i in order:
+            rows[i].times.append(timed(steps[i], iters[i]))
+            x.grad = None
+            models[i][3].zero_grad(set_to_none=True)
+        base = rows[0].times[-1]
+        for row in rows[1:]:
+            row.ratios.append(base / row.times[-1])
     return rows
 
 

@@ -8,7 +8,8 @@ a small multi-layer network. We implement one ReLU hidden layer of width ``d = g
     gate_k = act_k(W2_k z_k + b2_k)                    W2_k: (n, d), stored as w2 (4, n, d); b2: (4n,)
     act = sigmoid for i, f, o and tanh for g;  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
 
-Parameters per layer: ``4 (d (m + n) + d + n d + n)`` (``4 (d (m + n) + n d)`` without bias).
+The paper allows several hidden layers per gate and dropout inside them; we fix one layer and no
+dropout (the trainer owns dropout between layers). Parameters per layer: ``4 (d (m + n) + d + n d + n)`` (``4 (d (m + n) + n d)`` without bias).
 FLOPs per token and layer (``count_flops``): ``4 (d (m + n) + n d)`` matmul multiply-adds, dense;
 element-wise maths is not counted. ``live_flops()`` gives the count after pruning (one multiply-add
 per live weight).

@@ -215,6 +215,15 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(summaries: list[dict]) -> str:
+    """The same table as Markdown, for benchmarks/README.md."""
+    lines = ["| variant | n | N | tokens/s | ratio vs nn.LSTM | MAC/token | GFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        lines.append(f"| {s['variant']} | {s['hidden']} | {s['batch']} | {s['tokens_per_s']:.0f} | "
+                     f"{s['ratio_vs_nn_lstm']:.2f} | {s['macs_per_token']} | {s['gflops']:.1f} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 512, 1024])
@@ -229,6 +238,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pack", type=int, nargs="*", default=[], help="GPU only: trials sharing the GPU, e.g. 1 2 4 8")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--markdown", default=None, help="JSON file written by --json: print it as a Markdown table and exit")
     args = p.parse_args(argv)
     known = {v.name for v in VARIANTS}
     for name in args.only or []:
@@ -239,6 +249,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(format_markdown(json.load(f)["rows"]))
+        return 0
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variants = [v for v in VARIANTS if args.only is None or v.name in args.only]

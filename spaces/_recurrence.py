@@ -47,25 +47,34 @@ def _cell_forward(pre: Tensor, c_prev: Tensor, a: Tensor, c: Tensor, tc: Tensor,
     torch.mul(o, tc, out=h)
 
 
-def _cell_backward(dh: Tensor, dc: Tensor, a: Tensor, c_prev: Tensor, tc: Tensor, dg: Tensor,
-                   tmp: Tensor, one: Tensor) -> None:
-    """Gradient of one element-wise step: writes the pre-activation gradient into ``dg`` and turns
-    ``dc`` (the gradient reaching c_t from later steps) into the gradient w.r.t. ``c_{t-1}``."""
+def _backward_tables(acts: Tensor, c_prev: Tensor, tcs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Everything the backward needs that does not depend on the incoming gradient, for the whole
+    window at once (a few large element-wise ops instead of many small ones a step):
+
+    ``p`` (..., 3s): d pre_{i,f,g} / d c_t = [tanh(g) i(1-i), c_{t-1} f(1-f), i (1 - tanh(g)^2)];
+    ``q`` (..., s): d pre_o / d h_t = tanh(c_t) o(1-o);  ``r`` (..., s): d c_t / d h_t = o (1 - tanh(c_t)^2).
+    """
+    s = tcs.size(-1)
+    i, f, g, o = acts.split(s, dim=-1)
+    p = torch.empty(acts.shape[:-1] + (3 * s,), dtype=acts.dtype, device=acts.device)
+    p_i, p_f, p_g = p.split(s, dim=-1)
+    torch.addcmul(i, i, i, value=-1.0, out=p_i).mul_(g)
+    torch.addcmul(f, f, f, value=-1.0, out=p_f).mul_(c_prev)
+    one = torch.ones((), dtype=acts.dtype, device=acts.device)
+    torch.addcmul(one, g, g, value=-1.0, out=p_g).mul_(i)
+    q = torch.addcmul(o, o, o, value=-1.0).mul_(tcs)
+    r = torch.addcmul(one, tcs, tcs, value=-1.0).mul_(o)
+    return p, q, r
+
+
+def _cell_backward(dh: Tensor, dc: Tensor, p: Tensor, q: Tensor, r: Tensor, f: Tensor, dg: Tensor) -> None:
+    """Gradient of one element-wise step (tables from ``_backward_tables``): writes the pre-activation
+    gradient into ``dg`` and turns ``dc`` (the gradient reaching c_t from later steps) into the
+    gradient w.r.t. c_{t-1}."""
     s = dh.size(-1)
-    i, f, g, o = a.split(s, dim=-1)
-    # dc += dh * o * (1 - tanh(c)^2)
-    torch.addcmul(one, tc, tc, value=-1.0, out=tmp)
-    tmp.mul_(o).mul_(dh)
-    dc.add_(tmp)
-    di, df, dgg, do = dg.split(s, dim=-1)
-    torch.mul(dc, g, out=di)
-    torch.mul(dc, c_prev, out=df)
-    torch.mul(dc, i, out=dgg)
-    torch.mul(dh, tc, out=do)
-    # Activation derivatives: a(1 - a) for the sigmoids, 1 - a^2 for tanh(g).
-    deriv = torch.addcmul(a, a, a, value=-1.0)
-    torch.addcmul(one, g, g, value=-1.0, out=deriv[..., 2 * s:3 * s])
-    dg.mul_(deriv)
+    dc.addcmul_(dh, r)
+    torch.mul(dc.unsqueeze(-2), p.unflatten(-1, (3, s)), out=dg[..., : 3 * s].unflatten(-1, (3, s)))
+    torch.mul(dh, q, out=dg[..., 3 * s:])
     dc.mul_(f)
 
 
@@ -108,8 +117,8 @@ class _LinearRecurrence(torch.autograd.Function):
             d_out = d_out.view(steps, batch, groups, s)
         dgates = torch.empty_like(acts)
         back = [f.transpose(1, 2) for f in reversed(factors)]  # 4s -> ... -> s
-        tmp = torch.empty_like(dh)
-        one = torch.ones((), dtype=hs.dtype, device=hs.device)
+        p, q, r = _backward_tables(acts, cs[:, :-1], tcs)
+        forget = acts[..., s:2 * s]
         for t in range(steps - 1, -1, -1):
             if d_out is not None:
                 dh.add_(d_out[t].transpose(0, 1))
@@ -121,7 +130,7 @@ class _LinearRecurrence(torch.autograd.Function):
                 dh_pass, dc_pass = dh - dh * k, dc - dc * k
                 dh.mul_(k)
                 dc.mul_(k)
-            _cell_backward(dh, dc, acts[:, t], cs[:, t], tcs[:, t], dg, tmp, one)
+            _cell_backward(dh, dc, p[:, t], q[:, t], r[:, t], forget[:, t], dg)
             if keep is not None:
                 dc.add_(dc_pass)
             if t > 0 or ctx.needs_input_grad[1]:
@@ -179,13 +188,14 @@ class _BottleneckRecurrence(torch.autograd.Function):
         dgates = torch.empty_like(acts)
         dzs = torch.empty_like(zs)  # gradient of each step's bottleneck == gradient of xz
         b_t, a_t = b_out.t(), a_in.t()
-        tmp = torch.empty_like(dh)
-        one = torch.ones((), dtype=hs.dtype, device=hs.device)
+        n = hs.size(-1)
+        p, q, r = _backward_tables(acts, cs[:-1], tcs)
+        forget = acts[..., n:2 * n]
         for t in range(steps - 1, -1, -1):
             if d_out is not None:
                 dh.add_(d_out[t])
             dg = dgates[t]
-            _cell_backward(dh, dc, acts[t], cs[t], tcs[t], dg, tmp, one)
+            _cell_backward(dh, dc, p[t], q[t], r[t], forget[t], dg)
             dz = torch.mm(dg, b_t, out=dzs[t])
             if t > 0 or ctx.needs_input_grad[1]:
                 dh = torch.mm(dz, a_t)

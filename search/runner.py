@@ -314,6 +314,15 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         run_trial,
     )
 
+    available = ray.cluster_resources()
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        # A local Ray never grows: a trial asking for more than it has would wait forever.
+        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
+            if want > available.get(key, 0):
+                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
+                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
+    if max_concurrent is None:
+        max_concurrent = max(1, int(available.get("CPU", 1) // cpus_per_trial))
     t0 = time.time()
     ref_params, ref_ppl, optimal_ppl = refs
     meta = {"experiment": experiment, "space": getattr(space, "name", None), "space_source": getattr(space, "source", None),
@@ -332,15 +341,6 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )
     to_run = len(unfinished) + max(0, trials - len(controller.records()))
-    available = ray.cluster_resources()
-    if not address and not os.environ.get("RAY_ADDRESS"):
-        # A local Ray never grows: a trial asking for more than it has would wait forever.
-        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
-            if want > available.get(key, 0):
-                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
-                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
-    if max_concurrent is None:
-        max_concurrent = max(1, int(available.get("CPU", 1) // cpus_per_trial))
     token = register_session(session)
     status = "FINISHED"
     try:

@@ -122,7 +122,7 @@ def test_controller_prunes_as_optuna_and_tells_the_sampler_pruned(name, kwargs):
             if controller.report(spec.number, epoch, {"valid_ppl": value, "train_ppl": value * 0.9}):
                 pruned_at = epoch
                 break
-        status = "finished" if math.isfinite(curve[-1]) else "diverged"
+        status = "finished" if math.isfinite(curve[-1]) or pruned_at else "diverged"
         # the runner may say "finished" for a trial the controller pruned: the controller's decision wins
         controller.complete(spec.number, status, {"valid_ppl": curve[-1], "test_ppl": curve[-1]})
         decisions.append(pruned_at)

@@ -141,6 +141,9 @@ class SearchController:
         # what an over-budget configuration is told: a model that learned nothing scores the vocabulary size
         self._placeholder_ppl = float(vocab_size) if vocab_size else 1e6
         self.smallest = self.space.check_budget(self._measure)
+        # bad pruner or sampler arguments fail here, before anything is written to state_dir
+        self.bridge = PruningBridge(pruner, study_name=f"{study_name}-pruning", **pruner_kwargs)
+        make_sampler(sampler, seed, **(sampler_kwargs or {}))
 
         self._lock = threading.RLock()
         self._corpus: Any = None
@@ -167,7 +170,6 @@ class SearchController:
             sampler=self.sampler,
             load_if_exists=True,
         )
-        self.bridge = PruningBridge(pruner, study_name=f"{study_name}-pruning", **pruner_kwargs)
         self._reconcile()
 
     # -- the three calls a runner makes ---------------------------------------------------------

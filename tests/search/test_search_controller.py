@@ -254,3 +254,12 @@ def test_infeasible_trials_never_reach_optuna_best_trials():
     best = controller.study.best_trials
     assert best and all(t.constraints["max_params"] <= 0 for t in best)
     assert optuna.study.StudyDirection.MINIMIZE in controller.study.directions
+
+
+def test_bad_arguments_write_nothing_to_state_dir(tmp_path):
+    state = tmp_path / "controller"
+    with pytest.raises(ValueError, match="valid pruners"):
+        SearchController(parse_space(toy_raw()), pruner="asha", state_dir=state, vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="bad argument for sampler"):
+        SearchController(parse_space(toy_raw()), sampler_kwargs={"bogus": 1}, state_dir=state, vocab_size=VOCAB)
+    assert not state.exists()

@@ -352,7 +352,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                 tune.with_resources(run_trial, resources),
                 tune_config=tune.TuneConfig(
                     search_alg=ControllerSearcher(token), scheduler=ControllerScheduler(token),
-                    num_samples=to_run, max_concurrent_trials=max_concurrent, reuse_actors=False,
+                    num_samples=to_run, max_concurrent_trials=max_concurrent, reuse_actors=True,
                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                 ),
                 run_config=tune.RunConfig(

@@ -69,7 +69,7 @@ FAMILY_REQUIRED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
 # model keys that do not change the parameter count: the cheapest-config search leaves them at one value
-_SIZE_FREE_MODEL_KEYS = ("dropout",)
+_SIZE_FREE_MODEL_KEYS = ("dropout", "locked_dropout", "fast_lstm")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ def parse_dist(raw: Any, key: str) -> Dist | None:
             raise ValueError(f"{key}: step must be a positive integer, got step={step!r}")
         if log and step != 1:
             raise ValueError(f"{key}: a log int range cannot have step={step} (use step 1)")
+        if (high - low) % step:
+            raise ValueError(f"{key}: high - low must be a multiple of step={step}, got {list(bounds)!r}")
         dist: Dist = IntRange(int(low), int(high), int(step), log)
     else:
         if not (_is_number(low) and _is_number(high)):

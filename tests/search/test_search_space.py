@@ -188,6 +188,7 @@ BROKEN = [
     (dict(model__hidden_size={"int": [16.5, 32]}), "model.hidden_size: int range bounds must be integers"),
     (dict(model__hidden_size={"int": [16, 32], "step": 4, "log": True}), "model.hidden_size: a log int range cannot have step"),
     (dict(model__hidden_size={"int": [16, 32], "stride": 4}), "model.hidden_size: unknown field 'stride'"),
+    (dict(model__hidden_size={"int": [16, 30], "step": 8}), "model.hidden_size: high - low must be a multiple of step=8"),
     (dict(model__cell={"choice": ["lstm", "gru"]}), "model.cell: unknown family 'gru'"),
     (dict(model__cell=None), "model.cell: is required"),
     (dict(model__rank=4), "model.rank: family arguments go under families"),

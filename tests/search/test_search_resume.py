@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+# Epochs of about a second: long enough to catch a trial between two epochs, short enough for CI.
 SPACE = """
 name: tiny-resume
 budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 4000, valid_tokens: 600, test_tokens: 600}
+data: {corpus: synthetic, vocab_size: 30, train_tokens: 20000, valid_tokens: 600, test_tokens: 600}
 model:
   cell: {choice: [lstm, grouped]}
   hidden_size: {int: [16, 48], step: 16}
@@ -88,7 +89,7 @@ def test_resume_after_driver_is_killed(tmp_path):
             running = [r for r in recs if r["status"] == "running" and len(r["history"]) >= 1]
             if done and running:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert proc.poll() is None, "the search ended before it could be interrupted:\n" + (tmp_path / "first.log").read_text()
         assert time.time() < deadline, "no finished trial within the time limit"
     finally:

@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     d = sub.add_parser("demo", help="a small search on the synthetic corpus, its report and best config",
                        description="Search the shipped default space on the synthetic corpus, then write "
                                    "pareto_report.html and best.yaml (the knee) in --out-dir.")
-    d.add_argument("--trials", type=int, default=10)
+    d.add_argument("--trials", type=int, default=12)
     d.add_argument("--experiment", default=None, help="default: demo-<date>-<time>")
     d.add_argument("--out-dir", default=".", help="where pareto_report.html and best.yaml go")
     _add_search_options(d, space_default="default")

@@ -185,7 +185,9 @@ def search(tmp_path_factory):
     space = root / "tiny.yaml"
     space.write_text(TINY_SPACE)
     events = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         # One trial at a time and a pruner that stops every trial worse than the best finished one
         # at the same epoch: with a fixed seed some trial is pruned, and the order is reproducible.
@@ -196,7 +198,8 @@ def search(tmp_path_factory):
             progress=events.append,
         )
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
     return result, events, root
 
 

@@ -53,6 +53,7 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
+from ._recurrence import linear_recurrence, strided_lstms
 from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
@@ -143,6 +144,13 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
+        if k == 1 or self.routing == "round_robin":
+            # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
+            # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
+            # its own input projections (4 s (m + s) multiply-adds a token in all).
+            return strided_lstms(x, state, self._cell_weights(), self.offset)
+        if self.routing == "token":
+            return self._forward_token(x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:
@@ -174,6 +182,32 @@ class RoutedLayer(RecurrentLayer):
         # k stacks and one cat rather than a cat of all k slices every step.
         output = torch.cat([torch.stack(out) for out in outs], -1) if k > 1 else torch.stack(outs[0])
         return output, (output[-1], torch.cat(cs, 1) if k > 1 else cs[0])
+
+    def _cell_weights(self) -> list[list[Tensor]]:
+        """Sub-cell j's ``[W_ih, W_hh, b_ih, b_hh]`` (views), in ``fused_lstm``'s layout."""
+        s = self.cell_size
+        weights = []
+        for j in range(self.num_cells):
+            rows = slice(4 * s * j, 4 * s * (j + 1))
+            w = [self.weight_ih[rows], self.weight_hh[j]]
+            if self.bias_ih is not None:
+                w += [self.bias_ih[rows], self.bias_hh[rows]]
+            weights.append(w)
+        return weights
+
+    def _forward_token(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
+        """``token`` routing: the choices are known for the whole window up front, so the recurrence
+        runs as one autograd node (all k candidate updates a step in one bmm, the chosen one kept)."""
+        T, N = x.shape[0], x.shape[1]
+        k, s = self.num_cells, self.cell_size
+        xw = F.linear(x, self.weight_ih, self.bias_ih)
+        if self.bias_hh is not None:
+            xw = xw + self.bias_hh
+        xw = xw.view(T, N, k, 4 * s).permute(2, 0, 1, 3)  # (k, T, N, 4s), sub-cell-major
+        keep = F.one_hot(self.token_choices(x), k).bool().permute(2, 0, 1).unsqueeze(-1)  # (k, T, N, 1)
+        hk, ck = h.view(N, k, s).transpose(0, 1), c.view(N, k, s).transpose(0, 1)
+        out, h_n, c_n = linear_recurrence(xw, hk, ck, (self.weight_hh.transpose(1, 2),), keep)
+        return out, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))
 
     def _forward_mixed(self, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
         """``soft`` and ``hidden`` in training: every sub-cell updates; router weights mix old and new."""

@@ -88,9 +88,11 @@ def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
     if load_search is not None:
         try:
             return load_search(tracking_uri, experiment)
-        except (ValueError, LookupError, FileNotFoundError, ConnectionError):
-            if tracking_uri is not None or not local.is_file():
+        except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
+            if tracking_uri is not None:
                 raise
+            if not local.is_file():
+                raise FileNotFoundError(f"no search named {experiment!r}: no {local} ({exc})") from None
     if local.is_file():
         return read_records(local)
     raise FileNotFoundError(f"no search named {experiment!r}: no {local} and no MLflow record of it")

@@ -263,3 +263,24 @@ def test_bad_arguments_write_nothing_to_state_dir(tmp_path):
     with pytest.raises(ValueError, match="bad argument for sampler"):
         SearchController(parse_space(toy_raw()), sampler_kwargs={"bogus": 1}, state_dir=state, vocab_size=VOCAB)
     assert not state.exists()
+
+
+def test_controller_drives_the_real_trainer_without_ray():
+    """The trainer's report callable plugs straight into the controller: metrics names and statuses agree."""
+    from squeezelstm.trainers import train
+
+    raw = toy_raw(max_params=20_000)
+    raw["data"].update({"vocab_size": 30, "train_tokens": 1500, "valid_tokens": 300, "test_tokens": 300})
+    raw["train"].update({"batch_size": 8, "bptt": 8, "device": "cpu", "threads": 1})
+    controller = SearchController(parse_space(raw), sampler="random", pruner="median", seed=0, epochs=2,
+                                  n_startup_trials=1, n_warmup_steps=0)
+    for _ in range(3):
+        spec = controller.suggest()
+        result = train(Config.from_dict(spec.config),
+                       report=lambda epoch, metrics, n=spec.number: not controller.report(n, epoch, metrics))
+        record = controller.complete(spec.number, result.status, result.to_dict())
+        assert record.params == result.params == spec.params
+        assert [h["epoch"] for h in record.history] == [h["epoch"] for h in result.history]
+        if record.status == "finished":
+            assert record.valid_ppl == pytest.approx(result.valid_ppl) and record.test_ppl is not None
+    assert controller.counts()["running"] == 0 and controller.front()

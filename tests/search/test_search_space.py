@@ -288,3 +288,44 @@ def test_random_suggester_respects_bounds_and_seed():
         z = a.suggest_float("f", 1e-4, 1e-1, log=True)
         assert z == b.suggest_float("f", 1e-4, 1e-1, log=True) and 1e-4 <= z <= 1e-1
     assert IntRange(3, 17, 2).candidates() == (3, 17) and FloatRange(0.5, 0.5).candidates() == (0.5,)
+
+
+@st.composite
+def random_space(draw):
+    """A random but well-formed space: odd steps, fractions and absolute family arguments mixed."""
+    h_step = draw(st.integers(1, 12))
+    h_low = draw(st.integers(1, 40))
+    h_high = h_low + h_step * draw(st.integers(0, 8))
+    e_step = draw(st.integers(1, 9))
+    e_low = draw(st.integers(1, 30))
+    e_high = e_low + e_step * draw(st.integers(0, 6))
+    absolute = draw(st.booleans())
+    families = {
+        "factorized": {"rank": {"int": [1, draw(st.integers(1, 300))]}} if absolute
+        else {"rank_fraction": {"float": [0.01, draw(st.floats(0.02, 4.0))]}},
+        "grouped": {"groups": {"choice": draw(st.lists(st.integers(1, 40), min_size=1, max_size=4, unique=True))}} if absolute
+        else {"groups_fraction": {"float": [0.01, draw(st.floats(0.02, 1.0))]}},
+        "routed": {"num_cells": {"int": [1, draw(st.integers(1, 16))]}, "routing": {"choice": ["hidden", "token"]}},
+        "restricted": {"share": {"float": [0.0, draw(st.floats(0.0, 1.0))]}},
+        "hidden": {"gate_hidden_fraction": {"float": [0.01, draw(st.floats(0.02, 2.0))]}},
+    }
+    return {
+        "name": "random",
+        "data": {"corpus": "synthetic", "vocab_size": 20},
+        "model": {"cell": {"choice": list(families)}, "hidden_size": {"int": [h_low, h_high], "step": h_step},
+                  "num_layers": {"choice": [1, draw(st.integers(2, 3))]}, "embedding_size": {"int": [e_low, e_high], "step": e_step},
+                  "tie_weights": draw(st.booleans())},
+        "families": families,
+    }
+
+
+@settings(max_examples=12, deadline=None)
+@given(random_space(), st.integers(0, 2**16))
+def test_random_spaces_only_ever_sample_valid_configs(raw, seed):
+    space = parse_space(raw)
+    rng = RandomSuggester(seed)
+    cheapest, _, _ = space.cheapest(lambda c: model_cost(c, 20))
+    for _ in range(12):
+        point = space.sample(rng)
+        validate(Config.from_dict(point.config))
+        assert model_cost(point.config, 20)[0] >= cheapest

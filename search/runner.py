@@ -133,7 +133,7 @@ def _finite(value: Any) -> Any:
 
 
 def _validate(trials: int, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
-              max_failures: int) -> None:
+              max_failures: int, epochs: int | None) -> None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an integer >= 1, got trials={trials!r}")
     if not isinstance(cpus_per_trial, (int, float)) or not cpus_per_trial > 0:
@@ -144,6 +144,8 @@ def _validate(trials: int, cpus_per_trial: float, gpus_per_trial: float, max_con
         raise ValueError(f"gpus_per_trial above 1 must be a whole number, got gpus_per_trial={gpus_per_trial!r}")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
         raise ValueError(f"max_concurrent must be an integer >= 1, got max_concurrent={max_concurrent!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
     if not isinstance(max_failures, int) or max_failures < 0:
         raise ValueError(f"max_failures must be an integer >= 0, got max_failures={max_failures!r}")
 
@@ -230,7 +232,7 @@ def run_search(
     ``track=False`` (or no MLflow adapter installed) skips MLflow. ``pruner_kwargs`` go to the
     pruner (``squeezelstm.search.pruners.make_pruner``).
     """
-    _validate(trials, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures)
+    _validate(trials, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, epochs)
     from .controller import SAMPLERS, SearchController
     from .pruners import PRUNERS
     from .space import SearchSpace, load_space

@@ -124,6 +124,9 @@ def _quick_http() -> Iterator[None]:
 def _client(uri: str):
     from mlflow.tracking import MlflowClient  # imported late: `squeezelstm train` never pays for it
 
+    # MLflow prints "View run ... at: <url>" on stdout when a run on a server ends; stdout is the
+    # command's result (``search --json``), so those lines must not land there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=uri)
 
 

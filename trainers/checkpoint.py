@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
+import warnings
 from typing import Any
 
 import torch
@@ -39,7 +40,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     try:
-        data = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a foreign pickle makes torch warn about its protocol before refusing it: one error line is enough
+            warnings.simplefilter("ignore")
+            data = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
         raise ValueError(f"{p} is not a readable squeezelstm checkpoint ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import apply_overrides, load_config, validate
@@ -34,6 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train ``args.config`` with its overrides; returns the exit status (1 if the run diverged or failed)."""
     config = validate(apply_overrides(load_config(args.config), args.overrides))
+    if args.checkpoint_dir is not None and os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
+        # found now, not after the first epoch when the checkpoint is written
+        raise ValueError(f"--checkpoint-dir is a file, not a folder: {args.checkpoint_dir}")
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -196,18 +196,31 @@ class RoutedLayer(RecurrentLayer):
         return weights
 
     def _forward_token(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
-        """``token`` routing: the choices are known for the whole window up front, so the recurrence
-        runs as one autograd node (all k candidate updates a step in one bmm, the chosen one kept)."""
+        """``token`` routing: the choices are known for the whole window up front, so each sub-cell's
+        steps are compacted per sequence (sub-cell j of sequence b sees only the steps routed to it,
+        padded to the longest such run L) and all sub-cells run as one masked recurrence node of L
+        steps (one bmm over the k sub-cells a step); the output is gathered back to the T steps."""
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
-        xw = F.linear(x, self.weight_ih, self.bias_ih)
-        if self.bias_hh is not None:
-            xw = xw + self.bias_hh
-        xw = xw.view(T, N, k, 4 * s).permute(2, 0, 1, 3)  # (k, T, N, 4s), sub-cell-major
-        keep = F.one_hot(self.token_choices(x), k).bool().permute(2, 0, 1).unsqueeze(-1)  # (k, T, N, 1)
+        onehot = F.one_hot(self.token_choices(x), k)  # (T, N, k)
+        updates = onehot.cumsum(0)  # (T, N, k): updates sub-cell j of sequence b has made by step t
+        L = int(updates[-1].max())
+        t_idx, b_idx, j_idx = onehot.nonzero(as_tuple=True)
+        u_idx = updates[t_idx, b_idx, j_idx] - 1
+        pos = torch.zeros(k, L, N, dtype=torch.long, device=x.device)
+        pos[j_idx, u_idx, b_idx] = t_idx
+        keep = torch.zeros(k, L, N, 1, dtype=torch.bool, device=x.device)
+        keep[j_idx, u_idx, b_idx] = True
+        xc = x[pos, torch.arange(N, device=x.device)]  # (k, L, N, m): padding rows are masked out
+        w_ih = self.weight_ih.view(k, 4 * s, self.input_size).transpose(1, 2)  # (k, m, 4s)
+        xw = torch.bmm(xc.reshape(k, L * N, self.input_size), w_ih)
+        if self.bias_ih is not None:
+            xw = xw + (self.bias_ih + self.bias_hh).view(k, 1, 4 * s)
         hk, ck = h.view(N, k, s).transpose(0, 1), c.view(N, k, s).transpose(0, 1)
-        out, h_n, c_n = linear_recurrence(xw, hk, ck, (self.weight_hh.transpose(1, 2),), keep)
-        return out, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))
+        out, h_n, c_n = linear_recurrence(xw.view(k, L, N, 4 * s), hk, ck, (self.weight_hh.transpose(1, 2),), keep)
+        seq = torch.cat([h.unsqueeze(0), out]).view(L + 1, N, k, s)  # state after u updates
+        output = seq.gather(0, updates.unsqueeze(-1).expand(T, N, k, s)).reshape(T, N, k * s)
+        return output, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))
 
     def _forward_mixed(self, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
         """``soft`` and ``hidden`` in training: every sub-cell updates; router weights mix old and new."""

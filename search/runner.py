@@ -169,6 +169,25 @@ def _reference_point(space: Any, controller: Any) -> tuple[float | None, float |
             float(optimal) if optimal else None)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a ``host:port`` Ray address has nothing listening.
+
+    (``ray.init`` keeps retrying an unreachable GCS for a long time.) ``auto`` and other forms
+    are left to Ray.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def _start_ray(address: str | None, cpus_per_trial: float) -> bool:
     """Connect to (``address``) or start a quiet local Ray; returns True if this call started it."""
     import ray
@@ -198,6 +217,9 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     # MLflow and its migrations announce every new sqlite store at INFO: noise next to progress lines.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -252,6 +274,8 @@ def run_search(
         )
     if resume and not existed:
         raise ValueError(f"nothing to resume: no search state for experiment {experiment!r} in {paths.experiment_dir}")
+    if address:
+        _check_reachable(address)
     check_writable(paths)
     # An unreachable MLflow store is reported before anything of the experiment is created.
     _quiet_ray()
@@ -273,17 +297,30 @@ def run_search(
         raise
     ref_params, ref_ppl, optimal_ppl = _reference_point(space, controller)
 
-    started_ray = _start_ray(address, cpus_per_trial)
+    try:
+        started_ray = _start_ray(address, cpus_per_trial)
+    except BaseException:
+        _forget_if_empty(paths, existed, controller)
+        raise
     try:
         return _fit(space, controller, paths, tracker, experiment=experiment, trials=trials, resume=resume,
                     address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                     max_failures=max_failures, progress=progress, seed=seed, sampler=sampler, pruner=pruner,
                     epochs=epochs, refs=(ref_params, ref_ppl, optimal_ppl))
+    except BaseException:
+        _forget_if_empty(paths, existed, controller)
+        raise
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _forget_if_empty(paths: SearchPaths, existed: bool, controller: Any) -> None:
+    """A new search that failed before its first trial leaves nothing behind (so it needs no --resume)."""
+    if not existed and not controller.records():
+        shutil.rmtree(paths.state_dir, ignore_errors=True)
 
 
 def _make_tracker(track: bool, tracking_uri: str | None, experiment: str) -> Any:

@@ -132,3 +132,10 @@ def test_unreachable_tracking_server_fails_before_anything_is_created(capsys, tm
                     "--storage", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9")
     one_line_error(code, err, "127.0.0.1:9")
     assert not resolve_paths("t", tmp_path).state_dir.exists() or not any(resolve_paths("t", tmp_path).state_dir.iterdir())
+
+
+def test_unreachable_ray_cluster_fails_fast_and_leaves_nothing(capsys, tmp_path, space):
+    code, err = run(capsys, "search", "--space", str(space), "--trials", "2", "--experiment", "r",
+                    "--storage", str(tmp_path), "--no-tracking", "--address", "127.0.0.1:9")
+    one_line_error(code, err, "Ray cluster", "127.0.0.1:9")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "space.yaml"]

@@ -21,6 +21,7 @@ Core module: imports numpy, optuna (through the controller) and the standard lib
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import heapq
 import json
@@ -241,6 +242,11 @@ def replay_search(
     from .controller import SearchController  # optuna lives there
 
     space = space if isinstance(space, SearchSpace) else load_space(space)
+    recorded = tuple(f for f in space.families if f in table.by_family)
+    if not recorded:
+        raise ValueError(f"the table holds none of space {space.name!r}'s families {space.families}")
+    if recorded != space.families:  # a family nothing was recorded for cannot be replayed: search the others
+        space = dataclasses.replace(space, families=recorded)
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got cost={cost!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="default", help="shipped space name or space file")
     parser.add_argument("--data", default=None, help="data.path for a text space (War and Peace folder or file)")
-    parser.add_argument("--n", type=int, default=300, help="configuration indices 0..n-1 to record")
+    parser.add_argument("--n", type=int, default=300, help="configuration indices start..start+n-1 to record")
+    parser.add_argument("--start", type=int, default=0, help="first configuration index (a second process can take another range)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per configuration (default: the space's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     new_file = not out.exists()
     durations: list[float] = []
     skipped = 0
-    for index in range(args.n):
+    for index in range(args.start, args.start + args.n):
         if index % shard_m != shard_k or index in done:
             continue
         if deadline is not None:

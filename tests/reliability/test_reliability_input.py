@@ -146,6 +146,20 @@ def test_invalid_cli_values(capsys, tmp_path, argv, fragments):
     nothing_written(tmp_path)
 
 
+def test_unreachable_ray_cluster(capsys, tmp_path, monkeypatch):
+    """``--address`` where no cluster listens: a one-line error in seconds, no half-made experiment."""
+    monkeypatch.undo()  # ray.init may run: the check must come first and fail
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "space.yaml").write_text(SPACE)
+    one_line_error(capsys, ["search", "--space", tmp_path / "space.yaml", "--trials", 2, "--experiment", "x",
+                            "--storage", tmp_path / "runs", "--no-tracking", "--address", f"127.0.0.1:{port}"],
+                   f"127.0.0.1:{port}")
+    nothing_written(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Storage
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -84,13 +85,16 @@ def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, 
     from .runner import run_search
     from .space import load_space
 
-    return run_search(
-        load_space(space, args.overrides or None), trials=trials, experiment=experiment, epochs=args.epochs, sampler=args.sampler,
-        pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,
-        seed=args.seed, progress=_progress(args), pruner_kwargs=_pruner_args(args.pruner_arg),
-    )
+    # stdout carries only the command's result (the table, or --json): what Ray prints while the
+    # search runs (e.g. "(raylet) Raylet is terminated" when a node dies) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return run_search(
+            load_space(space, args.overrides or None), trials=trials, experiment=experiment, epochs=args.epochs,
+            sampler=args.sampler, pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+            storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,
+            seed=args.seed, progress=_progress(args), pruner_kwargs=_pruner_args(args.pruner_arg),
+        )
 
 
 def _pruner_args(items: list[str]) -> dict:

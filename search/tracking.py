@@ -218,6 +218,7 @@ class TrialLogger:
         self.number = int(number)
         self.run_id: str | None = None
         self._client = None
+        self._pending: list[tuple[int, dict[str, float]]] = []  # epochs the store has not taken yet
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -267,12 +268,30 @@ class TrialLogger:
         """One learning-curve point per metric (``train_ppl``, ``valid_ppl``, ``tokens_per_s``, ``lr``...)."""
         values = {k: v for k, v in _scalar_metrics(metrics).items() if k != "epoch"}
         if values:
-            _log(self.client, self._ensure_run(), metrics=values, step=int(epoch))
+            self.__dict__.setdefault("_pending", []).append((int(epoch), values))
+        # The server down past MLflow's own retries must not stop training or lose the point:
+        # it stays pending and goes out with the next epoch, or at ``finish`` (which fails loudly).
+        self._flush(strict=False)
+
+    def _flush(self, *, strict: bool) -> None:
+        pending = self.__dict__.setdefault("_pending", [])
+        while pending:
+            epoch, values = pending[0]
+            try:
+                _log(self.client, self._ensure_run(), metrics=values, step=epoch)
+            except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
+                if strict:
+                    raise
+                print(f"squeezelstm: trial {self.number}: MLflow did not take epoch {epoch} "
+                      f"({type(exc).__name__}); kept, sent again later", file=sys.stderr, flush=True)
+                return
+            pending.pop(0)
 
     def finish(self, status: str, result: dict) -> None:
         """Final metrics (``final_valid_ppl``...), the status tag, and the run ended."""
         if status not in STATUSES or status == "running":
             raise ValueError(f"status must be one of finished/pruned/failed/diverged, got status={status!r}")
+        self._flush(strict=True)
         run_id = self._ensure_run()
         finals = {f"{FINAL_PREFIX}{k}": v for k, v in _scalar_metrics(result or {}).items()
                   if k not in ("epoch", "number")}

@@ -371,6 +371,8 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     if tracker is not None:
         tracker.start_search(params={k: v for k, v in meta.items() if v is not None},
                              tags={"space": str(meta["space"])}, resume=resume)
+        if resume:
+            tracker.end_stale_trials(controller.records())
 
     unfinished = controller.unfinished()
     session = SearchSession(

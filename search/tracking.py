@@ -397,6 +397,20 @@ class SearchTracker:
                   "history": record.history}
         logger.finish(record.status, {k: v for k, v in result.items() if v is not None})
 
+    def end_stale_trials(self, records: list[TrialRecord]) -> list[int]:
+        """On resume: end the child runs the controller has completed but MLflow still shows running.
+
+        A driver killed between completing a trial and ending its run leaves that run RUNNING, and
+        the trial is never run again to end it. Returns the trial numbers brought up to date.
+        """
+        children = _children(self.client, self._experiment_id(), self._require_parent())
+        stale = [r for r in records if r.status != "running" and (
+            r.number not in children or children[r.number].info.status == "RUNNING"
+            or children[r.number].data.tags.get(STATUS_TAG) == "running")]
+        for record in stale:
+            self.end_trial(record)
+        return [r.number for r in stale]
+
     def update_front(self, records: list[TrialRecord], *, ref_params: float, ref_ppl: float,
                      optimal_ppl: float | None = None, report: bool = True) -> None:
         """Bring the parent's front up to date: pareto tags, hypervolume steps, CSV/JSON and the HTML report.

@@ -73,3 +73,25 @@ def test_finish_with_the_store_still_down_fails_loudly(logger, monkeypatch):
     with pytest.raises(ConnectionError):
         log.finish("finished", {"valid_ppl": 30.0})
     assert log._pending and log._pending[0][0] == 1    # still held, nothing dropped
+
+
+def test_resume_ends_child_runs_the_killed_driver_left_running(store):
+    """The driver died after the controller completed trial 0 but before MLflow heard of it."""
+    from squeezelstm.search.records import TrialRecord
+
+    tracker = SearchTracker(store, "stale")
+    tracker.start_search(params={"seed": 0}, tags={})
+    log = tracker.trial_logger(0)
+    log.start({"model": {"cell": "lstm", "hidden_size": 16}}, 1234, 5678, {})
+    log.log_epoch(1, {"valid_ppl": 30.0})
+    done = TrialRecord(number=0, family="lstm", params=1234, flops=5678, status="finished", valid_ppl=30.0,
+                       history=[{"epoch": 1, "valid_ppl": 30.0}])
+    running = TrialRecord(number=1, family="lstm", params=1234, flops=5678, status="running")
+
+    resumed = SearchTracker(store, "stale")
+    resumed.start_search(params={"seed": 0}, tags={}, resume=True)
+    assert resumed.parent_run_id == tracker.parent_run_id
+    assert resumed.end_stale_trials([done, running]) == [0]
+    run = resumed.client.get_run(log.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["squeezelstm.status"] == "finished"
+    assert resumed.end_stale_trials([done, running]) == []  # idempotent

@@ -142,3 +142,29 @@ def test_ray_asha_stopper_stops_the_worse_half_at_a_rung(made_up):
     res = replay_search(table, space, sampler="random", pruner="none", seed=0, workers=2, budget=40, epochs=EPOCHS,
                         vocab_size=VOCAB, stopper=_bench_module("replay").RayASHA(max_t=EPOCHS, reduction_factor=2))
     assert any(t["status"] == "pruned" for t in res.trials)
+
+
+def test_search_efficiency_script_end_to_end(tmp_path, made_up, capsys):
+    import json
+
+    _, table = made_up
+    path = tmp_path / "curves.csv.gz"
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "train_ppl", "epoch_s", "status"])
+        for c in table.curves:
+            for e, v in enumerate(c.valid, 1):
+                w.writerow([c.index, c.family, json.dumps(c.sampled), c.params, c.flops, e, v, "", 0.5, c.status])
+    bench = _bench_module("search_efficiency")
+    out_json, out_html = tmp_path / "e.json", tmp_path / "e.html"
+    assert bench.main(["--table", str(path), "--seeds", "2", "--budget", "24", "--ref-ppl", "vocab",
+                       "--strategies", "random", "tpe+pareto (default)", "--json", str(out_json),
+                       "--html", str(out_html)]) == 0
+    printed = capsys.readouterr().out
+    assert "| random |" in printed and "| tpe+pareto (default) |" in printed
+    payload = json.loads(out_json.read_text())
+    assert payload["configurations"] == len(table.curves) and len(payload["runs"]["random"]) == 2
+    assert payload["best_hv"] == pytest.approx(table.best_hypervolume(EPOCHS, (100000.0, float(VOCAB))))
+    assert out_html.stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown strategies"):
+        bench.main(["--table", str(path), "--strategies", "nope"])

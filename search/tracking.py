@@ -241,8 +241,14 @@ class TrialLogger:
             if family:
                 tags[FAMILY_TAG] = family
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{self.number:04d}")
-        elif run.info.status != "RUNNING":
-            self.client.update_run(run.info.run_id, status="RUNNING")
+        else:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            # A resumed or retried trial replays its checkpoint's epochs: points already logged
+            # (by the attempt before the driver or node died) are not logged a second time.
+            self._logged = {(key, m.step) for key in run.data.metrics
+                            if key not in STEP0_METRICS and not key.startswith(FINAL_PREFIX)
+                            for m in self.client.get_metric_history(run.info.run_id, key)}
         self.run_id = run.info.run_id
         return self.run_id
 
@@ -278,7 +284,11 @@ class TrialLogger:
         while pending:
             epoch, values = pending[0]
             try:
-                _log(self.client, self._ensure_run(), metrics=values, step=epoch)
+                run_id = self._ensure_run()
+                logged = self.__dict__.get("_logged") or set()
+                values = {k: v for k, v in values.items() if (k, epoch) not in logged}
+                if values:
+                    _log(self.client, run_id, metrics=values, step=epoch)
             except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
                 if strict:
                     raise

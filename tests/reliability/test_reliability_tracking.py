@@ -95,3 +95,21 @@ def test_resume_ends_child_runs_the_killed_driver_left_running(store):
     run = resumed.client.get_run(log.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["squeezelstm.status"] == "finished"
     assert resumed.end_stale_trials([done, running]) == []  # idempotent
+
+
+def test_a_resumed_trial_replaying_its_checkpoint_logs_no_epoch_twice(store):
+    tracker = SearchTracker(store, "replay")
+    tracker.start_search(params={"seed": 0}, tags={})
+    first = tracker.trial_logger(0)
+    first.start({"model": {"cell": "lstm", "hidden_size": 16}}, 1234, 5678, {})
+    for epoch in (1, 2):
+        first.log_epoch(epoch, {"valid_ppl": 40.0 - epoch, "train_ppl": 50.0 - epoch})
+    # the driver dies; on resume the trainer replays epochs 1-2 from its checkpoint, then trains 3
+    again = pickle.loads(pickle.dumps(tracker.trial_logger(0)))
+    again.start({"model": {"cell": "lstm", "hidden_size": 16}}, 1234, 5678, {})
+    for epoch in (1, 2, 3):
+        again.log_epoch(epoch, {"valid_ppl": 40.0 - epoch, "train_ppl": 50.0 - epoch})
+    again.finish("finished", {"valid_ppl": 37.0})
+    assert again.run_id == first.run_id
+    for key in ("valid_ppl", "train_ppl"):
+        assert [s for s, _ in steps(tracker, first.run_id, key)] == [1, 2, 3]

@@ -62,7 +62,7 @@ def _ray_asha(max_t: int, **kwargs):
 
 
 def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], workers: int, budget: float,
-                 epochs: int, vocab: int, ref: tuple[float, float], cost: str) -> list[dict]:
+                 epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False) -> list[dict]:
     """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts)."""
     from squeezelstm.search.replay import replay_search
 
@@ -75,7 +75,7 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
             warnings.simplefilter("ignore")
             res = replay_search(table, space, sampler=sampler, pruner=pruner, seed=seed, workers=workers,
                                 budget=budget, epochs=epochs, cost=cost, stopper=stopper, vocab_size=vocab, ref=ref,
-                                **pruner_kwargs)
+                                fresh=fresh, **pruner_kwargs)
         out.append({"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
                     "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res})
     return out
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference perplexity: the corpus's unigram perplexity (default) or the vocabulary size "
                              "(what `squeezelstm search` reports; every trained model is so far below it that one "
                              "trial already gives ~90%% of the best hypervolume)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="map samples to the nearest recorded configuration not yet launched in that search")
     parser.add_argument("--json", default=None)
     parser.add_argument("--html", default=None)
     args = parser.parse_args(argv)
@@ -207,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"unknown strategies {unknown}; known: {list(catalogue)}")
     seeds = list(range(args.seeds))
     print(f"table: {len(table.curves)} configurations ({n_complete} reached epoch {epochs}), front {len(front)}, "
-          f"best-known HV {best:.4f} (reference {ref[0]:g} params, ppl {ref[1]:.1f}); budget {budget:g} {args.cost}, {args.workers} workers, {len(seeds)} seeds",
+          f"best-known HV {best:.4f} (reference {ref[0]:g} params, ppl {ref[1]:.1f}); budget {budget:g} {args.cost}, {args.workers} workers, {len(seeds)} seeds"
+          f"{', fresh mapping' if args.fresh else ''}",
           flush=True)
     all_runs: dict[str, list[dict]] = {}
     summary: dict[str, dict] = {}
     for name in names:
         start = time.perf_counter()
         runs = run_strategy(name, catalogue[name], table, space, seeds=seeds, workers=args.workers, budget=budget,
-                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost)
+                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost, fresh=args.fresh)
         all_runs[name] = runs
         summary[name] = summarise(runs, best, budget, front, small)
         print(f"  {name}: {time.perf_counter() - start:.0f}s", flush=True)
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {"ref": list(ref), "table": str(args.table), "configurations": len(table.curves), "complete": n_complete,
                    "front": [c.index for c in front], "best_hv": best, "budget": budget, "epochs": epochs,
-                   "workers": args.workers, "seeds": seeds, "summary": summary,
+                   "workers": args.workers, "seeds": seeds, "fresh": args.fresh, "summary": summary,
                    "runs": {n: [{k: v for k, v in r.items() if k != "_result"} for r in rs] for n, rs in all_runs.items()}}
         Path(args.json).write_text(json.dumps(payload, default=lambda o: None if isinstance(o, float) else str(o)))
     if args.html:

@@ -121,12 +121,13 @@ class CurveTable:
         scale = np.where(hi > lo, hi - lo, 1.0)
         return keys + [f"cat:{k}" for k in cats], x, lo, scale
 
-    def nearest(self, family: str, sampled: dict, params: int) -> Curve:
+    def nearest(self, family: str, sampled: dict, params: int, exclude: set | frozenset = frozenset()) -> Curve:
         """The recorded curve of ``family`` closest to (``sampled``, ``params``).
 
         Distance: Euclidean over the numeric sampled values and log parameter count, each scaled to
         [0, 1] by the family's recorded range (log scale for learning rates and sizes), plus 1 for
-        every categorical value (e.g. routing) that differs. Family is matched exactly.
+        every categorical value (e.g. routing) that differs. Family is matched exactly. Curves whose
+        index is in ``exclude`` are skipped unless that leaves none of the family.
         """
         group = self.by_family.get(family)
         if not group:
@@ -139,6 +140,10 @@ class CurveTable:
         d = np.nansum((z - v) ** 2, axis=1)
         for key in cats:
             d += np.array([0.0 if c.sampled.get(key) == sampled.get(key) else 1.0 for c in group])
+        if exclude:
+            taken = np.array([c.index in exclude for c in group])
+            if not taken.all():
+                d = np.where(taken, np.inf, d)
         return group[int(np.argmin(d))]
 
     # -- the truth ------------------------------------------------------------------------------
@@ -228,6 +233,7 @@ def replay_search(
     measure: Callable[[dict], tuple[int, int]] | None = None,
     sampler_kwargs: dict | None = None,
     max_trials: int = 10000,
+    fresh: bool = False,
     **pruner_kwargs: Any,
 ) -> ReplayResult:
     """Simulate one search over ``table`` until ``budget`` compute is spent; returns its trace.
@@ -238,6 +244,9 @@ def replay_search(
     trials in flight finish or are pruned as usual. ``ref`` is the hypervolume reference point
     (default: the budget's ``max_params`` and the vocabulary size, as the runner uses);
     ``measure`` is the exact size counter (default: the trainer's, for ``vocab_size``).
+    ``fresh``: map each sample to the nearest recorded configuration *not yet launched* in this search
+    (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
+    nearby new configuration, as it would in a real search, instead of repeating a known curve.
     """
     from .controller import SearchController  # optuna lives there
 
@@ -264,6 +273,7 @@ def replay_search(
             raise ValueError("ref is required for a space without budget.max_params")
         ref = (float(space.max_params), float(vocab_size))
     mapped: dict[str, Curve] = {}
+    used: set[int] = set()
 
     def replay_measure(config: dict) -> tuple[int, int]:
         params, flops = exact(config)
@@ -272,7 +282,7 @@ def replay_search(
             return params, flops  # rejected by the controller as in the real search
         model = config.get("model", {})
         sampled = _flat_sampled(config, space)
-        curve = table.nearest(str(model.get("cell")), sampled, params)
+        curve = table.nearest(str(model.get("cell")), sampled, params, used if fresh else frozenset())
         mapped[_key(config)] = curve
         return curve.params, curve.flops
 
@@ -298,6 +308,7 @@ def replay_search(
             return False
         spec = controller.suggest()
         curve = mapped[_key(spec.config)]
+        used.add(curve.index)
         running[spec.number] = curve
         if stopper is not None:
             stopper.add(spec.number)

@@ -168,3 +168,17 @@ def test_search_efficiency_script_end_to_end(tmp_path, made_up, capsys):
     assert out_html.stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown strategies"):
         bench.main(["--table", str(path), "--strategies", "nope"])
+
+
+def test_fresh_mapping_never_repeats_a_curve_while_the_family_has_unused_ones(made_up):
+    space, table = made_up
+    res = replay_search(table, space, sampler="tpe", pruner="none", seed=2, workers=2, budget=60, epochs=EPOCHS,
+                        vocab_size=VOCAB, fresh=True)
+    seen: dict[str, set] = {}
+    for t in res.trials:
+        family_left = {c.index for c in table.by_family[t["family"]]} - seen.get(t["family"], set())
+        if family_left:
+            assert t["curve"] not in seen.get(t["family"], set())
+        seen.setdefault(t["family"], set()).add(t["curve"])
+    curve = table.curves[0]
+    assert table.nearest(curve.family, curve.sampled, curve.params, exclude={curve.index}) is not curve

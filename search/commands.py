@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, 
 
     # stdout carries only the command's result (the table, or --json): what Ray prints while the
     # search runs (e.g. "(raylet) Raylet is terminated" when a node dies) goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), _tracking_outage_is_a_clean_stop(args, experiment):
         return run_search(
             load_space(space, args.overrides or None), trials=trials, experiment=experiment, epochs=args.epochs,
             sampler=args.sampler, pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -95,6 +95,40 @@ def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, 
             storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,
             seed=args.seed, progress=_progress(args), pruner_kwargs=_pruner_args(args.pruner_arg),
         )
+
+
+def _tracking_failure(exc: BaseException) -> BaseException | None:
+    """The MLflow / HTTP error behind ``exc`` (it may come wrapped by Ray), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module = type(exc).__module__ or ""
+        if module.startswith(("mlflow", "requests", "urllib3")):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _tracking_outage_is_a_clean_stop(args: argparse.Namespace, experiment: str):
+    """Turn a tracking server that stays down past MLflow's own retries into a one-line error.
+
+    Nothing is lost: the controller's records and every trial's checkpoints are on disk, and trial
+    loggers keep the epochs the server refused; the message says how to continue.
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause = _tracking_failure(exc)
+        if cause is None:
+            raise
+        from .cli import UserError
+
+        reason = " ".join(str(cause).split())[:200]
+        raise UserError(
+            f"the tracking server failed during search {experiment!r} ({type(cause).__name__}: {reason}); "
+            f"finished trials and checkpoints are kept: continue with the same command and --resume"
+        ) from exc
 
 
 def _pruner_args(items: list[str]) -> dict:

@@ -6,35 +6,14 @@ import torch
 from squeezelstm.spaces import LSTM, FactorizedLSTM
 
 
-def run_reference(model, x, hx):
-    h0, c0 = hx
-    out, hs, cs = x, [], []
-    for i, layer in enumerate(model.layers):
-        out, (h, c) = layer.forward_reference(out, (h0[i], c0[i]))
-        hs.append(h)
-        cs.append(c)
-    return out, (torch.stack(hs), torch.stack(cs))
-
-
-def grads(model, out, h):
-    model.zero_grad()
-    (out.pow(2).sum() + h.sum()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("rank,bias", [(4, True), ([2, 9], True), (1, False), ([13, 16], True)])
-def test_fast_path_matches_reference(rank, bias):
+def test_fast_path_matches_reference(rank, bias, assert_matches_reference):
     torch.manual_seed(0)
     model = FactorizedLSTM(5, 8, 2, bias=bias, rank=rank)
     x = torch.randn(6, 3, 5)
     hx = (torch.randn(2, 3, 8), torch.randn(2, 3, 8))
     out, (h, c) = model(x, hx)
-    out_r, (h_r, c_r) = run_reference(model, x, hx)
-    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c, c_r, rtol=1e-5, atol=1e-6)
-    g, g_r = grads(model, out, h), grads(model, out_r, h_r)
-    for name in g:
-        torch.testing.assert_close(g[name], g_r[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_matches_reference(model, x, hx, out, h, c)
 
 
 def copy_lstm_into_factorized(lstm, flstm):

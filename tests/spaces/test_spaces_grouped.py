@@ -6,24 +6,8 @@ import torch
 from squeezelstm.spaces import LSTM, GroupedLSTM
 
 
-def run_reference(model, x, hx):
-    h0, c0 = hx
-    out, hs, cs = x, [], []
-    for i, layer in enumerate(model.layers):
-        out, (h, c) = layer.forward_reference(out, (h0[i], c0[i]))
-        hs.append(h)
-        cs.append(c)
-    return out, (torch.stack(hs), torch.stack(cs))
-
-
-def grads(model, out, h):
-    model.zero_grad()
-    (out.pow(2).sum() + h.sum()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("groups,bias,batch_first", [(2, True, False), ([4, 2], True, True), (4, False, False), (1, True, False)])
-def test_fast_path_matches_reference(groups, bias, batch_first):
+def test_fast_path_matches_reference(groups, bias, batch_first, assert_matches_reference):
     torch.manual_seed(0)
     model = GroupedLSTM(12, 8, 2, bias=bias, batch_first=batch_first, groups=groups)
     x = torch.randn(6, 3, 12)
@@ -31,12 +15,7 @@ def test_fast_path_matches_reference(groups, bias, batch_first):
     out, (h, c) = model(x.transpose(0, 1) if batch_first else x, hx)
     if batch_first:
         out = out.transpose(0, 1)
-    out_r, (h_r, c_r) = run_reference(model, x, hx)
-    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c, c_r, rtol=1e-5, atol=1e-6)
-    g, g_r = grads(model, out, h), grads(model, out_r, h_r)
-    for name in g:
-        torch.testing.assert_close(g[name], g_r[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_matches_reference(model, x, hx, out, h, c)
 
 
 def test_each_group_is_an_independent_lstm():

@@ -7,35 +7,14 @@ from squeezelstm.spaces import LSTM, RestrictedLSTM
 from squeezelstm.spaces.restricted import pool_row_indices, shared_rows
 
 
-def run_reference(model, x, hx):
-    h0, c0 = hx
-    out, hs, cs = x, [], []
-    for i, layer in enumerate(model.layers):
-        out, (h, c) = layer.forward_reference(out, (h0[i], c0[i]))
-        hs.append(h)
-        cs.append(c)
-    return out, (torch.stack(hs), torch.stack(cs))
-
-
-def grads(model, out, h):
-    model.zero_grad()
-    (out.pow(2).sum() + h.sum()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("m,n,share,bias", [(5, 8, 0.5, True), (12, 8, [0.25, 0.9], True), (8, 8, 1.0, False), (3, 6, 0.0, True)])
-def test_fast_path_matches_reference(m, n, share, bias):
+def test_fast_path_matches_reference(m, n, share, bias, assert_matches_reference):
     torch.manual_seed(0)
     model = RestrictedLSTM(m, n, 2, bias=bias, share=share)
     x = torch.randn(6, 3, m)
     hx = (torch.randn(2, 3, n), torch.randn(2, 3, n))
     out, (h, c) = model(x, hx)
-    out_r, (h_r, c_r) = run_reference(model, x, hx)
-    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c, c_r, rtol=1e-5, atol=1e-6)
-    g, g_r = grads(model, out, h), grads(model, out_r, h_r)
-    for name in g:
-        torch.testing.assert_close(g[name], g_r[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_matches_reference(model, x, hx, out, h, c)
 
 
 def test_pool_structure_follows_the_authors():

@@ -59,6 +59,9 @@ class DataConfig:
     lowercase: bool = False
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
+    # Text corpora: train on the first ``max_train_tokens`` training tokens only (0 = all); the
+    # vocabulary is built from those, valid/test stay whole. Makes a big book affordable on a CPU.
+    max_train_tokens: int = 0
 
     def __post_init__(self) -> None:
         _check(self.corpus in CORPORA, "data.corpus", self.corpus, f"one of {CORPORA}")
@@ -70,6 +73,10 @@ class DataConfig:
         _check(0.0 <= self.mix <= 1.0, "data.mix", self.mix, "in [0, 1]")
         _check(self.level in LEVELS, "data.level", self.level, f"one of {LEVELS}")
         _check(self.vocab_cap >= 0, "data.vocab_cap", self.vocab_cap, ">= 0 (0 = no cap)")
+        _check(self.max_train_tokens == 0 or self.max_train_tokens >= 2, "data.max_train_tokens",
+               self.max_train_tokens, "0 (all) or >= 2")
+        _check(self.max_train_tokens == 0 or self.corpus != "synthetic", "data.max_train_tokens",
+               self.max_train_tokens, "0 for data.corpus='synthetic' (use data.train_tokens)")
         for name in ("valid_fraction", "test_fraction"):
             v = getattr(self, name)
             _check(0.0 < v < 0.5, f"data.{name}", v, "in (0, 0.5)")

@@ -115,6 +115,10 @@ def _text(data: DataConfig) -> Corpus:
     for f, toks in zip(files or (data.path,) * 3, splits):
         if len(toks) < 2:
             raise ValueError(f"corpus split {f} has fewer than 2 tokens")
+    if data.max_train_tokens:
+        # before the vocabulary: a word seen only past the cap is <unk>, as for a model trained on less text
+        splits[0] = splits[0][: data.max_train_tokens]
+        name += f"[:{data.max_train_tokens}]"
     vocab = build_vocab(splits[0], cap)
     known = set(vocab)
     if UNK not in known and any(t not in known for t in splits[1] + splits[2]):

@@ -89,6 +89,29 @@ def test_raw_text_word_tokens_and_char_level(tmp_path):
     assert chars == list("hello world") + ["<eos>"]
 
 
+def test_max_train_tokens_caps_training_text_and_its_vocabulary(tmp_path):
+    _write(tmp_path / "train.txt", ["the cat sat", "the dog ran", "a zebra sang"])
+    _write(tmp_path / "valid.txt", ["the zebra sat", "a cat"])
+    _write(tmp_path / "test.txt", ["the dog"])
+    full = load_corpus(DataConfig(corpus="text", path=str(tmp_path)))
+    capped = load_corpus(DataConfig(corpus="text", path=str(tmp_path), max_train_tokens=6))
+    assert len(full.train) == 12 and len(capped.train) == 6
+    assert len(capped.valid) == len(full.valid)  # valid and test stay whole
+    assert [capped.vocab[int(i)] for i in capped.train] == ["the", "cat", "sat", "<eos>", "the", "dog"]
+    # the vocabulary comes from the capped text: words only seen later are <unk> in valid
+    assert "zebra" in full.vocab and "zebra" not in capped.vocab
+    assert [capped.vocab[int(i)] for i in capped.valid] == ["the", "<unk>", "sat", "<eos>", "<unk>", "cat", "<eos>"]
+    assert len(capped.test) == len(full.test)
+    # a cap past the end keeps everything; the synthetic corpus has its own length knob
+    assert len(load_corpus(DataConfig(corpus="text", path=str(tmp_path), max_train_tokens=10_000)).train) == 12
+    with pytest.raises(ValueError, match="data.max_train_tokens"):
+        DataConfig(corpus="text", max_train_tokens=-1)
+    with pytest.raises(ValueError, match="data.max_train_tokens"):
+        DataConfig(corpus="text", max_train_tokens=1)
+    with pytest.raises(ValueError, match="data.train_tokens"):
+        DataConfig(corpus="synthetic", max_train_tokens=100)
+
+
 def test_missing_and_empty_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_corpus(DataConfig(corpus="ptb", path=str(tmp_path / "nowhere")))

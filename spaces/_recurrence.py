@@ -25,7 +25,15 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._base import State
+from ._kernels import kernels
 from .lstm import fused_lstm
+
+
+def _compiled(*tensors: Tensor):
+    """The compiled loops if they can run these tensors (CPU, float32/64), else ``None``."""
+    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
+        return kernels()
+    return None
 
 
 def _chain(h: Tensor, factors: tuple[Tensor, ...], out_add: Tensor) -> Tensor:
@@ -78,11 +86,53 @@ def _cell_backward(dh: Tensor, dc: Tensor, p: Tensor, q: Tensor, r: Tensor, f: T
     dc.mul_(f)
 
 
+def _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, need_dh0: bool):
+    """The backward time loop of ``_LinearRecurrence`` in Python (the compiled op's specification):
+    returns the pre-activation gradients (G, T, N, 4s) and the gradients w.r.t. ``h0``, ``c0``."""
+    groups, steps, batch, four_s = acts.shape
+    s = hs.size(-1)
+    dh = torch.zeros_like(hs[:, 0]) if d_hn is None else d_hn.clone()
+    dc = torch.zeros_like(cs[:, 0]) if d_cn is None else d_cn.clone()
+    if d_out is not None:
+        d_out = d_out.view(steps, batch, groups, s)
+    dgates = torch.empty_like(acts)
+    back = [f.transpose(1, 2) for f in reversed(factors)]  # 4s -> ... -> s
+    p, q, r = _backward_tables(acts, cs[:, :-1], tcs)
+    forget = acts[..., s:2 * s]
+    for t in range(steps - 1, -1, -1):
+        if d_out is not None:
+            dh.add_(d_out[t].transpose(0, 1))
+        dg = dgates[:, t]
+        if keep is not None:
+            # Kept units pass their gradient straight to the previous step; updated ones
+            # go through the cell.
+            k = keep[:, t].to(dh.dtype)
+            dh_pass, dc_pass = dh - dh * k, dc - dc * k
+            dh.mul_(k)
+            dc.mul_(k)
+        _cell_backward(dh, dc, p[:, t], q[:, t], r[:, t], forget[:, t], dg)
+        if keep is not None:
+            dc.add_(dc_pass)
+        if t > 0 or need_dh0:
+            x = dg
+            for w in back[:-1]:
+                x = torch.bmm(x, w)
+            dh = torch.bmm(x, back[-1]) if keep is None else torch.baddbmm(dh_pass, x, back[-1])
+    return dgates, dh, dc
+
+
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, *factors: Tensor):
         groups, steps, batch, four_s = xw.shape
         s = h0.size(-1)
+        ops = _compiled(xw, *factors) if len(factors) == 1 else None
+        ctx.compiled = ops is not None
+        if ops is not None:
+            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, factors[0].contiguous())
+            ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
+            out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)
+            return out, hs[:, steps], cs[:, steps]
         # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
         # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
         # for the weight gradients, so no layout copies are needed.
@@ -111,33 +161,12 @@ class _LinearRecurrence(torch.autograd.Function):
         hs, cs, tcs, acts, keep, *factors = ctx.saved_tensors
         groups, steps, batch, four_s = acts.shape
         s = hs.size(-1)
-        dh = torch.zeros_like(hs[:, 0]) if d_hn is None else d_hn.clone()
-        dc = torch.zeros_like(cs[:, 0]) if d_cn is None else d_cn.clone()
-        if d_out is not None:
-            d_out = d_out.view(steps, batch, groups, s)
-        dgates = torch.empty_like(acts)
-        back = [f.transpose(1, 2) for f in reversed(factors)]  # 4s -> ... -> s
-        p, q, r = _backward_tables(acts, cs[:, :-1], tcs)
-        forget = acts[..., s:2 * s]
-        for t in range(steps - 1, -1, -1):
-            if d_out is not None:
-                dh.add_(d_out[t].transpose(0, 1))
-            dg = dgates[:, t]
-            if keep is not None:
-                # Kept units pass their gradient straight to the previous step; updated ones
-                # go through the cell.
-                k = keep[:, t].to(dh.dtype)
-                dh_pass, dc_pass = dh - dh * k, dc - dc * k
-                dh.mul_(k)
-                dc.mul_(k)
-            _cell_backward(dh, dc, p[:, t], q[:, t], r[:, t], forget[:, t], dg)
-            if keep is not None:
-                dc.add_(dc_pass)
-            if t > 0 or ctx.needs_input_grad[1]:
-                x = dg
-                for w in back[:-1]:
-                    x = torch.bmm(x, w)
-                dh = torch.bmm(x, back[-1]) if keep is None else torch.baddbmm(dh_pass, x, back[-1])
+        need_dh0 = bool(ctx.needs_input_grad[1])
+        if ctx.compiled:
+            dgates, dh, dc = kernels().linear_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep,
+                                                       factors[0].contiguous(), need_dh0)
+        else:
+            dgates, dh, dc = _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, need_dh0)
         d_factors: list[Tensor | None] = [None] * len(factors)
         if any(ctx.needs_input_grad[4:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
@@ -155,6 +184,29 @@ class _LinearRecurrence(torch.autograd.Function):
         return (dgates, dh, dc, None, *d_factors)
 
 
+def _bottleneck_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, zs, a_in, b_out, need_dh0: bool):
+    """The backward time loop of ``_BottleneckRecurrence`` in Python (the compiled op's specification):
+    returns the gradients of the pre-activations (T, N, 4n), of the bottleneck (T, N, r), of h0 and c0."""
+    steps = acts.size(0)
+    n = hs.size(-1)
+    dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
+    dc = torch.zeros_like(cs[0]) if d_cn is None else d_cn.clone()
+    dgates = torch.empty_like(acts)
+    dzs = torch.empty_like(zs)  # gradient of each step's bottleneck == gradient of xz
+    b_t, a_t = b_out.t(), a_in.t()
+    p, q, r = _backward_tables(acts, cs[:-1], tcs)
+    forget = acts[..., n:2 * n]
+    for t in range(steps - 1, -1, -1):
+        if d_out is not None:
+            dh.add_(d_out[t])
+        dg = dgates[t]
+        _cell_backward(dh, dc, p[t], q[t], r[t], forget[t], dg)
+        dz = torch.mm(dg, b_t, out=dzs[t])
+        if t > 0 or need_dh0:
+            dh = torch.mm(dz, a_t)
+    return dgates, dzs, dh, dc
+
+
 class _BottleneckRecurrence(torch.autograd.Function):
     """F-LSTM: ``z_t = xz_t + h_{t-1} A``, ``pre_t = z_t B + b``; xz (T, N, r), A (n, r), B (r, 4n)."""
 
@@ -162,17 +214,23 @@ class _BottleneckRecurrence(torch.autograd.Function):
     def forward(ctx, xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_out: Tensor, bias: Tensor | None):
         steps, batch, rank = xz.shape
         n = h0.size(-1)
-        hs = xz.new_empty(steps + 1, batch, n)
-        cs = torch.empty_like(hs)
-        tcs = xz.new_empty(steps, batch, n)
-        zs = torch.empty_like(xz)  # the bottleneck of every step, for B's gradient
-        acts = xz.new_empty(steps, batch, 4 * n)
-        hs[0] = h0
-        cs[0] = c0
-        for t in range(steps):
-            z = torch.addmm(xz[t], hs[t], a_in, out=zs[t])
-            pre = torch.addmm(bias, z, b_out) if bias is not None else torch.mm(z, b_out)
-            _cell_forward(pre, cs[t], acts[t], cs[t + 1], tcs[t], hs[t + 1])
+        ops = _compiled(xz, a_in, b_out)
+        ctx.compiled = ops is not None
+        if ops is not None:
+            hs, cs, tcs, acts, zs = ops.bottleneck_forward(xz, h0.contiguous(), c0.contiguous(), a_in.contiguous(),
+                                                           b_out.contiguous(), bias)
+        else:
+            hs = xz.new_empty(steps + 1, batch, n)
+            cs = torch.empty_like(hs)
+            tcs = xz.new_empty(steps, batch, n)
+            zs = torch.empty_like(xz)  # the bottleneck of every step, for B's gradient
+            acts = xz.new_empty(steps, batch, 4 * n)
+            hs[0] = h0
+            cs[0] = c0
+            for t in range(steps):
+                z = torch.addmm(xz[t], hs[t], a_in, out=zs[t])
+                pre = torch.addmm(bias, z, b_out) if bias is not None else torch.mm(z, b_out)
+                _cell_forward(pre, cs[t], acts[t], cs[t + 1], tcs[t], hs[t + 1])
         ctx.save_for_backward(hs, cs, tcs, acts, zs, a_in, b_out)
         ctx.has_bias = bias is not None
         return hs[1:], hs[steps], cs[steps]
@@ -183,22 +241,13 @@ class _BottleneckRecurrence(torch.autograd.Function):
         hs, cs, tcs, acts, zs, a_in, b_out = ctx.saved_tensors
         steps, batch, four_n = acts.shape
         rank = zs.size(-1)
-        dh = torch.zeros_like(hs[0]) if d_hn is None else d_hn.clone()
-        dc = torch.zeros_like(cs[0]) if d_cn is None else d_cn.clone()
-        dgates = torch.empty_like(acts)
-        dzs = torch.empty_like(zs)  # gradient of each step's bottleneck == gradient of xz
-        b_t, a_t = b_out.t(), a_in.t()
-        n = hs.size(-1)
-        p, q, r = _backward_tables(acts, cs[:-1], tcs)
-        forget = acts[..., n:2 * n]
-        for t in range(steps - 1, -1, -1):
-            if d_out is not None:
-                dh.add_(d_out[t])
-            dg = dgates[t]
-            _cell_backward(dh, dc, p[t], q[t], r[t], forget[t], dg)
-            dz = torch.mm(dg, b_t, out=dzs[t])
-            if t > 0 or ctx.needs_input_grad[1]:
-                dh = torch.mm(dz, a_t)
+        need_dh0 = bool(ctx.needs_input_grad[1])
+        if ctx.compiled:
+            dgates, dzs, dh, dc = kernels().bottleneck_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts,
+                                                                a_in.contiguous(), b_out.contiguous(), need_dh0)
+        else:
+            dgates, dzs, dh, dc = _bottleneck_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, zs, a_in, b_out,
+                                                            need_dh0)
         d_pre = dgates.view(steps * batch, four_n)
         d_z = dzs.view(steps * batch, rank)
         d_a = torch.mm(hs[:-1].reshape(steps * batch, -1).t(), d_z) if ctx.needs_input_grad[3] else None

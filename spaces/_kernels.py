@@ -1,0 +1,78 @@
+"""The compiled recurrence loops (``_kernels.cpp``), built once per machine on first use.
+
+``kernels()`` returns the op namespace ``torch.ops.squeezelstm_kernels`` or ``None`` where they
+cannot be used (no C++ compiler, a failed build, or ``SQUEEZELSTM_KERNELS=0``); callers then run the
+equivalent Python loops of ``_recurrence.py``, which are the specification the compiled ops are
+tested against. The build goes through ``torch.utils.cpp_extension`` (ninja + the system's g++),
+takes ~30-60 s once, and is cached under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``); concurrent processes (Ray workers) wait on the builder's lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("_kernels.cpp")
+_ENV = "SQUEEZELSTM_KERNELS"
+_state: dict[str, object] = {}
+
+
+def enabled() -> bool:
+    """Whether the compiled loops may be used in this process (``SQUEEZELSTM_KERNELS`` is not ``0``)."""
+    return os.environ.get(_ENV, "1").strip() not in ("0", "false", "no", "off")
+
+
+def kernels():
+    """The compiled ops, building them on first call; ``None`` (with one warning) if unavailable."""
+    if not enabled():
+        return None
+    if "ops" in _state:
+        return _state["ops"]
+    ops = None
+    try:
+        ops = _load()
+    except Exception as exc:  # no compiler, headers, ninja...: fall back, but say so once
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"squeezelstm: compiled recurrences unavailable ({type(exc).__name__}: {first}); "
+                      f"using the slower Python loops (set {_ENV}=0 to silence)", RuntimeWarning, stacklevel=2)
+    _state["ops"] = ops
+    return ops
+
+
+def _isa() -> tuple[str, list[str]]:
+    """The widest vector ISA this CPU has (x86-64 Linux), as a build-name suffix and gcc flags.
+
+    The build is named after it, so a cache shared by machines with different CPUs (a cluster's home
+    directory) never hands one the other's instructions."""
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "generic", []
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= flags:
+        return "avx512", ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]
+    if {"avx2", "fma"} <= flags:
+        return "avx2", ["-mavx2", "-mfma"]
+    return "generic", []
+
+
+def _load():
+    from torch.utils.cpp_extension import _get_build_directory, load
+
+    isa, isa_flags = _isa()
+    name = f"squeezelstm_kernels_{isa}"
+    built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    if not built.exists():
+        print("squeezelstm: compiling the recurrence kernels (once per machine, about a minute)...",
+              file=sys.stderr, flush=True)
+    load(name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp", *isa_flags], extra_ldflags=["-fopenmp"],
+         is_python_module=False, verbose=False)
+    return torch.ops.squeezelstm_kernels

@@ -1,0 +1,153 @@
+"""The compiled recurrence loops (``spaces/_kernels.cpp``) against the Python loops they replace.
+
+The Python loops of ``_recurrence.py`` are the specification (and the fallback where no compiler is
+available); the layer-level fast-vs-reference checks in ``test_spaces_fastpath.py`` run whichever
+path is active. Here both paths run on the same inputs: forward, state and every gradient, in float64
+(tight) and float32 (1e-5 relative), with and without hard-routing masks, and the float32 activation
+approximations are checked against torch's over the whole input range, NaN included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from squeezelstm.spaces import _kernels, _recurrence
+
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+@pytest.fixture
+def ops():
+    ops = _kernels.kernels()
+    # This suite runs where a C++ compiler exists (CI and every dev machine): a silent fallback to the
+    # Python loops would hide a broken build, so it is an error here, not a skip.
+    assert ops is not None, "the compiled recurrence kernels did not build (see the RuntimeWarning above)"
+    return ops
+
+
+@pytest.fixture
+def python_loops(monkeypatch):
+    """Run ``fn`` with the compiled kernels switched off (the Python loops of ``_recurrence``)."""
+
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(_recurrence, "kernels", lambda: None)
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def test_source_ships_with_the_installed_package():
+    assert (Path(_kernels.__file__).parent / "_kernels.cpp").is_file()
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("SQUEEZELSTM_KERNELS", "0")
+    assert _kernels.kernels() is None
+
+
+def _outputs_and_grads(fn, inputs, seed=7):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None and t.is_floating_point() else t
+              for t in inputs]
+    outs = fn(*leaves)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss.backward()
+    grads = [t.grad for t in leaves if t is not None and t.is_floating_point()]
+    return [o.detach() for o in outs], grads
+
+
+def _assert_same(a, b, dtype):
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("groups,steps,batch,s", [(4, 7, 3, 5), (1, 5, 2, 16), (2, 1, 4, 3)])
+def test_linear_recurrence_matches_python_loop(ops, python_loops, dtype, masked, groups, steps, batch, s):
+    gen = torch.Generator().manual_seed(groups * 100 + steps)
+    xw = 2.0 * torch.randn(groups, steps, batch, 4 * s, generator=gen, dtype=dtype)
+    h0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    c0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    w = torch.randn(groups, s, 4 * s, generator=gen, dtype=dtype) / s**0.5
+    keep = torch.rand(groups, steps, batch, 1, generator=gen) < 0.5 if masked else None
+
+    def fn(xw, h0, c0, w):
+        return _recurrence.linear_recurrence(xw, h0, c0, (w,), keep)
+
+    compiled = _outputs_and_grads(fn, [xw, h0, c0, w])
+    reference = python_loops(_outputs_and_grads, fn, [xw, h0, c0, w])
+    _assert_same(compiled[0], reference[0], dtype)
+    _assert_same(compiled[1], reference[1], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("steps,batch,n,rank", [(6, 3, 8, 3), (1, 2, 4, 16)])
+def test_bottleneck_recurrence_matches_python_loop(ops, python_loops, dtype, bias, steps, batch, n, rank):
+    gen = torch.Generator().manual_seed(steps * 10 + rank)
+    xz = torch.randn(steps, batch, rank, generator=gen, dtype=dtype)
+    h0 = torch.randn(batch, n, generator=gen, dtype=dtype)
+    c0 = torch.randn(batch, n, generator=gen, dtype=dtype)
+    a = torch.randn(n, rank, generator=gen, dtype=dtype) / n**0.5
+    b = torch.randn(rank, 4 * n, generator=gen, dtype=dtype) / rank**0.5
+    bvec = torch.randn(4 * n, generator=gen, dtype=dtype) if bias else None
+
+    def fn(xz, h0, c0, a, b, bvec):
+        return _recurrence.bottleneck_recurrence(xz, h0, c0, a, b, bvec)
+
+    compiled = _outputs_and_grads(fn, [xz, h0, c0, a, b, bvec])
+    reference = python_loops(_outputs_and_grads, fn, [xz, h0, c0, a, b, bvec])
+    _assert_same(compiled[0], reference[0], dtype)
+    _assert_same(compiled[1], reference[1], dtype)
+
+
+def test_only_final_state_used(ops, python_loops):
+    """No gradient reaches the per-step outputs (d_out is None in the backward)."""
+    gen = torch.Generator().manual_seed(3)
+    xw = torch.randn(2, 4, 3, 12, generator=gen)
+    h0, c0 = torch.randn(2, 2, 3, 3, generator=gen)
+    w = torch.randn(2, 3, 12, generator=gen)
+
+    def fn(xw, h0, c0, w):
+        _, h, c = _recurrence.linear_recurrence(xw, h0, c0, (w,))
+        return h, c
+
+    compiled = _outputs_and_grads(fn, [xw, h0, c0, w])
+    reference = python_loops(_outputs_and_grads, fn, [xw, h0, c0, w])
+    _assert_same(compiled[1], reference[1], torch.float32)
+
+
+def test_float32_activations_match_torch_over_the_whole_range(ops):
+    """One step from a zero state: the stored activations are sigmoid/tanh of xw exactly as torch computes
+    them (the kernel's polynomial exp/tanh), from deep saturation through tiny values to exact zeros."""
+    s = 64
+    values = torch.cat([torch.linspace(-100, 100, 2001), torch.logspace(-30, 1, 500), -torch.logspace(-30, 1, 500),
+                        torch.tensor([0.0, -0.0, 88.7, -88.7, 87.0, -87.0, 0.625, -0.625, 0.6249999, 1e-38])])
+    values = torch.cat([values, torch.zeros((-values.numel()) % s)])
+    rows = values.numel() // s
+    xw = values.view(1, 1, rows, s).repeat(1, 1, 1, 4)  # the same values in each gate
+    zeros = torch.zeros(1, rows, s)
+    hs, cs, tcs, acts = ops.linear_forward(xw.contiguous(), zeros, zeros, None, torch.zeros(1, s, 4 * s))
+    v = values.view(rows, s)
+    a = acts[0, 0]
+    # atol: sigmoid(x < -87) is below the smallest normal float (torch returns denormals, the kernel ~0)
+    torch.testing.assert_close(a[:, :s], torch.sigmoid(v), rtol=2e-6, atol=1e-37)
+    torch.testing.assert_close(a[:, 2 * s:3 * s], torch.tanh(v), rtol=2e-6, atol=0)
+    # and the state update: c = i * g (c_prev = 0), h = o * tanh(c)
+    c = torch.sigmoid(v) * torch.tanh(v)
+    torch.testing.assert_close(cs[0, 1], c, rtol=5e-6, atol=1e-37)
+    torch.testing.assert_close(hs[0, 1], torch.sigmoid(v) * torch.tanh(c), rtol=5e-6, atol=1e-37)
+
+
+def test_nan_propagates(ops):
+    """A diverged pre-activation must stay NaN (the trainer's divergence check relies on it)."""
+    xw = torch.zeros(1, 2, 1, 8)
+    xw[0, 0, 0, 0] = float("nan")
+    zeros = torch.zeros(1, 1, 2)
+    hs, cs, _, _ = ops.linear_forward(xw, zeros, zeros, None, torch.zeros(1, 2, 8))
+    assert torch.isnan(cs[0, 1, 0, 0]) and torch.isnan(hs[0, 2, 0, 0])

@@ -64,7 +64,7 @@ def small(**changes) -> dict:
 
 def test_shipped_spaces_load_and_are_listed():
     names = shipped_spaces()
-    assert {"default", "ptb", "warandpeace"} <= set(names)
+    assert {"default", "ptb", "warandpeace", "warandpeace_small"} <= set(names)
     for name in names:
         space = load_space(name)
         assert set(space.families) == set(FAMILY_ARGS), name
@@ -72,9 +72,11 @@ def test_shipped_spaces_load_and_are_listed():
     ptb = load_space("ptb")
     assert ptb.fixed["data"]["corpus"] == "ptb"
     assert ptb.knobs["model.hidden_size"] == IntRange(200, 1500, 100)
+    # the CPU-sized War and Peace space trains on a prefix of the book (data.max_train_tokens)
+    assert Config.from_dict({"data": load_space("warandpeace_small").fixed["data"]}).data.max_train_tokens == 100_000
 
 
-@pytest.mark.parametrize("name,vocab", [("default", 200), ("ptb", 10000), ("warandpeace", 5000)])
+@pytest.mark.parametrize("name,vocab", [("default", 200), ("ptb", 10000), ("warandpeace", 5000), ("warandpeace_small", 2000)])
 def test_every_sample_is_a_valid_config_and_conditional(name, vocab):
     space = load_space(name)
     rng = RandomSuggester(seed=7)

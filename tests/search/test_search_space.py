@@ -72,8 +72,8 @@ def test_shipped_spaces_load_and_are_listed():
     ptb = load_space("ptb")
     assert ptb.fixed["data"]["corpus"] == "ptb"
     assert ptb.knobs["model.hidden_size"] == IntRange(200, 1500, 100)
-    # the CPU-sized War and Peace space trains on a prefix of the book (data.max_train_tokens)
-    assert Config.from_dict({"data": load_space("warandpeace_small").fixed["data"]}).data.max_train_tokens == 100_000
+    # the CPU-sized War and Peace space trains on a 50k-token prefix of the book (data.max_train_tokens)
+    assert Config.from_dict({"data": load_space("warandpeace_small").fixed["data"]}).data.max_train_tokens == 50_000
 
 
 @pytest.mark.parametrize("name,vocab", [("default", 200), ("ptb", 10000), ("warandpeace", 5000), ("warandpeace_small", 2000)])

@@ -9,7 +9,7 @@
 // recurrence, time-major (T(+1), N, .) for the bottleneck one. Gate columns are i, f, g, o.
 //
 // Ops (registered as torch.ops.squeezelstm_kernels.*; the Python wrappers own autograd):
-//   linear_forward(xw, h0, c0, keep?, w)                    -> (hs, cs, tcs, acts)
+//   linear_forward(xw, h0, c0, keep?, bias?, w)             -> (hs, cs, tcs, acts)
 //   linear_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, keep?, w, need_dh0) -> (dgates, dh0, dc0)
 //   bottleneck_forward(xz, h0, c0, a, b, bias?)             -> (hs, cs, tcs, acts, zs)
 //   bottleneck_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, a, b, need_dh0) -> (dgates, dzs, dh0, dc0)
@@ -24,6 +24,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 using at::Tensor;
 
@@ -83,10 +84,10 @@ inline double sigmoid_f(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_f(double x) { return std::tanh(x); }
 
 // ---- one element-wise step over a block of units ------------------------------------------------
-// Forward: pre-activations are `x + m` (4s each: the input side and the recurrent matmul); writes the
-// activations to `a`. No pointer may be null: a conditional load would stop the vectorisation.
+// Forward: pre-activations are `x + b + m` (4s each: the input side, the bias, the recurrent matmul);
+// writes the activations to `a`. No pointer may be null: a conditional load would stop the vectorisation.
 template <typename T>
-inline void cell_forward_row(const T* __restrict x, const T* __restrict m, T* __restrict a,
+inline void cell_forward_row(const T* __restrict x, const T* __restrict b, const T* __restrict m, T* __restrict a,
                              const T* __restrict c_prev, const T* __restrict h_prev, T* __restrict c,
                              T* __restrict tc, T* __restrict h, int64_t s, bool keep) {
   T* ai = a;
@@ -94,10 +95,10 @@ inline void cell_forward_row(const T* __restrict x, const T* __restrict m, T* __
   T* ag = a + 2 * s;
   T* ao = a + 3 * s;
   for (int64_t j = 0; j < s; ++j) {
-    T i = sigmoid_f(x[j] + m[j]);
-    T f = sigmoid_f(x[s + j] + m[s + j]);
-    T g = tanh_f(x[2 * s + j] + m[2 * s + j]);
-    T o = sigmoid_f(x[3 * s + j] + m[3 * s + j]);
+    T i = sigmoid_f(x[j] + b[j] + m[j]);
+    T f = sigmoid_f(x[s + j] + b[s + j] + m[s + j]);
+    T g = tanh_f(x[2 * s + j] + b[2 * s + j] + m[2 * s + j]);
+    T o = sigmoid_f(x[3 * s + j] + b[3 * s + j] + m[3 * s + j]);
     ai[j] = i;
     af[j] = f;
     ag[j] = g;
@@ -148,12 +149,40 @@ inline void cell_backward_row(T* __restrict dh, const T* __restrict dout, T* __r
   }
 }
 
-// Rows (group, sequence) of one step in parallel when there is enough work to pay for the threads.
-// (The backward pass has no transcendental functions: ~4x cheaper per element, so 4x the grain.)
-constexpr int64_t kGrainElements = 32768;
+// ---- threading -------------------------------------------------------------------------------
+// Groups (G-LSTM groups, routed sub-cells) and sequences are independent through the whole window,
+// so each thread runs the complete time loop of its own block of (group, sequence) lanes: no
+// barrier a step, and each thread's small matmuls and gate passes run back to back. Splitting over
+// groups keeps each matmul's row count (the batch); the batch is split only when the groups do not
+// divide among the threads.
 
-inline int64_t grain_rows(int64_t s, int64_t factor = 1) {
-  return std::max<int64_t>(1, factor * kGrainElements / std::max<int64_t>(1, 4 * s));
+struct Chunk {
+  int64_t g0, g1, n0, n1;
+};
+
+constexpr int64_t kMinParallelElements = 16384;  // gate elements a step below which threads do not pay
+
+std::vector<Chunk> plan_chunks(int64_t G, int64_t N, int64_t S4) {
+  int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (G * N * S4 < kMinParallelElements) threads = 1;
+  std::vector<Chunk> chunks;
+  if (threads <= 1) {
+    chunks.push_back({0, G, 0, N});
+  } else if (G % threads == 0) {
+    for (int64_t i = 0; i < threads; ++i) chunks.push_back({i * G / threads, (i + 1) * G / threads, 0, N});
+  } else {
+    const int64_t parts = std::min(threads, N);
+    for (int64_t i = 0; i < parts; ++i) chunks.push_back({0, G, i * N / parts, (i + 1) * N / parts});
+  }
+  return chunks;
+}
+
+template <typename F>
+void for_each_chunk(const std::vector<Chunk>& chunks, const F& run) {
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
+    at::NoGradGuard no_grad;  // grad mode is thread-local: worker threads start with it on
+    for (int64_t i = lo; i < hi; ++i) run(chunks[i]);
+  });
 }
 
 void check_float(const Tensor& t, const char* name) {
@@ -162,13 +191,15 @@ void check_float(const Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-// ---- G-LSTM / hard-routed sub-cells: pre_t = xw_t + h_{t-1} W, batched over groups -------------
+// ---- G-LSTM / hard-routed sub-cells: pre_t = xw_t + b + h_{t-1} W, batched over groups ----------
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, const Tensor& h0, const Tensor& c0,
-                                                          const std::optional<Tensor>& keep, const Tensor& w) {
+                                                          const std::optional<Tensor>& keep,
+                                                          const std::optional<Tensor>& bias, const Tensor& w_in) {
   check_float(xw, "xw");
   const int64_t G = xw.size(0), T = xw.size(1), N = xw.size(2), S4 = xw.size(3), s = S4 / 4;
   at::NoGradGuard no_grad;
+  const Tensor w = w_in.detach().contiguous();
   Tensor hs = at::empty({G, T + 1, N, s}, xw.options());
   Tensor cs = at::empty_like(hs);
   Tensor tcs = at::empty({G, T, N, s}, xw.options());
@@ -177,30 +208,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
   cs.select(1, 0).copy_(c0);
   Tensor kp = keep.has_value() ? keep->to(at::kBool).contiguous() : Tensor();
   const bool* kd = kp.defined() ? kp.data_ptr<bool>() : nullptr;  // (G, T, N, 1)
+  // (G, 4s): a broadcast bias in baddbmm costs more than the whole input projection; added here.
+  Tensor bias_c = bias.has_value() ? bias->detach().reshape({G, S4}).contiguous() : at::zeros({G, S4}, xw.options());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "linear_forward", [&] {
     scalar_t* A = acts.data_ptr<scalar_t>();
     scalar_t* H = hs.data_ptr<scalar_t>();
     scalar_t* C = cs.data_ptr<scalar_t>();
     scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* X = xw.data_ptr<scalar_t>();
-    // The recurrent matmul goes to a contiguous scratch (bmm into a strided slice, or baddbmm, costs
-    // 50% more at these sizes); the input side is added in the element-wise pass.
-    Tensor m = at::empty({G, N, S4}, xw.options());
-    const scalar_t* M = m.data_ptr<scalar_t>();
-    for (int64_t t = 0; t < T; ++t) {
-      at::bmm_out(m, hs.select(1, t), w);
-      at::parallel_for(0, G * N, grain_rows(s), [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) {
-          const int64_t g = r / N, n = r % N;
-          const int64_t st = ((g * (T + 1) + t) * N + n) * s;  // hs/cs at step t
-          const int64_t nx = st + N * s;                         // hs/cs at step t + 1
-          const bool k = kd ? kd[(g * T + t) * N + n] : true;
-          const int64_t row = (g * T + t) * N + n;
-          cell_forward_row(X + row * S4, M + r * S4, A + row * S4, C + st, H + st, C + nx,
-                           TC + ((g * T + t) * N + n) * s, H + nx, s, k);
+    const scalar_t* BI = bias_c.data_ptr<scalar_t>();
+    for_each_chunk(plan_chunks(G, N, S4), [&](const Chunk& ch) {
+      const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
+      // The recurrent matmul goes to a contiguous scratch (bmm into a strided slice, or baddbmm, costs
+      // 50% more at these sizes); input side and bias are added in the element-wise pass.
+      Tensor m = at::empty({Gc, Nc, S4}, xw.options());
+      const scalar_t* M = m.data_ptr<scalar_t>();
+      const Tensor wc = w.narrow(0, ch.g0, Gc);
+      const Tensor hc = hs.narrow(0, ch.g0, Gc).narrow(2, ch.n0, Nc);
+      for (int64_t t = 0; t < T; ++t) {
+        at::bmm_out(m, hc.select(1, t), wc);
+        for (int64_t g = ch.g0; g < ch.g1; ++g) {
+          for (int64_t n = ch.n0; n < ch.n1; ++n) {
+            const int64_t local = (g - ch.g0) * Nc + (n - ch.n0);
+            const int64_t st = ((g * (T + 1) + t) * N + n) * s;  // hs/cs at step t
+            const int64_t nx = st + N * s;                         // hs/cs at step t + 1
+            const int64_t row = (g * T + t) * N + n;
+            cell_forward_row(X + row * S4, BI + g * S4, M + local * S4, A + row * S4, C + st, H + st, C + nx,
+                             TC + row * s, H + nx, s, kd ? kd[row] : true);
+          }
         }
-      });
-    }
+      }
+    });
   });
   return {hs, cs, tcs, acts};
 }
@@ -215,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const std::optional<Tensor>& 
   Tensor dc = d_cn.has_value() ? d_cn->contiguous().clone() : at::zeros({G, N, s}, acts.options());
   Tensor dout = d_out.has_value() ? d_out->contiguous() : at::zeros({T, N, G * s}, acts.options());
   Tensor dgates = at::empty_like(acts);
-  Tensor wt = w.transpose(1, 2).contiguous();  // bmm with a transposed view is ~50% slower here
+  Tensor wt = w.detach().transpose(1, 2).contiguous();  // bmm with a transposed view is ~50% slower here
   Tensor kp = keep.has_value() ? keep->to(at::kBool).contiguous() : Tensor();
   const bool* kd = kp.defined() ? kp.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "linear_backward", [&] {
@@ -224,39 +262,49 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const std::optional<Tensor>& 
     const scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* DO = dout.data_ptr<scalar_t>();
     scalar_t* DG = dgates.data_ptr<scalar_t>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DC = dc.data_ptr<scalar_t>();
-      at::parallel_for(0, G * N, grain_rows(s, 4), [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) {
-          const int64_t g = r / N, n = r % N;
-          const int64_t row = (g * T + t) * N + n;
-          const bool k = kd ? kd[row] : true;
-          cell_backward_row(DH + r * s, DO + (t * N + n) * G * s + g * s, DC + r * s, A + row * S4,
-                            C + ((g * (T + 1) + t) * N + n) * s, TC + row * s, DG + row * S4, s, k);
+    for_each_chunk(plan_chunks(G, N, S4), [&](const Chunk& ch) {
+      const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
+      Tensor dh_full = dh.narrow(0, ch.g0, Gc).narrow(1, ch.n0, Nc);
+      Tensor dc_full = dc.narrow(0, ch.g0, Gc).narrow(1, ch.n0, Nc);
+      Tensor dhc = dh_full.contiguous().clone(), dcc = dc_full.contiguous().clone();  // this chunk's running gradients
+      scalar_t* DH = dhc.data_ptr<scalar_t>();
+      scalar_t* DC = dcc.data_ptr<scalar_t>();
+      const Tensor wtc = wt.narrow(0, ch.g0, Gc);
+      const Tensor dgc = dgates.narrow(0, ch.g0, Gc).narrow(2, ch.n0, Nc);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t g = ch.g0; g < ch.g1; ++g) {
+          for (int64_t n = ch.n0; n < ch.n1; ++n) {
+            const int64_t local = (g - ch.g0) * Nc + (n - ch.n0);
+            const int64_t row = (g * T + t) * N + n;
+            cell_backward_row(DH + local * s, DO + (t * N + n) * G * s + g * s, DC + local * s, A + row * S4,
+                              C + ((g * (T + 1) + t) * N + n) * s, TC + row * s, DG + row * S4, s,
+                              kd ? kd[row] : true);
+          }
         }
-      });
-      if (t > 0 || need_dh0) {
-        Tensor dg_t = dgates.select(1, t);
-        if (kd) {
-          dh.baddbmm_(dg_t, wt);  // dh holds the bypass of kept blocks
-        } else {
-          at::bmm_out(dh, dg_t, wt);
+        if (t > 0 || need_dh0) {
+          if (kd) {
+            dhc.baddbmm_(dgc.select(1, t), wtc);  // dhc holds the bypass of kept blocks
+          } else {
+            at::bmm_out(dhc, dgc.select(1, t), wtc);
+          }
         }
       }
-    }
+      dh_full.copy_(dhc);
+      dc_full.copy_(dcc);
+    });
   });
   return {dgates, dh, dc};
 }
 
-// ---- F-LSTM: z_t = xz_t + h_{t-1} A, pre_t = z_t B + b -------------------------------------------
+// ---- F-LSTM: z_t = xz_t + h_{t-1} A, pre_t = z_t B + b (threads split the batch) -----------------
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_forward(const Tensor& xz, const Tensor& h0, const Tensor& c0,
-                                                                      const Tensor& a, const Tensor& b,
+                                                                      const Tensor& a_in, const Tensor& b_in,
                                                                       const std::optional<Tensor>& bias) {
   check_float(xz, "xz");
-  const int64_t T = xz.size(0), N = xz.size(1), n = h0.size(-1), S4 = 4 * n;
+  const int64_t T = xz.size(0), N = xz.size(1), rank = xz.size(2), n = h0.size(-1), S4 = 4 * n;
   at::NoGradGuard no_grad;
+  const Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
   Tensor hs = at::empty({T + 1, N, n}, xz.options());
   Tensor cs = at::empty_like(hs);
   Tensor tcs = at::empty({T, N, n}, xz.options());
@@ -264,34 +312,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_forward(const Tens
   Tensor acts = at::empty({T, N, S4}, xz.options());
   hs.select(0, 0).copy_(h0);
   cs.select(0, 0).copy_(c0);
+  Tensor bias_c = bias.has_value() ? bias->detach().contiguous() : at::zeros({S4}, xz.options());
+  Tensor zero = at::zeros({S4}, xz.options());
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "bottleneck_forward", [&] {
     scalar_t* A = acts.data_ptr<scalar_t>();
     scalar_t* H = hs.data_ptr<scalar_t>();
     scalar_t* C = cs.data_ptr<scalar_t>();
     scalar_t* TC = tcs.data_ptr<scalar_t>();
-    Tensor bias_c = bias.has_value() ? bias->contiguous() : at::zeros({S4}, xz.options());
     const scalar_t* B = bias_c.data_ptr<scalar_t>();
-    Tensor m = at::empty({N, S4}, xz.options());
-    const scalar_t* M = m.data_ptr<scalar_t>();
+    const scalar_t* Z0 = zero.data_ptr<scalar_t>();
     const scalar_t* XZ0 = xz.data_ptr<scalar_t>();
-    const int64_t rank = xz.size(2);
-    for (int64_t t = 0; t < T; ++t) {
-      Tensor z = zs.select(0, t);
-      at::mm_out(z, hs.select(0, t), a);
-      {  // z += xz_t here: addmm costs more than mm at these sizes
-        scalar_t* Z = z.data_ptr<scalar_t>();
-        const scalar_t* XZ = XZ0 + t * N * rank;
-        for (int64_t e = 0; e < N * rank; ++e) Z[e] += XZ[e];
-      }
-      at::mm_out(m, z, b);
-      at::parallel_for(0, N, grain_rows(n), [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) {
+    for_each_chunk(plan_chunks(1, N, S4), [&](const Chunk& ch) {
+      const int64_t Nc = ch.n1 - ch.n0;
+      Tensor m = at::empty({Nc, S4}, xz.options());
+      const scalar_t* M = m.data_ptr<scalar_t>();
+      for (int64_t t = 0; t < T; ++t) {
+        Tensor z = zs.select(0, t).narrow(0, ch.n0, Nc);  // contiguous rows
+        at::mm_out(z, hs.select(0, t).narrow(0, ch.n0, Nc), a);
+        scalar_t* Z = z.data_ptr<scalar_t>();  // z += xz_t here: addmm costs more than mm at these sizes
+        const scalar_t* XZ = XZ0 + (t * N + ch.n0) * rank;
+        for (int64_t e = 0; e < Nc * rank; ++e) Z[e] += XZ[e];
+        at::mm_out(m, z, b);
+        for (int64_t r = ch.n0; r < ch.n1; ++r) {
           const int64_t st = (t * N + r) * n;
-          cell_forward_row(B, M + r * S4, A + (t * N + r) * S4, C + st, H + st, C + st + N * n, TC + st,
-                           H + st + N * n, n, true);
+          cell_forward_row(B, Z0, M + (r - ch.n0) * S4, A + (t * N + r) * S4, C + st, H + st, C + st + N * n,
+                           TC + st, H + st + N * n, n, true);
         }
-      });
-    }
+      }
+    });
   });
   return {hs, cs, tcs, acts, zs};
 }
@@ -308,37 +356,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::option
   Tensor dout = d_out.has_value() ? d_out->contiguous() : at::zeros({T, N, n}, acts.options());
   Tensor dgates = at::empty_like(acts);
   Tensor dzs = at::empty({T, N, rank}, acts.options());
-  Tensor bt = b.t().contiguous(), at_ = a.t().contiguous();
+  Tensor bt = b.detach().t().contiguous(), at_ = a.detach().t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "bottleneck_backward", [&] {
     const scalar_t* A = acts.data_ptr<scalar_t>();
     const scalar_t* C = cs.data_ptr<scalar_t>();
     const scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* DO = dout.data_ptr<scalar_t>();
     scalar_t* DG = dgates.data_ptr<scalar_t>();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DC = dc.data_ptr<scalar_t>();
-      at::parallel_for(0, N, grain_rows(n, 4), [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) {
+    for_each_chunk(plan_chunks(1, N, S4), [&](const Chunk& ch) {
+      const int64_t Nc = ch.n1 - ch.n0;
+      Tensor dhc = dh.narrow(0, ch.n0, Nc);  // contiguous rows of (N, n): updated in place
+      Tensor dcc = dc.narrow(0, ch.n0, Nc);
+      scalar_t* DH = dhc.data_ptr<scalar_t>();
+      scalar_t* DC = dcc.data_ptr<scalar_t>();
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t r = ch.n0; r < ch.n1; ++r) {
           const int64_t st = (t * N + r) * n;
-          cell_backward_row(DH + r * n, DO + st, DC + r * n, A + (t * N + r) * S4, C + st, TC + st,
-                            DG + (t * N + r) * S4, n, true);
+          cell_backward_row(DH + (r - ch.n0) * n, DO + st, DC + (r - ch.n0) * n, A + (t * N + r) * S4, C + st,
+                            TC + st, DG + (t * N + r) * S4, n, true);
         }
-      });
-      Tensor dz = dzs.select(0, t);
-      at::mm_out(dz, dgates.select(0, t), bt);
-      if (t > 0 || need_dh0) {
-        at::mm_out(dh, dz, at_);
+        Tensor dz = dzs.select(0, t).narrow(0, ch.n0, Nc);
+        at::mm_out(dz, dgates.select(0, t).narrow(0, ch.n0, Nc), bt);
+        if (t > 0 || need_dh0) {
+          at::mm_out(dhc, dz, at_);
+        }
       }
-    }
+    });
   });
   return {dgates, dzs, dh, dc};
 }
 
 }  // namespace
-
 TORCH_LIBRARY(squeezelstm_kernels, m) {
-  m.def("linear_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? keep, Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? keep, Tensor? bias, Tensor w) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "linear_backward(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor hs, Tensor cs, Tensor tcs, Tensor acts, "
       "Tensor? keep, Tensor w, bool need_dh0) -> (Tensor, Tensor, Tensor)");

@@ -10,6 +10,7 @@ takes ~30-60 s once, and is cached under ``TORCH_EXTENSIONS_DIR`` (default
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -68,7 +69,10 @@ def _load():
     from torch.utils.cpp_extension import _get_build_directory, load
 
     isa, isa_flags = _isa()
-    name = f"squeezelstm_kernels_{isa}"
+    # The source's hash in the name: a new version (or another checkout beside this one) builds into
+    # its own directory instead of rebuilding, under a lock, over the one another process is using.
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    name = f"squeezelstm_kernels_{isa}_{digest}"
     built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
     if not built.exists():
         print("squeezelstm: compiling the recurrence kernels (once per machine, about a minute)...",

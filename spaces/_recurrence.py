@@ -123,13 +123,15 @@ def _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, n
 
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, *factors: Tensor):
+    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, bias: Tensor | None, *factors: Tensor):
         groups, steps, batch, four_s = xw.shape
         s = h0.size(-1)
         ops = _compiled(xw, *factors) if len(factors) == 1 else None
         ctx.compiled = ops is not None
+        ctx.has_bias = bias is not None
         if ops is not None:
-            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, factors[0].contiguous())
+            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias,
+                                                   factors[0].contiguous())
             ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
             out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)
             return out, hs[:, steps], cs[:, steps]
@@ -142,6 +144,8 @@ class _LinearRecurrence(torch.autograd.Function):
         acts = torch.empty_like(xw)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) per step
         hs[:, 0] = h0
         cs[:, 0] = c0
+        if bias is not None:
+            xw = xw + bias.view(groups, 1, 1, four_s)
         for t in range(steps):
             pre = _chain(hs[:, t], factors, xw[:, t])
             _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
@@ -167,8 +171,9 @@ class _LinearRecurrence(torch.autograd.Function):
                                                        factors[0].contiguous(), need_dh0)
         else:
             dgates, dh, dc = _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, need_dh0)
+        d_bias = dgates.sum((1, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
         d_factors: list[Tensor | None] = [None] * len(factors)
-        if any(ctx.needs_input_grad[4:]):
+        if any(ctx.needs_input_grad[5:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
             h_prev = hs[:, :-1].reshape(groups, steps * batch, s)
             d_pre = dgates.view(groups, steps * batch, four_s)
@@ -181,7 +186,7 @@ class _LinearRecurrence(torch.autograd.Function):
                 d_factors[idx] = torch.bmm(inputs[idx].transpose(1, 2), grad)
                 if idx > 0:
                     grad = torch.bmm(grad, factors[idx].transpose(1, 2))
-        return (dgates, dh, dc, None, *d_factors)
+        return (dgates, dh, dc, None, d_bias, *d_factors)
 
 
 def _bottleneck_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, zs, a_in, b_out, need_dh0: bool):
@@ -268,18 +273,19 @@ def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_ou
 
 
 def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor],
-                      keep: Tensor | None = None):
+                      keep: Tensor | None = None, bias: Tensor | None = None):
     """Run the LSTM recurrence ``pre_t = xw_t + h_{t-1} F_1 ... F_L`` over a window; differentiable.
 
     ``xw`` (G, T, N, 4s) group-major; ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) chaining s -> 4s.
     ``keep`` (G, T, N, 1) bool, optional: where False, that group of that sequence keeps its state at
-    that step instead of updating (hard routing). Returns ``(out, h_T, c_T)``: every step's hidden
+    that step instead of updating (hard routing). ``bias`` (G, 4s), optional: added to every step's
+    pre-activations (cheaper here than broadcast into the input projection). Returns ``(out, h_T, c_T)``: every step's hidden
     state laid out as (T, N, G*s) (group j's units in columns [j s, (j+1) s)) and the final state (G, N, s).
     """
     groups, steps, batch, _ = xw.shape
     if steps == 0:
         return xw.new_empty(0, batch, groups * h0.size(-1)), h0, c0
-    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, keep, *factors)
+    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, keep, bias, *factors)
 
 
 def strided_lstms(x: Tensor, state: State, weights: list[list[Tensor]], offset: int = 0) -> tuple[Tensor, State]:

@@ -69,16 +69,16 @@ class GroupedLSTMLayer(RecurrentLayer):
         steps, batch = x.size(0), x.size(1)
         # x-side projections for the whole window in one bmm: (g, T*N, m/g) @ (g, m/g, 4n/g).
         xg = x.reshape(steps * batch, g, self.input_size // g).transpose(0, 1)
-        if self.bias is not None:
-            xw = torch.baddbmm(self._group_bias(), xg, self.weight_ih.transpose(1, 2))
-        else:
-            xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
+        xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
         # The recurrence is one autograd node with a hand-written backward: one baddbmm a step
         # over all groups, group-major (g, T, N, 4n/g) so no layout copies are needed.
         xw = xw.view(g, steps, batch, 4 * n // g)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)
-        out, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),))
+        # The bias goes into the recurrence's element-wise pass (broadcast in baddbmm it cost more
+        # than the whole projection).
+        bias = None if self.bias is None else self._group_bias().view(g, 4 * n // g)
+        out, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),), bias=bias)
 
         def ungroup(s: Tensor) -> Tensor:
             return s.transpose(0, 1).reshape(batch, n)

@@ -214,10 +214,10 @@ class RoutedLayer(RecurrentLayer):
         xc = x[pos, torch.arange(N, device=x.device)]  # (k, L, N, m): padding rows are masked out
         w_ih = self.weight_ih.view(k, 4 * s, self.input_size).transpose(1, 2)  # (k, m, 4s)
         xw = torch.bmm(xc.reshape(k, L * N, self.input_size), w_ih)
-        if self.bias_ih is not None:
-            xw = xw + (self.bias_ih + self.bias_hh).view(k, 1, 4 * s)
+        bias = None if self.bias_ih is None else (self.bias_ih + self.bias_hh).view(k, 4 * s)
         hk, ck = h.view(N, k, s).transpose(0, 1), c.view(N, k, s).transpose(0, 1)
-        out, h_n, c_n = linear_recurrence(xw.view(k, L, N, 4 * s), hk, ck, (self.weight_hh.transpose(1, 2),), keep)
+        out, h_n, c_n = linear_recurrence(xw.view(k, L, N, 4 * s), hk, ck, (self.weight_hh.transpose(1, 2),), keep,
+                                          bias=bias)
         seq = torch.cat([h.unsqueeze(0), out]).view(L + 1, N, k, s)  # state after u updates
         output = seq.gather(0, updates.unsqueeze(-1).expand(T, N, k, s)).reshape(T, N, k * s)
         return output, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))

@@ -203,6 +203,10 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    from squeezelstm.spaces._kernels import kernels
+
+    # Which recurrence loops ran: the compiled ones (spaces/_kernels.cpp) or the Python fallback.
+    info["recurrence_loops"] = "compiled" if kernels() is not None else "python (SQUEEZELSTM_KERNELS=0 or no compiler)"
     return info
 
 

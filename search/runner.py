@@ -296,6 +296,11 @@ def run_search(
             shutil.rmtree(paths.state_dir, ignore_errors=True)
         raise
     ref_params, ref_ppl, optimal_ppl = _reference_point(space, controller)
+    # Build the compiled recurrences here, once and with its message on the user's terminal, rather than
+    # in every trial process at once (they would queue on the build lock with their clocks running).
+    from squeezelstm.spaces._kernels import kernels
+
+    kernels()
 
     try:
         started_ray = _start_ray(address, cpus_per_trial)

@@ -2,3 +2,11 @@ import os
 
 # Keep every test on a predictable, small thread budget (CI has 2 cores).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_sessionstart(session):
+    """Build the compiled recurrence kernels (spaces/_kernels.cpp) once, up front: otherwise the first
+    test to need them (often a Ray trial with a time limit) pays the ~30 s build."""
+    from squeezelstm.spaces._kernels import kernels
+
+    kernels()

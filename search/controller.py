@@ -224,9 +224,13 @@ class SearchController:
             record.history.sort(key=lambda h: h["epoch"])
             value = metrics.get("valid_ppl")
             decision = number in self._prune_decided
+            last = record.config.get("train", {}).get("epochs")
             if value is not None:
                 record.valid_ppl = float(value)
-                decision = self.bridge.report(number, int(epoch), float(value)) or decision
+                # At its last epoch a trial is fully trained: pruning it then saves no compute and would
+                # throw a final value away (told as PRUNED, it never reaches the sampler or the front).
+                if last is None or int(epoch) < int(last):
+                    decision = self.bridge.report(number, int(epoch), float(value)) or decision
             if decision:
                 self._prune_decided.add(number)
             self._save()

@@ -284,3 +284,23 @@ def test_controller_drives_the_real_trainer_without_ray():
         if record.status == "finished":
             assert record.valid_ppl == pytest.approx(result.valid_ppl) and record.test_ppl is not None
     assert controller.counts()["running"] == 0 and controller.front()
+
+
+def test_a_trial_is_never_pruned_at_its_last_epoch():
+    """A trial that reached its last epoch is fully trained: its value is final, so it is told as finished
+    (and can reach the front) however bad it is; the same curve one epoch short of the end is pruned."""
+    space = parse_space(toy_raw())  # 3 epochs a trial
+    controller = SearchController(space, sampler="random", pruner="median", vocab_size=VOCAB,
+                                  n_startup_trials=1, n_warmup_steps=0)
+    good = controller.suggest()
+    for epoch in (1, 2, 3):
+        controller.report(good.number, epoch, {"valid_ppl": 10.0})
+    controller.complete(good.number, "finished", {"valid_ppl": 10.0})
+    early = controller.suggest()
+    assert controller.report(early.number, 2, {"valid_ppl": 500.0}) is True  # median prunes it mid-way
+    controller.complete(early.number, "pruned")
+    late = controller.suggest()
+    assert controller.report(late.number, 3, {"valid_ppl": 500.0}) is False
+    record = controller.complete(late.number, "finished", {"valid_ppl": 500.0})
+    assert record.status == "finished"
+    assert controller.study.get_trials(deepcopy=False)[late.number].state == TrialState.COMPLETE

@@ -266,7 +266,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const std::optional<Tensor>& 
       const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
       Tensor dh_full = dh.narrow(0, ch.g0, Gc).narrow(1, ch.n0, Nc);
       Tensor dc_full = dc.narrow(0, ch.g0, Gc).narrow(1, ch.n0, Nc);
-      Tensor dhc = dh_full.contiguous().clone(), dcc = dc_full.contiguous().clone();  // this chunk's running gradients
+      // this chunk's running gradients: one contiguous copy each (contiguous() then clone() would copy twice)
+      Tensor dhc = dh_full.clone(at::MemoryFormat::Contiguous), dcc = dc_full.clone(at::MemoryFormat::Contiguous);
       scalar_t* DH = dhc.data_ptr<scalar_t>();
       scalar_t* DC = dcc.data_ptr<scalar_t>();
       const Tensor wtc = wt.narrow(0, ch.g0, Gc);

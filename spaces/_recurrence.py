@@ -132,27 +132,25 @@ class _LinearRecurrence(torch.autograd.Function):
         if ops is not None:
             hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias,
                                                    factors[0].contiguous())
-            ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
-            out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)
-            return out, hs[:, steps], cs[:, steps]
-        # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
-        # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
-        # for the weight gradients, so no layout copies are needed.
-        hs = xw.new_empty(groups, steps + 1, batch, s)
-        cs = torch.empty_like(hs)
-        tcs = xw.new_empty(groups, steps, batch, s)  # tanh(c_t), reused by the backward
-        acts = torch.empty_like(xw)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) per step
-        hs[:, 0] = h0
-        cs[:, 0] = c0
-        if bias is not None:
-            xw = xw + bias.view(groups, 1, 1, four_s)
-        for t in range(steps):
-            pre = _chain(hs[:, t], factors, xw[:, t])
-            _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
-            if keep is not None:
-                # Units not updated this step keep their state (exact aliasing of out and input).
-                torch.where(keep[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
-                torch.where(keep[:, t], cs[:, t + 1], cs[:, t], out=cs[:, t + 1])
+        else:
+            # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
+            # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
+            # for the weight gradients, so no layout copies are needed.
+            hs = xw.new_empty(groups, steps + 1, batch, s)
+            cs = torch.empty_like(hs)
+            tcs = xw.new_empty(groups, steps, batch, s)  # tanh(c_t), reused by the backward
+            acts = torch.empty_like(xw)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) per step
+            hs[:, 0] = h0
+            cs[:, 0] = c0
+            if bias is not None:
+                xw = xw + bias.view(groups, 1, 1, four_s)
+            for t in range(steps):
+                pre = _chain(hs[:, t], factors, xw[:, t])
+                _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
+                if keep is not None:
+                    # Units not updated this step keep their state (exact aliasing of out and input).
+                    torch.where(keep[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+                    torch.where(keep[:, t], cs[:, t + 1], cs[:, t], out=cs[:, t + 1])
         ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
         # Views of the saved buffers: autograd refuses in-place changes to a custom Function's
         # view outputs, so they cannot corrupt what the backward reads.

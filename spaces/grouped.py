@@ -59,9 +59,9 @@ class GroupedLSTMLayer(RecurrentLayer):
             nn.init.uniform_(p, -bound, bound)
 
     def _group_bias(self) -> Tensor:
-        """The (4n,) bias in i, f, g, o order, rearranged to group-major (g, 1, 4n/g)."""
+        """The (4n,) bias in i, f, g, o order, rearranged to group-major (g, 4n/g)."""
         g, n = self.groups, self.hidden_size
-        return self.bias.view(4, g, n // g).transpose(0, 1).reshape(g, 1, 4 * n // g)
+        return self.bias.view(4, g, n // g).transpose(0, 1).reshape(g, 4 * n // g)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
@@ -77,7 +77,7 @@ class GroupedLSTMLayer(RecurrentLayer):
         cg = c.view(batch, g, n // g).transpose(0, 1)
         # The bias goes into the recurrence's element-wise pass (broadcast in baddbmm it cost more
         # than the whole projection).
-        bias = None if self.bias is None else self._group_bias().view(g, 4 * n // g)
+        bias = None if self.bias is None else self._group_bias()
         out, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),), bias=bias)
 
         def ungroup(s: Tensor) -> Tensor:

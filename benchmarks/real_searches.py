@@ -21,16 +21,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+# The replay benchmark's strategy catalogue and reference point, so both benchmarks mean the same by a name.
+from search_efficiency import EXTRA, STRATEGIES, reference_point  # noqa: E402
 
-# name -> (sampler, pruner); the same names as search_efficiency.py
-STRATEGIES = {
-    "tpe+pareto (default)": ("tpe", "pareto"),
-    "random": ("random", "none"),
-    "nsga2": ("nsga2", "none"),
-    "tpe": ("tpe", "none"),
-    "random+pareto": ("random", "pareto"),
-    "nsga2+pareto": ("nsga2", "pareto"),
-}
+# name -> (sampler, pruner, pruner kwargs); ASHA variants need Ray's scheduler, which run_search does not take.
+REAL = {name: spec[:3] for name, spec in {**STRATEGIES, **EXTRA}.items() if spec[3] is None}
 
 
 def experiment_name(space: str, strategy: str, seed: int, trials: int) -> str:
@@ -63,37 +59,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--strategies", nargs="+", default=["tpe+pareto (default)", "random"],
-                        help=f"names from {list(STRATEGIES)}")
+                        help=f"names from {list(REAL)}")
     parser.add_argument("--storage", default="squeezelstm_runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    unknown = [s for s in args.strategies if s not in STRATEGIES]
+    unknown = [s for s in args.strategies if s not in REAL]
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; known: {list(STRATEGIES)}")
+        raise ValueError(f"unknown strategies {unknown}; known: {list(REAL)}")
     from squeezelstm.search.export import load_records
     from squeezelstm.search.replay import CurveTable
     from squeezelstm.search.runner import resolve_paths, run_search
     from squeezelstm.search.space import load_space
-    from squeezelstm.trainers import Config, load_corpus
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)
     epochs = int(space.fixed.get("train", {}).get("epochs", 1))
-    ref = (float(space.max_params), float(load_corpus(Config.from_dict({"data": dict(space.fixed["data"])}).data).unigram_ppl))
+    ref = reference_point(space)
     best = CurveTable.from_csv(args.table).best_hypervolume(epochs, ref) if args.table else None
     print(f"reference {ref[0]:g} params, ppl {ref[1]:.1f}; best-known HV {best}", flush=True)
     results: dict[str, dict] = {}
     for strategy in args.strategies:
-        sampler, pruner = STRATEGIES[strategy]
+        sampler, pruner, pruner_kwargs = REAL[strategy]
         for seed in args.seeds:
             name = experiment_name(args.space, strategy, seed, args.trials)
             records_file = resolve_paths(name, args.storage).records_file
             done = records_file.is_file() and len(load_records(name, storage=args.storage)[1]) >= args.trials
             if not done:
                 start = time.perf_counter()
-                run_search(space, trials=args.trials, experiment=name, sampler=sampler, pruner=pruner, seed=seed,
-                           cpus_per_trial=1, max_concurrent=1, storage=args.storage, track=False,
-                           resume=records_file.is_file())
+                run_search(space, trials=args.trials, experiment=name, sampler=sampler, pruner=pruner,
+                           pruner_kwargs=pruner_kwargs, seed=seed, cpus_per_trial=1, max_concurrent=1,
+                           storage=args.storage, track=False, resume=records_file.is_file())
                 print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
             records = load_records(name, storage=args.storage)[1]
             results[f"{strategy} seed {seed}"] = {"strategy": strategy, "seed": seed, **summarise(records, ref, best)}

@@ -159,6 +159,19 @@ def figure(all_runs: dict[str, list[dict]], best: float, budget: float, path: Pa
     fig.write_html(str(path), include_plotlyjs=True)
 
 
+def reference_point(space, ref_ppl: str = "unigram") -> tuple[float, float]:
+    """The fixed hypervolume reference: the budget's ``max_params`` and either the corpus's unigram
+    perplexity or its vocabulary size (what ``squeezelstm search`` reports)."""
+    if ref_ppl == "vocab":
+        from squeezelstm.search.controller import corpus_vocab_size
+
+        return float(space.max_params), float(corpus_vocab_size(space))
+    from squeezelstm.trainers import Config, load_corpus
+
+    corpus = load_corpus(Config.from_dict({"data": dict(space.fixed["data"])}).data)
+    return float(space.max_params), float(corpus.unigram_ppl)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=str(HERE / "data" / "default_curves.csv.gz"))
@@ -191,12 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     table = CurveTable.from_csv(args.table)
     epochs = int(args.epochs or space.fixed.get("train", {}).get("epochs", 1))
     vocab = corpus_vocab_size(space)
-    if args.ref_ppl == "vocab":
-        ref = (float(space.max_params), float(vocab))
-    else:
-        from squeezelstm.trainers import Config, load_corpus
-
-        ref = (float(space.max_params), float(load_corpus(Config.from_dict({"data": dict(space.fixed["data"])}).data).unigram_ppl))
+    ref = reference_point(space, args.ref_ppl)
     best = table.best_hypervolume(epochs, ref)
     front = table.true_front(epochs)
     small = front[: math.ceil(len(front) / 2)]

@@ -51,6 +51,11 @@ EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
     "tpe+successive_halving rf2": ("tpe", "successive_halving", {"reduction_factor": 2}, None),
     "tpe+pareto warmup3": ("tpe", "pareto", {"n_warmup_steps": 3}, None),
     "gp+pareto": ("gp", "pareto", {}, None),
+    "random+pareto warmup1": ("random", "pareto", {"n_warmup_steps": 1}, None),
+    "nsga2+pareto warmup1": ("nsga2", "pareto", {"n_warmup_steps": 1}, None),
+    "ehvi": ("ehvi", "none", {}, None),
+    "ehvi+pareto": ("ehvi", "pareto", {}, None),
+    "ehvi+pareto warmup1": ("ehvi", "pareto", {"n_warmup_steps": 1}, None),
 }
 
 

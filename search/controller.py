@@ -38,13 +38,15 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from .ehvi import ExactSizeEHVI, Observation, random_draw, space_dists
 from .pruners import PruningBridge
 from .records import TrialRecord, pareto_front
 from .space import SearchSpace, load_space, model_cost
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "ehvi")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ def make_sampler(name: str, seed: int, **kwargs: Any) -> optuna.samplers.BaseSam
                 return optuna.samplers.GPSampler(seed=seed, **options)
             if name == "random":
                 return optuna.samplers.RandomSampler(seed=seed, **kwargs)
+            if name == "ehvi":
+                unknown = sorted(set(kwargs) - set(EHVI_OPTIONS))
+                if unknown:
+                    raise TypeError(f"unexpected options {unknown}; ehvi takes {', '.join(EHVI_OPTIONS)}")
+                return optuna.samplers.RandomSampler(seed=seed)
         except TypeError as exc:
             raise ValueError(f"bad argument for sampler {name!r}: {exc}") from None
     raise ValueError(f"unknown sampler={name!r}; valid samplers: {', '.join(SAMPLERS)}")
@@ -163,6 +170,14 @@ class SearchController:
         # a resumed search must not replay the first run's random draws: mix the trial count into the seed
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
         self.sampler = make_sampler(sampler, sampler_seed, **(sampler_kwargs or {}))
+        self._ehvi: ExactSizeEHVI | None = None
+        if sampler == "ehvi":
+            dists, families = space_dists(self.space)
+            self._ehvi = ExactSizeEHVI(
+                random_draw(self.space, self._measure, epochs), dists, families,
+                epochs=int(epochs or self.space.fixed.get("train", {}).get("epochs", 1)), smallest=self.smallest[0],
+                ref_params=self.space.max_params, seed=sampler_seed, **(sampler_kwargs or {}),
+            )
         self.study = optuna.create_study(
             study_name=study_name,
             storage=storage,
@@ -182,6 +197,9 @@ class SearchController:
         """
         with self._lock:
             for _ in range(self.max_retries):
+                if self._ehvi is not None:
+                    values, _, _ = self._ehvi.propose(self._observations())
+                    self.study.enqueue_trial(values)
                 trial = self.study.ask()
                 try:
                     point = self.space.sample(trial, self.epochs)
@@ -310,6 +328,17 @@ class SearchController:
             return out
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _observations(self) -> list[Observation]:
+        """Every launched trial as the EHVI proposer sees it: sampled values, size, status, curve."""
+        trials = self.study.get_trials(deepcopy=False)
+        out = []
+        for number in sorted(self._records):
+            r = self._records[number]
+            curve = [(int(h["epoch"]), float(h["valid_ppl"])) for h in r.history if h.get("valid_ppl") is not None]
+            out.append(Observation(values=trials[number].params, family=r.family, params=r.params, status=r.status,
+                                   curve=curve))
+        return out
 
     def _get(self, number: int) -> TrialRecord:
         record = self._records.get(number)

@@ -1,0 +1,349 @@
+"""Size-aware Bayesian optimisation: expected hypervolume improvement with the parameter count known exactly.
+
+A cell's parameter count is an exact function of its configuration, so of the two objectives of
+the search only perplexity is uncertain. ``ExactSizeEHVI`` uses that: it keeps a pool of random
+in-budget candidate configurations whose sizes are already counted, models log perplexity with a
+Gaussian process over (configuration, log size, training progress), and proposes the candidate
+with the largest expected hypervolume improvement over the current front in (log10 params, log
+perplexity). With the size known, that expectation has a closed form: for a candidate at size
+``a`` and perplexity ``Y ~ N(mu, sd^2)``, the improvement is ``sum_j w_j max(0, f_j - Y)`` over the
+front's staircase ``f_j`` (the best log perplexity any trial with no more parameters reached) on the
+strips ``w_j`` between ``a`` and the reference, so ``E = sum_j w_j [(f_j - mu) Phi(z_j) + sd phi(z_j)]``,
+``z_j = (f_j - mu) / sd``. A generic multi-objective sampler must model the size as uncertain too.
+
+Every epoch a trial reported is an observation at its training progress ``epoch / epochs``; the
+model predicts at progress 1. So pruned trials teach the model through their partial curves,
+without their half-trained perplexity ever being taken for a final one (the front is built from
+finished trials only). Failed and diverged trials count as the worst final perplexity seen.
+Trials still running are assumed to end at their predicted mean (the "kriging believer"), so
+parallel workers do not all get the same proposal.
+
+Pure numpy (the core); ``SearchController`` (sampler ``ehvi``) feeds it observations and hands its
+proposal to Optuna with ``enqueue_trial``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .distributions import Choice, FloatRange, IntRange, RandomSuggester
+
+LOG10 = math.log(10.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+
+
+class Encoder:
+    """Maps a trial's sampled values (Optuna parameter names) and its size to a vector in [0, 1]^d.
+
+    ``dists`` maps parameter names to ``Choice``/``IntRange``/``FloatRange``; ``families`` are the
+    values of ``model.cell``. Numeric ranges scale linearly (log-uniform ones in log), numeric
+    choices by their min/max, other choices one-hot; a parameter a configuration does not have (the
+    argument of another family) sits at the middle. The size is ``log10 params`` scaled over
+    ``size_range``.
+    """
+
+    def __init__(self, dists: Mapping[str, Any], families: Sequence[str], size_range: tuple[float, float]) -> None:
+        self.columns: list[tuple[str, Any]] = []
+        self.families = list(families)
+        lo, hi = (math.log10(max(float(s), 1.0)) for s in size_range)
+        self.size_lo, self.size_span = lo, max(hi - lo, 1e-9)
+        for name, dist in dists.items():
+            self.columns.append((name, dist))
+        self.width = (len(self.families) if len(self.families) > 1 else 0) + 1
+        for _, dist in self.columns:
+            self.width += len(dist.choices) if _one_hot(dist) else 1
+
+    def encode(self, values: Mapping[str, Any], family: str, params: float) -> np.ndarray:
+        out: list[float] = []
+        if len(self.families) > 1:
+            out += [1.0 if family == f else 0.0 for f in self.families]
+        for name, dist in self.columns:
+            value = values.get(name)
+            if _one_hot(dist):
+                out += [1.0 if value == c else 0.0 for c in dist.choices]
+            else:
+                out.append(0.5 if value is None else _scale(dist, value))
+        out.append((math.log10(max(float(params), 1.0)) - self.size_lo) / self.size_span)
+        return np.asarray(out, dtype=float)
+
+
+def _one_hot(dist: Any) -> bool:
+    return isinstance(dist, Choice) and not all(_is_num(c) for c in dist.choices)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scale(dist: Any, value: Any) -> float:
+    if isinstance(dist, Choice):
+        nums = [float(c) for c in dist.choices]
+        lo, hi, log = min(nums), max(nums), min(nums) > 0 and max(nums) >= 4 * min(nums)
+    else:
+        lo, hi, log = float(dist.low), float(dist.high), bool(dist.log)
+    v = float(value)
+    if log:
+        lo, hi, v = math.log(lo), math.log(hi), math.log(max(v, 1e-300))
+    return 0.5 if hi <= lo else min(max((v - lo) / (hi - lo), 0.0), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian process
+
+
+def _matern52(d2: np.ndarray) -> np.ndarray:
+    r = np.sqrt(np.maximum(d2, 0.0) * 5.0)
+    return (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+
+@dataclass
+class GaussianProcess:
+    """Zero-mean GP on standardised targets: Matern-5/2 over the configuration columns times one over progress."""
+
+    X: np.ndarray
+    y_mean: float
+    y_std: float
+    length: float
+    length_t: float
+    noise: float
+    chol: np.ndarray
+    alpha: np.ndarray
+
+    def _kernel(self, A: np.ndarray, B: np.ndarray, length: float, length_t: float) -> np.ndarray:
+        xa, xb = A[:, :-1] / length, B[:, :-1] / length
+        d2 = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
+        dt2 = ((A[:, -1:] - B[:, -1:].T) / length_t) ** 2
+        return _matern52(d2) * _matern52(dt2)
+
+    def predict(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (of the latent function, no noise) in the target's units."""
+        K = self._kernel(Xq, self.X, self.length, self.length_t)
+        mean = K @ self.alpha
+        v = np.linalg.solve(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
+        var = np.maximum(1.0 - (v * v).sum(0), 1e-12)
+        return self.y_mean + self.y_std * mean, self.y_std * np.sqrt(var)
+
+
+def fit_gp(
+    X: np.ndarray,
+    y: np.ndarray,
+    lengths: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    lengths_t: Sequence[float] = (0.5, 1.0, 2.0),
+    noises: Sequence[float] = (1e-3, 1e-2, 1e-1),
+) -> GaussianProcess:
+    """Fit by picking the (length, progress length, noise) of the grid with the highest marginal likelihood.
+
+    ``X`` rows are encoded configurations with training progress in the last column; lengths
+    scale with the square root of the number of configuration columns.
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
+        raise ValueError(f"fit_gp needs matching non-empty X (n, d) and y (n,), got {X.shape} and {y.shape}")
+    mean, std = float(y.mean()), float(y.std()) or 1.0
+    z = (y - mean) / std
+    scale = math.sqrt(max(X.shape[1] - 1, 1))
+    best: tuple[float, GaussianProcess] | None = None
+    for length in lengths:
+        for length_t in lengths_t:
+            proto = GaussianProcess(X, mean, std, length * scale, length_t, 0.0, np.zeros((0, 0)), np.zeros(0))
+            K0 = proto._kernel(X, X, length * scale, length_t)
+            for noise in noises:
+                try:
+                    L = np.linalg.cholesky(K0 + (noise + 1e-8) * np.eye(len(X)))
+                except np.linalg.LinAlgError:
+                    continue
+                alpha = np.linalg.solve(L.T, np.linalg.solve(L, z))
+                loglik = -0.5 * float(z @ alpha) - float(np.log(np.diag(L)).sum())
+                if best is None or loglik > best[0]:
+                    best = (loglik, GaussianProcess(X, mean, std, length * scale, length_t, noise, L, alpha))
+    if best is None:
+        raise ValueError("fit_gp: no kernel setting of the grid gave a positive definite matrix")
+    return best[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# expected hypervolume improvement with one objective known
+
+
+def staircase(front: Sequence[tuple[float, float]], ref: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Breakpoints ``xs`` (ascending, ending at ``ref[0]``) and levels ``f``: on ``[xs[j], xs[j+1])`` the best
+    ``y`` of any point with ``x <= xs[j]`` (``ref[1]`` where there is none). Points beyond the reference are ignored."""
+    pts = sorted((x, y) for x, y in front if x < ref[0] and y < ref[1])
+    xs, fs = [-math.inf], [ref[1]]
+    for x, y in pts:
+        if y < fs[-1]:
+            if x == xs[-1]:
+                fs[-1] = y
+            else:
+                xs.append(x)
+                fs.append(y)
+    xs.append(ref[0])
+    return np.asarray(xs, dtype=float), np.asarray(fs, dtype=float)
+
+
+def expected_hvi(a: np.ndarray, mu: np.ndarray, sd: np.ndarray, front: Sequence[tuple[float, float]],
+                 ref: tuple[float, float]) -> np.ndarray:
+    """Expected hypervolume improvement of points at known ``x = a`` with ``y ~ N(mu, sd^2)`` (both minimised).
+
+    The improvement of a point (a, y) is ``sum_j w_j max(0, f_j - y)`` over the staircase's strips
+    right of ``a`` (``w_j`` the strip's width), so its expectation is closed-form.
+    """
+    a, mu, sd = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (a, mu, sd))
+    xs, fs = staircase(front, ref)
+    left = np.maximum(xs[:-1][None, :], a[:, None])
+    width = np.clip(xs[1:][None, :] - left, 0.0, None)
+    sd = np.maximum(sd, 1e-12)[:, None]
+    diff = fs[None, :] - mu[:, None]
+    z = diff / sd
+    gain = diff * _norm_cdf(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return (width * gain).sum(1)
+
+
+def _norm_cdf(z: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return 0.5 * (1.0 + np.vectorize(erf)(z / math.sqrt(2.0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the proposer
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the proposer learns from one launched trial: its sampled values, size, status and curve."""
+
+    values: Mapping[str, Any]
+    family: str
+    params: int
+    status: str  # running / finished / pruned / failed / diverged
+    curve: Sequence[tuple[int, float]]  # (epoch, valid perplexity)
+
+
+class ExactSizeEHVI:
+    """Proposes the next configuration: random for the first ``n_startup`` trials, then maximum EHVI.
+
+    ``sample(seed) -> (values, family, params) | None`` draws one random configuration and returns
+    its sampled values (Optuna names), family and exact size, or None when it is over budget.
+    ``ref_params`` is the size reference (the budget); the perplexity reference is the worst final
+    perplexity seen, times ``1 + ref_margin``. The pool holds ``pool_size`` in-budget candidates,
+    refilled as candidates are proposed.
+    """
+
+    def __init__(self, sample: Callable[[int], tuple[dict, str, int] | None], dists: Mapping[str, Any],
+                 families: Sequence[str], *, epochs: int, smallest: float, ref_params: float | None = None,
+                 seed: int = 0, n_startup: int = 8, pool_size: int = 256, ref_margin: float = 0.1,
+                 max_draws: int = 100000) -> None:
+        for name, value in (("n_startup", n_startup), ("pool_size", pool_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        if not (isinstance(ref_margin, (int, float)) and math.isfinite(ref_margin) and ref_margin >= 0):
+            raise ValueError(f"ref_margin must be a finite number >= 0, got ref_margin={ref_margin!r}")
+        self._sample = sample
+        self._dists, self._families, self._smallest = dict(dists), list(families), float(smallest)
+        self.encoder: Encoder | None = None
+        self.epochs = int(epochs)
+        self.ref_params = None if ref_params is None else float(ref_params)
+        self.ref_x = math.nan
+        self.n_startup = n_startup
+        self.pool_size = pool_size
+        self.ref_margin = ref_margin
+        self.max_draws = max_draws
+        self._rng = np.random.default_rng(seed)
+        self._pool: list[tuple[dict, str, int]] = []
+        self.last: dict[str, float] | None = None  # diagnostics of the last proposal
+
+    def _fill(self) -> None:
+        draws = 0
+        while len(self._pool) < self.pool_size and draws < self.max_draws:
+            draws += 1
+            got = self._sample(int(self._rng.integers(2**63 - 1)))
+            if got is not None:
+                self._pool.append(got)
+        if not self._pool:
+            raise ValueError(f"no in-budget configuration in {draws} random draws")
+        if self.encoder is None:  # without a budget, the size reference is 10% above the largest candidate
+            top = self.ref_params or 1.1 * max(p for _, _, p in self._pool)
+            self.ref_x = math.log10(top)
+            self.encoder = Encoder(self._dists, self._families, (self._smallest, top))
+
+    def propose(self, observations: Sequence[Observation]) -> tuple[dict, str, int]:
+        """The next configuration ``(values, family, params)``; it leaves the pool."""
+        self._fill()
+        done = [o for o in observations if o.status != "running"]
+        if len(done) < self.n_startup:
+            self.last = {"mode": "startup"}
+            return self._pool.pop(int(self._rng.integers(len(self._pool))))
+        X, y, finals = [], [], []
+        for o in done:
+            base = self.encoder.encode(o.values, o.family, o.params)
+            for epoch, ppl in o.curve:
+                if ppl is not None and math.isfinite(ppl) and ppl > 0:
+                    X.append(np.append(base, epoch / self.epochs))
+                    y.append(math.log(ppl))
+            if o.status == "finished" and o.curve and math.isfinite(o.curve[-1][1]):
+                finals.append((math.log10(o.params), math.log(o.curve[-1][1])))
+        if not y:
+            self.last = {"mode": "random (no curve yet)"}
+            return self._pool.pop(int(self._rng.integers(len(self._pool))))
+        worst = max(y) if not finals else max(f[1] for f in finals)
+        for o in done:  # failed / diverged: the worst final value seen, so their region is avoided
+            if o.status in ("failed", "diverged") and not any(math.isfinite(p) for _, p in o.curve if p is not None):
+                X.append(np.append(self.encoder.encode(o.values, o.family, o.params), 1.0))
+                y.append(worst)
+        gp = fit_gp(np.asarray(X), np.asarray(y))
+        ref = (self.ref_x, worst + math.log1p(self.ref_margin))
+        front = list(finals)
+        running = [o for o in observations if o.status == "running"]
+        if running:  # kriging believer: a running trial ends at its predicted mean
+            R = np.asarray([np.append(self.encoder.encode(o.values, o.family, o.params), 1.0) for o in running])
+            mu_r, _ = gp.predict(R)
+            front += [(math.log10(o.params), float(m)) for o, m in zip(running, mu_r)]
+        C = np.asarray([np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in self._pool])
+        mu, sd = gp.predict(C)
+        a = np.log10(np.asarray([p for _, _, p in self._pool], dtype=float))
+        score = expected_hvi(a, mu, sd, front, ref)
+        best = int(np.argmax(score))
+        self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
+                     "length": gp.length, "length_t": gp.length_t, "noise": gp.noise}
+        return self._pool.pop(best)
+
+
+def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:
+    """Every Optuna parameter a space can sample (name -> distribution) and its families."""
+    dists: dict[str, Any] = {}
+    for key, dist in space.knobs.items():
+        dists[key] = dist
+    for family in space.families:
+        for key, spec in space.family_knobs.get(family, {}).items():
+            if isinstance(spec, (Choice, IntRange, FloatRange)):
+                dists[f"{family}.{key}"] = spec
+    return dists, list(space.families)
+
+
+def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
+                ) -> Callable[[int], tuple[dict, str, int] | None]:
+    """``sample`` for ``ExactSizeEHVI``: a seeded random configuration of ``space``, None when over budget."""
+
+    def draw(seed: int) -> tuple[dict, str, int] | None:
+        suggester = RandomSuggester(seed)
+        point = space.sample(suggester, epochs)
+        params, flops = measure(point.config)
+        if any(v > 0 for v in space.over_budget(params, flops).values()):
+            return None
+        return dict(suggester.params), point.family, int(params)
+
+    return draw
+
+
+__all__ = ["Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "random_draw",
+           "space_dists", "staircase"]

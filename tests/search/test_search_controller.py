@@ -73,7 +73,8 @@ def test_suggestions_are_valid_and_never_over_budget_and_infeasible_samples_stay
 def test_every_sampler_runs_a_small_constrained_search(sampler):
     space = parse_space(toy_raw(max_params=40_000))
     controller = SearchController(space, sampler=sampler, seed=0, vocab_size=VOCAB,
-                                  sampler_kwargs={"n_startup_trials": 3} if sampler in ("tpe", "gp") else None)
+                                  sampler_kwargs={"n_startup_trials": 3} if sampler in ("tpe", "gp")
+                                  else {"n_startup": 3, "pool_size": 32} if sampler == "ehvi" else None)
     for _ in range(4 if sampler == "gp" else 8):  # the GP sampler fits a model per suggestion: keep it short
         spec = controller.suggest()
         assert spec.params <= 40_000

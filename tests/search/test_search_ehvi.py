@@ -1,0 +1,183 @@
+"""ExactSizeEHVI: the closed-form expected improvement, the GP, the proposer's choices, and the controller's ``ehvi`` sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from optuna.trial import TrialState
+
+from squeezelstm.search.controller import SearchController
+from squeezelstm.search.distributions import Choice, FloatRange
+from squeezelstm.search.ehvi import Encoder, ExactSizeEHVI, Observation, expected_hvi, fit_gp, staircase
+from squeezelstm.search.space import model_cost, parse_space
+
+VOCAB = 200
+
+
+def hvi(a: float, y: float, front: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Hypervolume improvement of (a, y) by brute force on a fine grid (both objectives minimised)."""
+    xs = np.linspace(min([a] + [p[0] for p in front]) - 0.01, ref[0], 4001)
+    mid = 0.5 * (xs[1:] + xs[:-1])
+    dx = xs[1] - xs[0]
+
+    def level(points):
+        out = np.full_like(mid, ref[1])
+        for px, py in points:
+            out = np.where(mid >= px, np.minimum(out, py), out)
+        return np.minimum(out, ref[1])
+
+    return float(((level(front) - level(front + [(a, y)])) * dx).sum())
+
+
+def test_staircase_keeps_only_the_non_dominated_steps_inside_the_reference():
+    xs, fs = staircase([(1.0, 5.0), (2.0, 3.0), (1.5, 6.0), (3.0, 4.0), (0.5, 9.0), (2.5, 2.0), (9.0, 0.1)], (4.0, 8.0))
+    assert xs.tolist() == [-math.inf, 1.0, 2.0, 2.5, 4.0]
+    assert fs.tolist() == [8.0, 5.0, 3.0, 2.0]
+
+
+def test_expected_hvi_matches_monte_carlo_and_the_deterministic_limit():
+    front = [(1.0, 5.0), (2.0, 3.0), (2.5, 2.0)]
+    ref = (4.0, 8.0)
+    rng = np.random.default_rng(0)
+    for a, mu, sd in [(0.5, 4.0, 1.0), (1.5, 3.5, 0.5), (2.2, 1.0, 2.0), (3.5, 9.0, 0.3)]:
+        draws = rng.normal(mu, sd, 20000)
+        grid_hvi = np.vectorize(lambda y: hvi(a, y, front, ref))
+        # the improvement is piecewise linear in y: a coarse grid of y and interpolation is exact enough
+        ys = np.linspace(mu - 6 * sd, mu + 6 * sd, 241)
+        mc = float(np.interp(draws, ys, grid_hvi(ys)).mean())
+        closed = float(expected_hvi(np.array([a]), np.array([mu]), np.array([sd]), front, ref)[0])
+        assert closed == pytest.approx(mc, rel=0.03, abs=2e-3)
+    # sd -> 0: the plain hypervolume improvement
+    assert expected_hvi(np.array([1.5]), np.array([2.5]), np.array([1e-9]), front, ref)[0] == pytest.approx(
+        hvi(1.5, 2.5, front, ref), rel=1e-3)
+    # a point dominated with certainty improves nothing
+    assert expected_hvi(np.array([2.2]), np.array([4.0]), np.array([1e-9]), front, ref)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_gp_interpolates_smooth_data_and_is_unsure_far_from_it():
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.uniform(0, 1, (60, 2)), rng.choice([0.25, 0.5, 1.0], 60)])
+    f = lambda Z: np.sin(3 * Z[:, 0]) + Z[:, 1] ** 2 - 0.5 * Z[:, 2]  # noqa: E731
+    gp = fit_gp(X, f(X))
+    Q = np.column_stack([rng.uniform(0.1, 0.9, (40, 2)), np.ones(40)])
+    mean, sd = gp.predict(Q)
+    assert np.abs(mean - f(Q)).max() < 0.1
+    _, sd_far = gp.predict(np.array([[6.0, 6.0, 1.0]]))
+    assert sd_far[0] > 5 * sd.mean()
+    with pytest.raises(ValueError, match="matching non-empty"):
+        fit_gp(np.zeros((0, 3)), np.zeros(0))
+
+
+def toy_proposer(pool, seed=0, n_startup=2):
+    """A proposer over a fixed list of (values, family, params) candidates."""
+    it = iter(pool)
+    dists = {"lr": FloatRange(1e-3, 1e-1, log=True), "width": Choice((8, 16, 32, 64))}
+    return ExactSizeEHVI(lambda _seed: next(it, None), dists, ["a", "b"], epochs=4, smallest=1000, ref_params=100_000,
+                         seed=seed, n_startup=n_startup, pool_size=len(pool), max_draws=len(pool))
+
+
+def observe(values, family, params, finals, status="finished"):
+    return Observation(values, family, params, status, [(e + 1, v) for e, v in enumerate(finals)])
+
+
+def test_proposer_goes_where_the_improvement_is_and_uses_the_exact_size():
+    # family "a" learns (perplexity falls with size), "b" stays bad; a small "a" is where the front can grow
+    obs = [observe({"lr": 0.01, "width": w}, "a", 1000 * w, [400 / w ** 0.3 * (1 + 1 / e) for e in range(1, 5)])
+           for w in (16, 32, 64)]
+    obs += [observe({"lr": 0.01, "width": w}, "b", 1000 * w, [300.0, 290.0, 285.0, 280.0]) for w in (8, 16, 32, 64)]
+    pool = [({"lr": 0.01, "width": 8}, "a", 8000), ({"lr": 0.01, "width": 8}, "b", 8000),
+            ({"lr": 0.01, "width": 64}, "b", 64000)]
+    proposer = toy_proposer(pool)
+    values, family, params = proposer.propose(obs)
+    assert (family, params) == ("a", 8000)
+    assert proposer.last["mode"] == "ehvi" and proposer.last["ehvi"] > 0
+    assert len(proposer._pool) == 2  # the proposal left the pool
+
+
+def test_startup_is_random_and_a_pruned_trial_is_never_a_final_value():
+    pool = [({"lr": 0.01, "width": 8}, "a", 8000), ({"lr": 0.01, "width": 64}, "a", 64000)]
+    proposer = toy_proposer(pool, n_startup=3)
+    done = [observe({"lr": 0.01, "width": 16}, "a", 16000, [200.0, 150.0, 120.0, 110.0]),
+            observe({"lr": 0.01, "width": 32}, "a", 32000, [180.0, 140.0, 110.0, 100.0])]
+    proposer.propose(done)
+    assert proposer.last == {"mode": "startup"}
+    # a pruned 4k-parameter trial with a striking first epoch: it teaches the model, but is not on the front,
+    # so the 8k candidate still has the whole strip left of 16k to win
+    pruned = observe({"lr": 0.01, "width": 8}, "a", 4000, [50.0], status="pruned")
+    proposer2 = toy_proposer(pool, n_startup=3)
+    front_seen = []
+    original = expected_hvi.__globals__["expected_hvi"]
+
+    def spy(a, mu, sd, front, ref):
+        front_seen.append(list(front))
+        return original(a, mu, sd, front, ref)
+
+    import squeezelstm.search.ehvi as ehvi_module
+
+    ehvi_module.expected_hvi = spy
+    try:
+        proposer2.propose(done + [pruned])
+    finally:
+        ehvi_module.expected_hvi = original
+    assert proposer2.last["mode"] == "ehvi"
+    assert sorted(round(10 ** x) for x, _ in front_seen[0]) == [16000, 32000]
+
+
+def test_encoder_scales_to_the_unit_cube_and_marks_missing_arguments_in_the_middle():
+    enc = Encoder({"lr": FloatRange(1e-3, 1e-1, log=True), "mode": Choice(("x", "y")), "b.k": Choice((2, 4, 8))},
+                  ["a", "b"], (1000, 100_000))
+    v = enc.encode({"lr": 1e-2, "mode": "y"}, "a", 10_000)
+    assert v.tolist() == pytest.approx([1, 0, 0.5, 0, 1, 0.5, 0.5])
+    assert len(v) == enc.width
+
+
+def toy_raw(max_params: int = 40_000) -> dict:
+    return {
+        "name": "toy",
+        "data": {"corpus": "synthetic", "vocab_size": VOCAB},
+        "model": {"cell": {"choice": ["lstm", "grouped", "factorized"]}, "hidden_size": {"int": [8, 96], "step": 8},
+                  "embedding_size": 16},
+        "train": {"lr": {"float": [1e-3, 1e-2], "log": True}, "epochs": 3},
+        "families": {"grouped": {"groups": {"choice": [2, 4]}}, "factorized": {"rank_fraction": {"float": [0.1, 0.5]}}},
+        "budget": {"max_params": max_params},
+    }
+
+
+def fake_curve(spec) -> list[float]:
+    final = 300.0 * spec.params ** -0.2 * (1.5 if spec.family == "factorized" else 1.0)
+    return [final * (1 + 1.0 / e) for e in (1, 2, 3)]
+
+
+def test_controller_ehvi_suggests_in_budget_configs_the_study_records_and_resumes(tmp_path):
+    space = parse_space(toy_raw())
+    kwargs = dict(sampler="ehvi", pruner="none", seed=2, vocab_size=VOCAB, state_dir=tmp_path, study_name="exp",
+                  sampler_kwargs={"n_startup": 3, "pool_size": 24})
+    controller = SearchController(space, **kwargs)
+    numbers = []
+    for _ in range(7):
+        spec = controller.suggest()
+        numbers.append(spec.number)
+        assert spec.params <= 40_000 and (spec.params, spec.flops) == model_cost(spec.config, VOCAB)
+        trial = controller.study.get_trials(deepcopy=False)[spec.number]
+        assert trial.state == TrialState.RUNNING and trial.params  # the proposal went through Optuna
+        for epoch, value in enumerate(fake_curve(spec), 1):
+            controller.report(spec.number, epoch, {"valid_ppl": value})
+        controller.complete(spec.number, "finished", {"valid_ppl": fake_curve(spec)[-1]})
+    assert controller._ehvi.last["mode"] == "ehvi"
+    assert controller.rejected == 0  # the pool holds only in-budget configurations
+    configs = [r.config for r in controller.records()]
+    assert len({repr(c) for c in configs}) == len(configs)  # no candidate is proposed twice
+    del controller
+    resumed = SearchController(space, **kwargs)
+    spec = resumed.suggest()
+    assert spec.number > max(numbers) and spec.params <= 40_000
+    assert len(resumed.records()) == 8
+
+
+def test_controller_ehvi_rejects_unknown_options():
+    with pytest.raises(ValueError, match="ehvi takes n_startup, pool_size, ref_margin"):
+        SearchController(parse_space(toy_raw()), sampler="ehvi", vocab_size=VOCAB, sampler_kwargs={"n_startup_trials": 3})
+    with pytest.raises(ValueError, match="pool_size must be an integer >= 1"):
+        SearchController(parse_space(toy_raw()), sampler="ehvi", vocab_size=VOCAB, sampler_kwargs={"pool_size": 0})

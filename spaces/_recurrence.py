@@ -130,8 +130,7 @@ class _LinearRecurrence(torch.autograd.Function):
         ctx.compiled = ops is not None
         ctx.has_bias = bias is not None
         if ops is not None:
-            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias,
-                                                   factors[0].contiguous())
+            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias, factors[0])
         else:
             # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
             # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
@@ -164,12 +163,14 @@ class _LinearRecurrence(torch.autograd.Function):
         groups, steps, batch, four_s = acts.shape
         s = hs.size(-1)
         need_dh0 = bool(ctx.needs_input_grad[1])
+        need_dbias = ctx.has_bias and ctx.needs_input_grad[4]
         if ctx.compiled:
-            dgates, dh, dc = kernels().linear_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep,
-                                                       factors[0].contiguous(), need_dh0)
+            # the kernel sums the bias gradient while each step's gradients are in cache
+            dgates, dh, dc, d_bias = kernels().linear_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors[0],
+                                                               need_dh0, need_dbias)
         else:
             dgates, dh, dc = _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, need_dh0)
-        d_bias = dgates.sum((1, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+            d_bias = dgates.sum((1, 2)) if need_dbias else None
         d_factors: list[Tensor | None] = [None] * len(factors)
         if any(ctx.needs_input_grad[5:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.

@@ -13,7 +13,8 @@
 //   linear_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, keep?, w, need_dh0, need_dbias)
 //                                                           -> (dgates, dh0, dc0, dbias or undefined)
 //   bottleneck_forward(xz, h0, c0, a, b, bias?)             -> (hs, cs, tcs, acts, zs)
-//   bottleneck_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, a, b, need_dh0) -> (dgates, dzs, dh0, dc0)
+//   bottleneck_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, a, b, need_dh0, need_dbias)
+//                                                           -> (dgates, dzs, dh0, dc0, dbias or undefined)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -150,6 +151,14 @@ inline void cell_backward_row(T* __restrict dh, const T* __restrict dout, T* __r
   }
 }
 
+// The bias gradient (the sum of dgates over steps and sequences) is summed in the backward loops while
+// each dgates row is still in L1, instead of a second pass over the whole window (~0.4 ms of ~20 at
+// n = 256); one partial sum per thread chunk, as two chunks may share a group.
+template <typename T>
+inline void add_row(T* __restrict acc, const T* __restrict row, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) acc[j] += row[j];
+}
+
 // ---- threading -------------------------------------------------------------------------------
 // Groups (G-LSTM groups, routed sub-cells) and sequences are independent through the whole window,
 // so each thread runs the complete time loop of its own block of (group, sequence) lanes: no
@@ -192,243 +201,6 @@ void check_float(const Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-// ---- float32 fused step (AVX-512) -------------------------------------------------------------
-// At G-LSTM widths (n/G = 32..128) a step's matmul is tiny (h (N, s) @ W (s, 4s) per group) and a
-// BLAS call plus a separate gate pass over its scratch cost more than the arithmetic. Here the
-// recurrent weight is packed ONCE per call into panels whose 64 columns are the four gates of 16
-// units (16 i, 16 f, 16 g, 16 o: 4 zmm), so a register tile of R batch rows x 64 columns holds every
-// gate of 16 units; the tile is accumulated over k = s, then the gates are finished in registers
-// (input side, bias, activations, c, h, saved activations) with no scratch and no second pass. The
-// backward's dh = dgates W^T uses the same register tile over a packed W^T. Unit blocks past s are
-// zero-padded in the panels and masked at loads and stores, so any s works.
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-
-constexpr int64_t kRows = 6;  // batch rows per register tile: 6 x 4 accumulators + 4 panel + 1 broadcast
-
-// Vector forms of exp_approx / sigmoid_f / tanh_f above (same polynomials and clamps; 1/x as a
-// 14-bit reciprocal estimate plus one Newton step, ~1 ulp, instead of a vdivps). min/max put x
-// second so that a NaN passes through, as std::min/max do in the scalar code.
-inline __m512 exp_v(__m512 x) {
-  x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x);
-  x = _mm512_max_ps(_mm512_set1_ps(-87.3365447505531f), x);
-  __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                   _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  x = _mm512_fmadd_ps(fx, _mm512_set1_ps(2.12194440e-4f), x);
-  __m512 z = _mm512_mul_ps(x, x);
-  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
-  y = _mm512_add_ps(_mm512_fmadd_ps(y, z, x), _mm512_set1_ps(1.0f));
-  __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
-}
-
-inline __m512 recip_v(__m512 d) {  // d >= 1 here: no zero or denormal inputs
-  __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-
-inline __m512 sigmoid_v(__m512 x) {
-  return recip_v(_mm512_add_ps(_mm512_set1_ps(1.0f), exp_v(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-
-inline __m512 tanh_v(__m512 x) {
-  const __m512 sign = _mm512_set1_ps(-0.0f);
-  __m512 ax = _mm512_andnot_ps(sign, x);
-  __m512 z = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-5.70498872745E-3f);
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954E-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531E-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036E-1f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422E-1f));
-  __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-  __m512 e = exp_v(_mm512_add_ps(ax, ax));
-  __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip_v(_mm512_add_ps(e, _mm512_set1_ps(1.0f))),
-                                _mm512_set1_ps(1.0f));
-  big = _mm512_or_ps(big, _mm512_and_ps(sign, x));  // big >= 0: copysign
-  // ax < 0.625 is false for NaN, and big is NaN then too
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
-}
-
-// acc[r][v] += sum_k A[r][k] B[k][16 v .. 16 v + 15]: R rows of A (row stride lda), a K x 16NV panel
-// of B (row stride ldb).
-template <int R, int NV>
-inline void tile_fma(const float* __restrict A, int64_t lda, const float* __restrict B, int64_t ldb, int64_t K,
-                     __m512 (&acc)[R][NV]) {
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(B + k * ldb + 16 * v);
-    for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
-    }
-  }
-}
-
-// Forward panels: P[g][blk][k][64] = W[g][k][q s + 16 blk + j] at column 16 q + j (gate q, unit j of the
-// block), zero past s. w is (G, s, 4s) with any strides.
-Tensor pack_forward_panels(const Tensor& w) {
-  const int64_t G = w.size(0), s = w.size(1), blocks = (s + 15) / 16;
-  Tensor p = at::zeros({G, blocks, s, 64}, w.options());
-  auto W = w.accessor<float, 3>();
-  float* P = p.data_ptr<float>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t blk = 0; blk < blocks; ++blk)
-      for (int64_t k = 0; k < s; ++k)
-        for (int64_t q = 0; q < 4; ++q)
-          for (int64_t j = 0; j < 16 && 16 * blk + j < s; ++j)
-            P[((g * blocks + blk) * s + k) * 64 + 16 * q + j] = W[g][k][q * s + 16 * blk + j];
-  return p;
-}
-
-// Backward panel: Q[g][k][u] = W[g][u][k] for k < 4s (a gate column), u < s (a unit), zero past s
-// up to a multiple of 16.
-Tensor pack_backward_panels(const Tensor& w) {
-  const int64_t G = w.size(0), s = w.size(1), sp = (s + 15) / 16 * 16;
-  Tensor q = at::zeros({G, 4 * s, sp}, w.options());
-  auto W = w.accessor<float, 3>();
-  float* Q = q.data_ptr<float>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t u = 0; u < s; ++u)
-      for (int64_t k = 0; k < 4 * s; ++k) Q[(g * 4 * s + k) * sp + u] = W[g][u][k];
-  return q;
-}
-
-struct ForwardStep {
-  const float* h_prev;  // (rows, s) at step t
-  const float* c_prev;
-  const float* x;       // (rows, 4s) input side
-  const float* bias;    // (4s)
-  const float* panel;   // this group's (blocks, s, 64)
-  const bool* keep;     // (rows) or null
-  float *h, *c, *tc, *acts;
-  int64_t s;
-};
-
-// One register tile: rows [r0, r0 + R) of one unit block, matmul and gates.
-template <int R>
-inline void forward_tile(const ForwardStep& st, int64_t r0, int64_t blk) {
-  const int64_t s = st.s, S4 = 4 * s, u0 = 16 * blk;
-  const __mmask16 m = s - u0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (s - u0)) - 1);
-  __m512 acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
-  tile_fma<R, 4>(st.h_prev + r0 * s, s, st.panel + blk * s * 64, 64, s, acc);
-  __m512 b[4];
-  for (int q = 0; q < 4; ++q) b[q] = _mm512_maskz_loadu_ps(m, st.bias + q * s + u0);
-  for (int r = 0; r < R; ++r) {
-    const int64_t row = r0 + r;
-    const float* x = st.x + row * S4 + u0;
-    float* a = st.acts + row * S4 + u0;
-    __m512 pre[4];
-    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, x + q * s), b[q]), acc[r][q]);
-    const __m512 i = sigmoid_v(pre[0]), f = sigmoid_v(pre[1]), g = tanh_v(pre[2]), o = sigmoid_v(pre[3]);
-    _mm512_mask_storeu_ps(a, m, i);
-    _mm512_mask_storeu_ps(a + s, m, f);
-    _mm512_mask_storeu_ps(a + 2 * s, m, g);
-    _mm512_mask_storeu_ps(a + 3 * s, m, o);
-    const int64_t e = row * s + u0;
-    const __m512 cp = _mm512_maskz_loadu_ps(m, st.c_prev + e);
-    const __m512 c = _mm512_fmadd_ps(f, cp, _mm512_mul_ps(i, g));
-    const __m512 tc = tanh_v(c);
-    _mm512_mask_storeu_ps(st.tc + e, m, tc);
-    if (st.keep && !st.keep[row]) {  // hard routing: this row keeps its state this step
-      _mm512_mask_storeu_ps(st.c + e, m, cp);
-      _mm512_mask_storeu_ps(st.h + e, m, _mm512_maskz_loadu_ps(m, st.h_prev + e));
-    } else {
-      _mm512_mask_storeu_ps(st.c + e, m, c);
-      _mm512_mask_storeu_ps(st.h + e, m, _mm512_mul_ps(o, tc));
-    }
-  }
-}
-
-// One step of one group over `rows` batch rows: unit blocks outer, so a block's panel (s x 64) stays
-// in L1 while every row tile uses it; the next tile's input-side lines are prefetched meanwhile
-// (this order visits them 4 lines a row, too scattered for the hardware prefetcher).
-template <int R>
-inline void forward_rows(const ForwardStep& st, int64_t r0, int64_t blk, int64_t next_rows) {
-  const int64_t s = st.s, S4 = 4 * s;
-  const float* next = st.x + (r0 + R) * S4 + 16 * blk;
-  for (int64_t r = 0; r < next_rows; ++r)
-    for (int q = 0; q < 4; ++q) _mm_prefetch(reinterpret_cast<const char*>(next + r * S4 + q * s), _MM_HINT_T0);
-  forward_tile<R>(st, r0, blk);
-}
-
-inline void forward_step(const ForwardStep& st, int64_t rows) {
-  const int64_t blocks = (st.s + 15) / 16;
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    int64_t r0 = 0;
-    for (; r0 + kRows <= rows; r0 += kRows) forward_rows<kRows>(st, r0, blk, std::min(kRows, rows - r0 - kRows));
-    switch (rows - r0) {
-      case 5: forward_rows<5>(st, r0, blk, 0); break;
-      case 4: forward_rows<4>(st, r0, blk, 0); break;
-      case 3: forward_rows<3>(st, r0, blk, 0); break;
-      case 2: forward_rows<2>(st, r0, blk, 0); break;
-      case 1: forward_rows<1>(st, r0, blk, 0); break;
-      default: break;
-    }
-  }
-}
-
-// dh[r][u] += sum_k dg[r][k] Q[k][u] for R rows, NV vectors of units from u0.
-template <int R, int NV>
-inline void backward_tile(const float* dg, float* dh, const float* q, int64_t s, int64_t sp, int64_t u0) {
-  __m512 acc[R][NV];
-  __mmask16 m[NV];
-  for (int v = 0; v < NV; ++v) {
-    const int64_t left = s - u0 - 16 * v;
-    m[v] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_maskz_loadu_ps(m[v], dh + r * s + u0 + 16 * v);
-  tile_fma<R, NV>(dg, 4 * s, q + u0, sp, 4 * s, acc);
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(dh + r * s + u0 + 16 * v, m[v], acc[r][v]);
-}
-
-template <int NV>
-inline void backward_rows(const float* dg, float* dh, const float* q, int64_t s, int64_t sp, int64_t u0, int64_t rows) {
-  int64_t r0 = 0;
-  for (; r0 + kRows <= rows; r0 += kRows) backward_tile<kRows, NV>(dg + r0 * 4 * s, dh + r0 * s, q, s, sp, u0);
-  const float* dgr = dg + r0 * 4 * s;
-  float* dhr = dh + r0 * s;
-  switch (rows - r0) {
-    case 5: backward_tile<5, NV>(dgr, dhr, q, s, sp, u0); break;
-    case 4: backward_tile<4, NV>(dgr, dhr, q, s, sp, u0); break;
-    case 3: backward_tile<3, NV>(dgr, dhr, q, s, sp, u0); break;
-    case 2: backward_tile<2, NV>(dgr, dhr, q, s, sp, u0); break;
-    case 1: backward_tile<1, NV>(dgr, dhr, q, s, sp, u0); break;
-    default: break;
-  }
-}
-
-// dh (rows, s) += dg (rows, 4s) @ W^T for one group, W^T packed as Q (4s, sp): 64-unit slabs outer.
-inline void backward_matmul(const float* dg, float* dh, const float* q, int64_t s, int64_t rows) {
-  const int64_t sp = (s + 15) / 16 * 16;
-  for (int64_t u0 = 0; u0 < sp; u0 += 64) {
-    switch (std::min<int64_t>(4, (sp - u0) / 16)) {
-      case 4: backward_rows<4>(dg, dh, q, s, sp, u0, rows); break;
-      case 3: backward_rows<3>(dg, dh, q, s, sp, u0, rows); break;
-      case 2: backward_rows<2>(dg, dh, q, s, sp, u0, rows); break;
-      default: backward_rows<1>(dg, dh, q, s, sp, u0, rows); break;
-    }
-  }
-}
-constexpr bool kHaveFusedStep = true;
-#else
-constexpr bool kHaveFusedStep = false;
-#endif
-
-// Group widths s up to this use the fused float32 step, wider ones BLAS (measured crossover, see
-// benchmarks/README.md); fused_width_limit() moves it (tests force either path).
-int64_t fused_width_limit_ = 64;
-
 // ---- G-LSTM / hard-routed sub-cells: pre_t = xw_t + b + h_{t-1} W, batched over groups ----------
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, const Tensor& h0, const Tensor& c0,
@@ -437,6 +209,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
   check_float(xw, "xw");
   const int64_t G = xw.size(0), T = xw.size(1), N = xw.size(2), S4 = xw.size(3), s = S4 / 4;
   at::NoGradGuard no_grad;
+  const Tensor w = w_in.detach().contiguous();
   Tensor hs = at::empty({G, T + 1, N, s}, xw.options());
   Tensor cs = at::empty_like(hs);
   Tensor tcs = at::empty({G, T, N, s}, xw.options());
@@ -447,33 +220,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
   const bool* kd = kp.defined() ? kp.data_ptr<bool>() : nullptr;  // (G, T, N, 1)
   // (G, 4s): a broadcast bias in baddbmm costs more than the whole input projection; added here.
   Tensor bias_c = bias.has_value() ? bias->detach().reshape({G, S4}).contiguous() : at::zeros({G, S4}, xw.options());
-#if defined(__AVX512F__)
-  if (xw.scalar_type() == at::kFloat && s <= fused_width_limit_) {
-    const Tensor panel = pack_forward_panels(w_in.detach());
-    const int64_t blocks = (s + 15) / 16;
-    float* A = acts.data_ptr<float>();
-    float* H = hs.data_ptr<float>();
-    float* C = cs.data_ptr<float>();
-    float* TC = tcs.data_ptr<float>();
-    const float* X = xw.data_ptr<float>();
-    const float* BI = bias_c.data_ptr<float>();
-    const float* P = panel.data_ptr<float>();
-    for_each_chunk(plan_chunks(G, N, S4), [&](const Chunk& ch) {
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t g = ch.g0; g < ch.g1; ++g) {
-          const int64_t st = ((g * (T + 1) + t) * N + ch.n0) * s;  // hs/cs at step t, first row
-          const int64_t row = (g * T + t) * N + ch.n0;
-          const ForwardStep step{H + st, C + st, X + row * S4, BI + g * S4, P + g * blocks * s * 64,
-                                 kd ? kd + row : nullptr, H + st + N * s, C + st + N * s, TC + row * s,
-                                 A + row * S4, s};
-          forward_step(step, ch.n1 - ch.n0);
-        }
-      }
-    });
-    return {hs, cs, tcs, acts};
-  }
-#endif
-  const Tensor w = w_in.detach().contiguous();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "linear_forward", [&] {
     scalar_t* A = acts.data_ptr<scalar_t>();
     scalar_t* H = hs.data_ptr<scalar_t>();
@@ -519,18 +265,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_backward(const std::optional<T
   Tensor dc = d_cn.has_value() ? d_cn->contiguous().clone() : at::zeros({G, N, s}, acts.options());
   Tensor dout = d_out.has_value() ? d_out->contiguous() : at::zeros({T, N, G * s}, acts.options());
   Tensor dgates = at::empty_like(acts);
-  const bool fused = kHaveFusedStep && acts.scalar_type() == at::kFloat && s <= fused_width_limit_;
-  Tensor wt;  // (G, 4s, s) for bmm, or the fused step's padded panels (G, 4s, 16 ceil(s / 16))
-#if defined(__AVX512F__)
-  if (fused) wt = pack_backward_panels(w.detach());
-#endif
-  if (!fused) wt = w.detach().transpose(1, 2).contiguous();  // bmm with a transposed view is ~50% slower here
+  // bmm with a transposed view is ~50% slower here; w is usually the transpose of a contiguous
+  // weight, so this is no copy
+  Tensor wt = w.detach().transpose(1, 2).contiguous();
   Tensor kp = keep.has_value() ? keep->to(at::kBool).contiguous() : Tensor();
   const bool* kd = kp.defined() ? kp.data_ptr<bool>() : nullptr;
   const std::vector<Chunk> chunks = plan_chunks(G, N, S4);
-  // The bias gradient (the sum of dgates over steps and sequences) is summed while each dgates row is
-  // still in L1, instead of a second pass over the whole window: one partial sum per chunk, as two
-  // chunks may share a group.
   Tensor dbias_parts = at::zeros({need_dbias ? static_cast<int64_t>(chunks.size()) : 0, G, S4}, acts.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "linear_backward", [&] {
     const scalar_t* A = acts.data_ptr<scalar_t>();
@@ -557,25 +297,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_backward(const std::optional<T
             cell_backward_row(DH + local * s, DO + (t * N + n) * G * s + g * s, DC + local * s, A + row * S4,
                               C + ((g * (T + 1) + t) * N + n) * s, TC + row * s, DG + row * S4, s,
                               kd ? kd[row] : true);
-            if (DB) {
-              scalar_t* __restrict db = DB + g * S4;
-              const scalar_t* __restrict dg = DG + row * S4;
-              for (int64_t j = 0; j < S4; ++j) db[j] += dg[j];
-            }
+            if (DB) add_row(DB + g * S4, DG + row * S4, S4);
           }
         }
-        if ((t > 0 || need_dh0) && fused) {
-#if defined(__AVX512F__)
-          // (fused implies float; the casts only satisfy the double instantiation of this lambda)
-          // cell_backward_row left dh at zero (updated rows) or the bypass (kept rows): accumulate onto it
-          const int64_t sp = wt.size(2);
-          const float* Q = wt.data_ptr<float>();
-          for (int64_t g = ch.g0; g < ch.g1; ++g) {
-            backward_matmul(reinterpret_cast<const float*>(DG + ((g * T + t) * N + ch.n0) * S4),
-                            reinterpret_cast<float*>(DH + (g - ch.g0) * Nc * s), Q + g * S4 * sp, s, Nc);
-          }
-#endif
-        } else if (t > 0 || need_dh0) {
+        if (t > 0 || need_dh0) {
           if (kd) {
             dhc.baddbmm_(dgc.select(1, t), wtc);  // dhc holds the bypass of kept blocks
           } else {
@@ -638,11 +363,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_forward(const Tens
   return {hs, cs, tcs, acts, zs};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::optional<Tensor>& d_out,
-                                                               const std::optional<Tensor>& d_hn,
-                                                               const std::optional<Tensor>& d_cn, const Tensor& hs,
-                                                               const Tensor& cs, const Tensor& tcs, const Tensor& acts,
-                                                               const Tensor& a, const Tensor& b, bool need_dh0) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::optional<Tensor>& d_out,
+                                                                       const std::optional<Tensor>& d_hn,
+                                                                       const std::optional<Tensor>& d_cn,
+                                                                       const Tensor& hs, const Tensor& cs,
+                                                                       const Tensor& tcs, const Tensor& acts,
+                                                                       const Tensor& a, const Tensor& b, bool need_dh0,
+                                                                       bool need_dbias) {
   const int64_t T = acts.size(0), N = acts.size(1), S4 = acts.size(2), n = S4 / 4, rank = a.size(1);
   at::NoGradGuard no_grad;
   Tensor dh = d_hn.has_value() ? d_hn->contiguous().clone() : at::zeros({N, n}, acts.options());
@@ -651,14 +378,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::option
   Tensor dgates = at::empty_like(acts);
   Tensor dzs = at::empty({T, N, rank}, acts.options());
   Tensor bt = b.detach().t().contiguous(), at_ = a.detach().t().contiguous();
+  const std::vector<Chunk> chunks = plan_chunks(1, N, S4);
+  Tensor dbias_parts = at::zeros({need_dbias ? static_cast<int64_t>(chunks.size()) : 0, S4}, acts.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "bottleneck_backward", [&] {
     const scalar_t* A = acts.data_ptr<scalar_t>();
     const scalar_t* C = cs.data_ptr<scalar_t>();
     const scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* DO = dout.data_ptr<scalar_t>();
     scalar_t* DG = dgates.data_ptr<scalar_t>();
-    for_each_chunk(plan_chunks(1, N, S4), [&](const Chunk& ch) {
+    for_each_chunk(chunks, [&](const Chunk& ch) {
       const int64_t Nc = ch.n1 - ch.n0;
+      scalar_t* DB = need_dbias ? dbias_parts.data_ptr<scalar_t>() + (&ch - chunks.data()) * S4 : nullptr;
       Tensor dhc = dh.narrow(0, ch.n0, Nc);  // contiguous rows of (N, n): updated in place
       Tensor dcc = dc.narrow(0, ch.n0, Nc);
       scalar_t* DH = dhc.data_ptr<scalar_t>();
@@ -668,6 +398,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::option
           const int64_t st = (t * N + r) * n;
           cell_backward_row(DH + (r - ch.n0) * n, DO + st, DC + (r - ch.n0) * n, A + (t * N + r) * S4, C + st,
                             TC + st, DG + (t * N + r) * S4, n, true);
+          if (DB) add_row(DB, DG + (t * N + r) * S4, S4);
         }
         Tensor dz = dzs.select(0, t).narrow(0, ch.n0, Nc);
         at::mm_out(dz, dgates.select(0, t).narrow(0, ch.n0, Nc), bt);
@@ -677,18 +408,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std::option
       }
     });
   });
-  return {dgates, dzs, dh, dc};
-}
-
-int64_t fused_width_limit(int64_t limit) {
-  const int64_t before = fused_width_limit_;
-  if (limit >= 0) fused_width_limit_ = limit;
-  return before;
+  return {dgates, dzs, dh, dc, need_dbias ? dbias_parts.sum(0) : Tensor()};
 }
 
 }  // namespace
 TORCH_LIBRARY(squeezelstm_kernels, m) {
-  m.def("fused_width_limit(int limit) -> int", &fused_width_limit);
   m.def(
       "linear_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? keep, Tensor? bias, Tensor w) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
@@ -700,7 +424,7 @@ TORCH_LIBRARY(squeezelstm_kernels, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bottleneck_backward(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor hs, Tensor cs, Tensor tcs, Tensor acts, "
-      "Tensor a, Tensor b, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor a, Tensor b, bool need_dh0, bool need_dbias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.impl("linear_forward", c10::DispatchKey::CPU, TORCH_FN(linear_forward));
   m.impl("linear_backward", c10::DispatchKey::CPU, TORCH_FN(linear_backward));
   m.impl("bottleneck_forward", c10::DispatchKey::CPU, TORCH_FN(bottleneck_forward));

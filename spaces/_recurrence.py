@@ -165,7 +165,7 @@ class _LinearRecurrence(torch.autograd.Function):
         need_dh0 = bool(ctx.needs_input_grad[1])
         need_dbias = ctx.has_bias and ctx.needs_input_grad[4]
         if ctx.compiled:
-            # the kernel sums the bias gradient while each step's gradients are in cache
+            # the kernel sums the bias gradient while each step's gradients are in cache (also below)
             dgates, dh, dc, d_bias = kernels().linear_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors[0],
                                                                need_dh0, need_dbias)
         else:
@@ -246,17 +246,19 @@ class _BottleneckRecurrence(torch.autograd.Function):
         steps, batch, four_n = acts.shape
         rank = zs.size(-1)
         need_dh0 = bool(ctx.needs_input_grad[1])
+        need_dbias = ctx.has_bias and ctx.needs_input_grad[5]
         if ctx.compiled:
-            dgates, dzs, dh, dc = kernels().bottleneck_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts,
-                                                                a_in.contiguous(), b_out.contiguous(), need_dh0)
+            dgates, dzs, dh, dc, d_bias = kernels().bottleneck_backward(d_out, d_hn, d_cn, hs, cs, tcs, acts,
+                                                                        a_in.contiguous(), b_out.contiguous(),
+                                                                        need_dh0, need_dbias)
         else:
             dgates, dzs, dh, dc = _bottleneck_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, zs, a_in, b_out,
                                                             need_dh0)
+            d_bias = dgates.view(steps * batch, four_n).sum(0) if need_dbias else None
         d_pre = dgates.view(steps * batch, four_n)
         d_z = dzs.view(steps * batch, rank)
         d_a = torch.mm(hs[:-1].reshape(steps * batch, -1).t(), d_z) if ctx.needs_input_grad[3] else None
         d_b = torch.mm(zs.view(steps * batch, rank).t(), d_pre) if ctx.needs_input_grad[4] else None
-        d_bias = d_pre.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
         return dzs, dh, dc, d_a, d_b, d_bias
 
 

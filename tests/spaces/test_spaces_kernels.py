@@ -40,15 +40,6 @@ def python_loops(monkeypatch):
     return run
 
 
-@pytest.fixture(params=["blas", "fused"])
-def step_path(request, ops):
-    """Run the float32 linear recurrence through BLAS + gate pass, or through the fused AVX-512 step
-    (where the build has it; the dispatch otherwise picks BLAS whatever the limit says)."""
-    before = ops.fused_width_limit(0 if request.param == "blas" else 1 << 20)
-    yield request.param
-    ops.fused_width_limit(before)
-
-
 def test_source_ships_with_the_installed_package():
     assert (Path(_kernels.__file__).parent / "_kernels.cpp").is_file()
 
@@ -82,11 +73,10 @@ def _assert_same(a, b, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-# s: below, at and between multiples of the fused step's 16-unit blocks; batch: below, at and past its
-# 6-row register tile, with remainders
+# widths and batches on and off the vector width (16 floats), odd ones included
 @pytest.mark.parametrize("groups,steps,batch,s", [(4, 7, 3, 5), (1, 5, 2, 16), (2, 1, 4, 3), (2, 4, 13, 40),
                                                   (3, 3, 6, 64), (1, 2, 7, 17)])
-def test_linear_recurrence_matches_python_loop(ops, python_loops, step_path, dtype, masked, bias, groups, steps,
+def test_linear_recurrence_matches_python_loop(ops, python_loops, dtype, masked, bias, groups, steps,
                                                batch, s):
     gen = torch.Generator().manual_seed(groups * 100 + steps)
     xw = 2.0 * torch.randn(groups, steps, batch, 4 * s, generator=gen, dtype=dtype)
@@ -126,7 +116,7 @@ def test_bottleneck_recurrence_matches_python_loop(ops, python_loops, dtype, bia
     _assert_same(compiled[1], reference[1], dtype)
 
 
-def test_only_final_state_used(ops, python_loops, step_path):
+def test_only_final_state_used(ops, python_loops):
     """No gradient reaches the per-step outputs (d_out is None in the backward)."""
     gen = torch.Generator().manual_seed(3)
     xw = torch.randn(2, 4, 3, 12, generator=gen)
@@ -142,7 +132,7 @@ def test_only_final_state_used(ops, python_loops, step_path):
     _assert_same(compiled[1], reference[1], torch.float32)
 
 
-def test_float32_activations_match_torch_over_the_whole_range(ops, step_path):
+def test_float32_activations_match_torch_over_the_whole_range(ops):
     """One step from a zero state: the stored activations are sigmoid/tanh of xw exactly as torch computes
     them (the kernel's polynomial exp/tanh), from deep saturation through tiny values to exact zeros."""
     s = 64
@@ -164,7 +154,7 @@ def test_float32_activations_match_torch_over_the_whole_range(ops, step_path):
     torch.testing.assert_close(hs[0, 1], torch.sigmoid(v) * torch.tanh(c), rtol=5e-6, atol=1e-37)
 
 
-def test_nan_propagates(ops, step_path):
+def test_nan_propagates(ops):
     """A diverged pre-activation must stay NaN (the trainer's divergence check relies on it)."""
     xw = torch.zeros(1, 2, 1, 8)
     xw[0, 0, 0, 0] = float("nan")
@@ -182,7 +172,7 @@ def two_threads():
 
 
 @pytest.mark.parametrize("groups,s,masked", [(4, 64, False), (3, 96, True), (1, 256, False)])
-def test_threaded_lanes_match_python_loop(ops, python_loops, two_threads, step_path, groups, s, masked):
+def test_threaded_lanes_match_python_loop(ops, python_loops, two_threads, groups, s, masked):
     """Sizes above the threading threshold: the window is split over threads by groups (4 groups) or by
     sequences (3 groups, 1 group), each thread running its lanes' whole time loop."""
     steps, batch = 3, 16

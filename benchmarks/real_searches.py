@@ -9,7 +9,7 @@ run picks up where it stopped; a search cut off mid-way is resumed).
 
     python benchmarks/real_searches.py --space warandpeace_small --data ../shared/data/warandpeace \
         --table benchmarks/data/warandpeace_small_curves.csv.gz --trials 24 --seeds 0 \
-        --strategies "tpe+pareto (default)" random --storage /tmp/real --json real.json
+        --strategies "ehvi+pareto (default)" random --storage /tmp/real --json real.json
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default=None, help="recorded curves whose front's hypervolume is the best-known")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--strategies", nargs="+", default=["tpe+pareto (default)", "random"],
+    parser.add_argument("--strategies", nargs="+", default=["ehvi+pareto (default)", "random"],
                         help=f"names from {list(REAL)}")
     parser.add_argument("--storage", default="squeezelstm_runs")
     parser.add_argument("--json", default=None)

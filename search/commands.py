@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .ehvi import DEFAULT_SAMPLER
 from .records import TrialRecord
 
 
@@ -55,7 +56,8 @@ def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = 
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space key, e.g. --set data.path=~/data/ptb (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
-    p.add_argument("--sampler", default="tpe", help="Optuna sampler (tpe, random, nsga2, ...)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help="ehvi (exact-size expected hypervolume improvement, the default), or Optuna's tpe, nsga2, gp, random")
     p.add_argument("--pruner", default=None, help="pruner: pareto (default), median, percentile, hyperband, none, ...")
     p.add_argument("--pruner-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="pruner argument, e.g. --pruner-arg n_warmup_steps=1 (repeatable)")

@@ -38,12 +38,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .ehvi import ExactSizeEHVI, Observation, random_draw, space_dists
+from .ehvi import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, random_draw, space_dists
 from .pruners import PruningBridge
 from .records import TrialRecord, pareto_front
 from .space import SearchSpace, load_space, model_cost
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "ehvi")
+SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
 EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin")
@@ -114,7 +114,7 @@ class SearchController:
         self,
         space: SearchSpace | str | Path,
         *,
-        sampler: str = "tpe",
+        sampler: str = DEFAULT_SAMPLER,
         pruner: str = "pareto",
         seed: int = 0,
         epochs: int | None = None,

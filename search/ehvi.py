@@ -33,7 +33,9 @@ import numpy as np
 
 from .distributions import Choice, FloatRange, IntRange, RandomSuggester
 
-LOG10 = math.log(10.0)
+# The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
+# fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").
+DEFAULT_SAMPLER = "ehvi"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,5 +347,5 @@ def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: 
     return draw
 
 
-__all__ = ["Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "random_draw",
+__all__ = ["DEFAULT_SAMPLER", "Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "random_draw",
            "space_dists", "staircase"]

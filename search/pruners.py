@@ -93,7 +93,7 @@ class ParetoAwarePruner(BasePruner):
         min_neighbors: int = 3,
         neighbor_margin: float = 0.05,
         n_startup_trials: int = 2,
-        n_warmup_steps: int = 2,
+        n_warmup_steps: int = 1,
     ) -> None:
         for name, value in (("margin", margin), ("neighbor_margin", neighbor_margin)):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):

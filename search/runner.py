@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .ehvi import DEFAULT_SAMPLER
 from .records import TrialRecord, pareto_front
 
 DEFAULT_STORAGE = "squeezelstm_runs"
@@ -230,7 +231,7 @@ def run_search(
     trials: int,
     experiment: str,
     epochs: int | None = None,
-    sampler: str = "tpe",
+    sampler: str = DEFAULT_SAMPLER,
     pruner: str | None = None,
     address: str | None = None,
     cpus_per_trial: float = 1,

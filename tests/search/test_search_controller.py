@@ -140,7 +140,7 @@ def test_finished_without_a_value_is_failed():
 
 def test_argument_errors():
     space = parse_space(toy_raw())
-    with pytest.raises(ValueError, match="valid samplers: tpe, nsga2, gp, random"):
+    with pytest.raises(ValueError, match="valid samplers: ehvi, tpe, nsga2, gp, random"):
         SearchController(space, sampler="cmaes", vocab_size=VOCAB)
     with pytest.raises(ValueError, match="valid pruners"):
         SearchController(space, pruner="asha", vocab_size=VOCAB)

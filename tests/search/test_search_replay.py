@@ -158,10 +158,10 @@ def test_search_efficiency_script_end_to_end(tmp_path, made_up, capsys):
     bench = _bench_module("search_efficiency")
     out_json, out_html = tmp_path / "e.json", tmp_path / "e.html"
     assert bench.main(["--table", str(path), "--seeds", "2", "--budget", "24", "--ref-ppl", "vocab",
-                       "--strategies", "random", "tpe+pareto (default)", "--json", str(out_json),
+                       "--strategies", "random", "ehvi+pareto (default)", "--json", str(out_json),
                        "--html", str(out_html)]) == 0
     printed = capsys.readouterr().out
-    assert "| random |" in printed and "| tpe+pareto (default) |" in printed
+    assert "| random |" in printed and "| ehvi+pareto (default) |" in printed
     payload = json.loads(out_json.read_text())
     assert payload["configurations"] == len(table.curves) and len(payload["runs"]["random"]) == 2
     assert payload["best_hv"] == pytest.approx(table.best_hypervolume(EPOCHS, (100000.0, float(VOCAB))))

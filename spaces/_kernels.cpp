@@ -20,7 +20,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -245,6 +248,47 @@ inline void add_row(T* __restrict acc, const T* __restrict row, int64_t len) {
   for (int64_t j = 0; j < len; ++j) acc[j] += row[j];
 }
 
+// ---- matmul without the dispatcher ---------------------------------------------------------------
+// A step's matmul through at::bmm_out / at::mm_out costs ~4-9 us of dispatch, view and check overhead a
+// call here, 6-14% of the matmul itself at n = 256 and more below. The BLAS torch links (MKL or
+// OpenBLAS, which export the Fortran sgemm_/dgemm_) is called directly instead when the process has
+// it; otherwise (or with SQUEEZELSTM_DIRECT_GEMM=0, which the tests use to cover both) the ATen calls
+// remain. Integer arguments are passed as pointers to 64-bit values: on a
+// little-endian machine that reads right for both 32-bit (LP64) and 64-bit (ILP64) BLAS builds.
+template <typename T>
+using gemm_fn = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const T*, const T*,
+                         const int64_t*, const T*, const int64_t*, const T*, T*, const int64_t*);
+
+template <typename T>
+gemm_fn<T> find_gemm() {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const char* name = std::is_same<T, float>::value ? "sgemm_" : "dgemm_";
+  void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  void* sym = lib ? dlsym(lib, name) : nullptr;
+  if (!sym) sym = dlsym(RTLD_DEFAULT, name);
+  return reinterpret_cast<gemm_fn<T>>(sym);
+#else
+  return nullptr;
+#endif
+}
+
+template <typename T>
+gemm_fn<T> direct_gemm() {
+  static const gemm_fn<T> fn = find_gemm<T>();
+  const char* env = std::getenv("SQUEEZELSTM_DIRECT_GEMM");  // read per call: tests switch it
+  if (env && env[0] == '0') return nullptr;
+  return fn;
+}
+
+// Row-major C (M, N) = A (M, K) B (K, N) + beta C, leading dimensions in elements: column-major BLAS
+// computes C^T = B^T A^T with the same buffers.
+template <typename T>
+inline void gemm_rows(gemm_fn<T> fn, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                      T beta, T* C, int64_t ldc) {
+  const T one = 1;
+  fn("N", "N", &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
 // ---- threading -------------------------------------------------------------------------------
 // Groups (G-LSTM groups, routed sub-cells) and sequences are independent through the whole window,
 // so each thread runs the complete time loop of its own block of (group, sequence) lanes: no
@@ -313,16 +357,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
     scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* X = xw.data_ptr<scalar_t>();
     const scalar_t* BI = bias_c.data_ptr<scalar_t>();
+    const scalar_t* W = w.data_ptr<scalar_t>();
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
     for_each_chunk(plan_chunks(G, N, S4), [&](const Chunk& ch) {
       const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
       // The recurrent matmul goes to a contiguous scratch (bmm into a strided slice, or baddbmm, costs
       // 50% more at these sizes); input side and bias are added in the element-wise pass.
       Tensor m = at::empty({Gc, Nc, S4}, xw.options());
-      const scalar_t* M = m.data_ptr<scalar_t>();
+      scalar_t* M = m.data_ptr<scalar_t>();
       const Tensor wc = w.narrow(0, ch.g0, Gc);
       const Tensor hc = hs.narrow(0, ch.g0, Gc).narrow(2, ch.n0, Nc);
       for (int64_t t = 0; t < T; ++t) {
-        at::bmm_out(m, hc.select(1, t), wc);
+        if (gemm) {
+          for (int64_t g = ch.g0; g < ch.g1; ++g)
+            gemm_rows(gemm, Nc, S4, s, H + ((g * (T + 1) + t) * N + ch.n0) * s, s, W + g * s * S4, S4, scalar_t(0),
+                      M + (g - ch.g0) * Nc * S4, S4);
+        } else {
+          at::bmm_out(m, hc.select(1, t), wc);
+        }
         for (int64_t g = ch.g0; g < ch.g1; ++g) {
           for (int64_t n = ch.n0; n < ch.n1; ++n) {
             const int64_t local = (g - ch.g0) * Nc + (n - ch.n0);
@@ -364,6 +416,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_backward(const std::optional<T
     const scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* DO = dout.data_ptr<scalar_t>();
     scalar_t* DG = dgates.data_ptr<scalar_t>();
+    const scalar_t* WT = wt.data_ptr<scalar_t>();
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
     for_each_chunk(chunks, [&](const Chunk& ch) {
       const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
       scalar_t* DB = need_dbias ? dbias_parts.data_ptr<scalar_t>() + (&ch - chunks.data()) * G * S4 : nullptr;
@@ -386,7 +440,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_backward(const std::optional<T
             if (DB) add_row(DB + g * S4, DG + row * S4, S4);
           }
         }
-        if (t > 0 || need_dh0) {
+        if ((t > 0 || need_dh0) && gemm) {
+          for (int64_t g = ch.g0; g < ch.g1; ++g)  // dhc holds the bypass of kept blocks: beta = 1
+            gemm_rows(gemm, Nc, s, S4, DG + ((g * T + t) * N + ch.n0) * S4, S4, WT + g * S4 * s, s,
+                      scalar_t(kd ? 1 : 0), DH + (g - ch.g0) * Nc * s, s);
+        } else if (t > 0 || need_dh0) {
           if (kd) {
             dhc.baddbmm_(dgc.select(1, t), wtc);  // dhc holds the bypass of kept blocks
           } else {
@@ -427,17 +485,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_forward(const Tens
     const scalar_t* B = bias_c.data_ptr<scalar_t>();
     const scalar_t* Z0 = zero.data_ptr<scalar_t>();
     const scalar_t* XZ0 = xz.data_ptr<scalar_t>();
+    const scalar_t* AW = a.data_ptr<scalar_t>();
+    const scalar_t* BW = b.data_ptr<scalar_t>();
+    scalar_t* ZS = zs.data_ptr<scalar_t>();
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
     for_each_chunk(plan_chunks(1, N, S4), [&](const Chunk& ch) {
       const int64_t Nc = ch.n1 - ch.n0;
       Tensor m = at::empty({Nc, S4}, xz.options());
-      const scalar_t* M = m.data_ptr<scalar_t>();
+      scalar_t* M = m.data_ptr<scalar_t>();
       for (int64_t t = 0; t < T; ++t) {
-        Tensor z = zs.select(0, t).narrow(0, ch.n0, Nc);  // contiguous rows
-        at::mm_out(z, hs.select(0, t).narrow(0, ch.n0, Nc), a);
-        scalar_t* Z = z.data_ptr<scalar_t>();  // z += xz_t here: addmm costs more than mm at these sizes
+        scalar_t* Z = ZS + (t * N + ch.n0) * rank;  // contiguous rows
+        if (gemm) {
+          gemm_rows(gemm, Nc, rank, n, H + (t * N + ch.n0) * n, n, AW, rank, scalar_t(0), Z, rank);
+        } else {
+          Tensor z = zs.select(0, t).narrow(0, ch.n0, Nc);
+          at::mm_out(z, hs.select(0, t).narrow(0, ch.n0, Nc), a);
+        }
+        // z += xz_t here: addmm costs more than mm at these sizes
         const scalar_t* XZ = XZ0 + (t * N + ch.n0) * rank;
         for (int64_t e = 0; e < Nc * rank; ++e) Z[e] += XZ[e];
-        at::mm_out(m, z, b);
+        if (gemm) {
+          gemm_rows(gemm, Nc, S4, rank, Z, rank, BW, S4, scalar_t(0), M, S4);
+        } else {
+          at::mm_out(m, zs.select(0, t).narrow(0, ch.n0, Nc), b);
+        }
         for (int64_t r = ch.n0; r < ch.n1; ++r) {
           const int64_t st = (t * N + r) * n;
           cell_forward_row(B, Z0, M + (r - ch.n0) * S4, A + (t * N + r) * S4, C + st, H + st, C + st + N * n,
@@ -472,6 +543,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std
     const scalar_t* TC = tcs.data_ptr<scalar_t>();
     const scalar_t* DO = dout.data_ptr<scalar_t>();
     scalar_t* DG = dgates.data_ptr<scalar_t>();
+    scalar_t* DZS = dzs.data_ptr<scalar_t>();
+    const scalar_t* BT = bt.data_ptr<scalar_t>();
+    const scalar_t* AT = at_.data_ptr<scalar_t>();
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
     for_each_chunk(chunks, [&](const Chunk& ch) {
       const int64_t Nc = ch.n1 - ch.n0;
       scalar_t* DB = need_dbias ? dbias_parts.data_ptr<scalar_t>() + (&ch - chunks.data()) * S4 : nullptr;
@@ -486,10 +561,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std
                             TC + st, DG + (t * N + r) * S4, n, true);
           if (DB) add_row(DB, DG + (t * N + r) * S4, S4);
         }
-        Tensor dz = dzs.select(0, t).narrow(0, ch.n0, Nc);
-        at::mm_out(dz, dgates.select(0, t).narrow(0, ch.n0, Nc), bt);
-        if (t > 0 || need_dh0) {
-          at::mm_out(dhc, dz, at_);
+        if (gemm) {
+          scalar_t* DZ = DZS + (t * N + ch.n0) * rank;
+          gemm_rows(gemm, Nc, rank, S4, DG + (t * N + ch.n0) * S4, S4, BT, rank, scalar_t(0), DZ, rank);
+          if (t > 0 || need_dh0) gemm_rows(gemm, Nc, n, rank, DZ, rank, AT, n, scalar_t(0), DH, n);
+        } else {
+          Tensor dz = dzs.select(0, t).narrow(0, ch.n0, Nc);
+          at::mm_out(dz, dgates.select(0, t).narrow(0, ch.n0, Nc), bt);
+          if (t > 0 || need_dh0) {
+            at::mm_out(dhc, dz, at_);
+          }
         }
       }
     });

@@ -40,6 +40,14 @@ def python_loops(monkeypatch):
     return run
 
 
+@pytest.fixture(params=["direct", "aten"])
+def gemm_path(request, monkeypatch):
+    """The compiled loops' per-step matmuls through the BLAS torch links (called directly) or through
+    ATen's bmm/mm (the fallback where that BLAS symbol is not found)."""
+    monkeypatch.setenv("SQUEEZELSTM_DIRECT_GEMM", "1" if request.param == "direct" else "0")
+    return request.param
+
+
 def test_source_ships_with_the_installed_package():
     assert (Path(_kernels.__file__).parent / "_kernels.cpp").is_file()
 
@@ -76,7 +84,7 @@ def _assert_same(a, b, dtype):
 # widths and batches on and off the vector width (16 floats), odd ones included
 @pytest.mark.parametrize("groups,steps,batch,s", [(4, 7, 3, 5), (1, 5, 2, 16), (2, 1, 4, 3), (2, 4, 13, 40),
                                                   (3, 3, 6, 64), (1, 2, 7, 17)])
-def test_linear_recurrence_matches_python_loop(ops, python_loops, dtype, masked, bias, groups, steps,
+def test_linear_recurrence_matches_python_loop(ops, python_loops, gemm_path, dtype, masked, bias, groups, steps,
                                                batch, s):
     gen = torch.Generator().manual_seed(groups * 100 + steps)
     xw = 2.0 * torch.randn(groups, steps, batch, 4 * s, generator=gen, dtype=dtype)
@@ -98,7 +106,7 @@ def test_linear_recurrence_matches_python_loop(ops, python_loops, dtype, masked,
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("steps,batch,n,rank", [(6, 3, 8, 3), (1, 2, 4, 16)])
-def test_bottleneck_recurrence_matches_python_loop(ops, python_loops, dtype, bias, steps, batch, n, rank):
+def test_bottleneck_recurrence_matches_python_loop(ops, python_loops, gemm_path, dtype, bias, steps, batch, n, rank):
     gen = torch.Generator().manual_seed(steps * 10 + rank)
     xz = torch.randn(steps, batch, rank, generator=gen, dtype=dtype)
     h0 = torch.randn(batch, n, generator=gen, dtype=dtype)
@@ -172,7 +180,7 @@ def two_threads():
 
 
 @pytest.mark.parametrize("groups,s,masked", [(4, 64, False), (3, 96, True), (1, 256, False)])
-def test_threaded_lanes_match_python_loop(ops, python_loops, two_threads, groups, s, masked):
+def test_threaded_lanes_match_python_loop(ops, python_loops, two_threads, gemm_path, groups, s, masked):
     """Sizes above the threading threshold: the window is split over threads by groups (4 groups) or by
     sequences (3 groups, 1 group), each thread running its lanes' whole time loop."""
     steps, batch = 3, 16
@@ -192,7 +200,7 @@ def test_threaded_lanes_match_python_loop(ops, python_loops, two_threads, groups
     _assert_same(compiled[1], reference[1], torch.float32)
 
 
-def test_threaded_bottleneck_matches_python_loop(ops, python_loops, two_threads):
+def test_threaded_bottleneck_matches_python_loop(ops, python_loops, two_threads, gemm_path):
     steps, batch, n, rank = 3, 17, 256, 64  # odd batch: unequal halves
     gen = torch.Generator().manual_seed(5)
     xz = torch.randn(steps, batch, rank, generator=gen)

@@ -57,6 +57,14 @@ def test_disabled_by_environment(monkeypatch):
     assert _kernels.kernels() is None
 
 
+@pytest.mark.parametrize("env", [{"SQUEEZELSTM_MALLOC_TUNE": "0"}, {"MALLOC_TRIM_THRESHOLD_": "1000000"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}])
+def test_malloc_tuning_leaves_a_configured_malloc_alone(monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _kernels.keep_freed_memory() is False
+
+
 def _outputs_and_grads(fn, inputs, seed=7):
     leaves = [t.detach().clone().requires_grad_(True) if t is not None and t.is_floating_point() else t
               for t in inputs]

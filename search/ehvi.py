@@ -53,12 +53,10 @@ class Encoder:
     """
 
     def __init__(self, dists: Mapping[str, Any], families: Sequence[str], size_range: tuple[float, float]) -> None:
-        self.columns: list[tuple[str, Any]] = []
+        self.columns: list[tuple[str, Any]] = list(dists.items())
         self.families = list(families)
         lo, hi = (math.log10(max(float(s), 1.0)) for s in size_range)
         self.size_lo, self.size_span = lo, max(hi - lo, 1e-9)
-        for name, dist in dists.items():
-            self.columns.append((name, dist))
         self.width = (len(self.families) if len(self.families) > 1 else 0) + 1
         for _, dist in self.columns:
             self.width += len(dist.choices) if _one_hot(dist) else 1
@@ -106,6 +104,17 @@ def _matern52(d2: np.ndarray) -> np.ndarray:
     return (1.0 + r + r * r / 3.0) * np.exp(-r)
 
 
+def _sq_dists(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unscaled squared distances between rows: over the configuration columns, and over progress (last column)."""
+    xa, xb = A[:, :-1], B[:, :-1]
+    d2 = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
+    return d2, (A[:, -1:] - B[:, -1:].T) ** 2
+
+
+def _kernel(d2: np.ndarray, dt2: np.ndarray, length: float, length_t: float) -> np.ndarray:
+    return _matern52(d2 / length**2) * _matern52(dt2 / length_t**2)
+
+
 @dataclass
 class GaussianProcess:
     """Zero-mean GP on standardised targets: Matern-5/2 over the configuration columns times one over progress."""
@@ -119,15 +128,9 @@ class GaussianProcess:
     chol: np.ndarray
     alpha: np.ndarray
 
-    def _kernel(self, A: np.ndarray, B: np.ndarray, length: float, length_t: float) -> np.ndarray:
-        xa, xb = A[:, :-1] / length, B[:, :-1] / length
-        d2 = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
-        dt2 = ((A[:, -1:] - B[:, -1:].T) / length_t) ** 2
-        return _matern52(d2) * _matern52(dt2)
-
     def predict(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (of the latent function, no noise) in the target's units."""
-        K = self._kernel(Xq, self.X, self.length, self.length_t)
+        K = _kernel(*_sq_dists(Xq, self.X), self.length, self.length_t)
         mean = K @ self.alpha
         v = np.linalg.solve(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
         var = np.maximum(1.0 - (v * v).sum(0), 1e-12)
@@ -153,11 +156,11 @@ def fit_gp(
     mean, std = float(y.mean()), float(y.std()) or 1.0
     z = (y - mean) / std
     scale = math.sqrt(max(X.shape[1] - 1, 1))
+    d2, dt2 = _sq_dists(X, X)  # once: every setting of the grid only rescales them
     best: tuple[float, GaussianProcess] | None = None
     for length in lengths:
         for length_t in lengths_t:
-            proto = GaussianProcess(X, mean, std, length * scale, length_t, 0.0, np.zeros((0, 0)), np.zeros(0))
-            K0 = proto._kernel(X, X, length * scale, length_t)
+            K0 = _kernel(d2, dt2, length * scale, length_t)
             for noise in noises:
                 try:
                     L = np.linalg.cholesky(K0 + (noise + 1e-8) * np.eye(len(X)))
@@ -262,6 +265,7 @@ class ExactSizeEHVI:
         self.max_draws = max_draws
         self._rng = np.random.default_rng(seed)
         self._pool: list[tuple[dict, str, int]] = []
+        self._pool_x: list[np.ndarray] = []  # each candidate's encoding (progress 1), computed once
         self.last: dict[str, float] | None = None  # diagnostics of the last proposal
 
     def _fill(self) -> None:
@@ -277,6 +281,11 @@ class ExactSizeEHVI:
             top = self.ref_params or 1.1 * max(p for _, _, p in self._pool)
             self.ref_x = math.log10(top)
             self.encoder = Encoder(self._dists, self._families, (self._smallest, top))
+        self._pool_x += [np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in self._pool[len(self._pool_x):]]
+
+    def _take(self, i: int) -> tuple[dict, str, int]:
+        self._pool_x.pop(i)
+        return self._pool.pop(i)
 
     def propose(self, observations: Sequence[Observation]) -> tuple[dict, str, int]:
         """The next configuration ``(values, family, params)``; it leaves the pool."""
@@ -284,7 +293,7 @@ class ExactSizeEHVI:
         done = [o for o in observations if o.status != "running"]
         if len(done) < self.n_startup:
             self.last = {"mode": "startup"}
-            return self._pool.pop(int(self._rng.integers(len(self._pool))))
+            return self._take(int(self._rng.integers(len(self._pool))))
         X, y, finals = [], [], []
         for o in done:
             base = self.encoder.encode(o.values, o.family, o.params)
@@ -296,7 +305,7 @@ class ExactSizeEHVI:
                 finals.append((math.log10(o.params), math.log(o.curve[-1][1])))
         if not y:
             self.last = {"mode": "random (no curve yet)"}
-            return self._pool.pop(int(self._rng.integers(len(self._pool))))
+            return self._take(int(self._rng.integers(len(self._pool))))
         worst = max(y) if not finals else max(f[1] for f in finals)
         for o in done:  # failed / diverged: the worst final value seen, so their region is avoided
             if o.status in ("failed", "diverged") and not any(math.isfinite(p) for _, p in o.curve if p is not None):
@@ -310,21 +319,18 @@ class ExactSizeEHVI:
             R = np.asarray([np.append(self.encoder.encode(o.values, o.family, o.params), 1.0) for o in running])
             mu_r, _ = gp.predict(R)
             front += [(math.log10(o.params), float(m)) for o, m in zip(running, mu_r)]
-        C = np.asarray([np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in self._pool])
-        mu, sd = gp.predict(C)
+        mu, sd = gp.predict(np.asarray(self._pool_x))
         a = np.log10(np.asarray([p for _, _, p in self._pool], dtype=float))
         score = expected_hvi(a, mu, sd, front, ref)
         best = int(np.argmax(score))
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
                      "length": gp.length, "length_t": gp.length_t, "noise": gp.noise}
-        return self._pool.pop(best)
+        return self._take(best)
 
 
 def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:
     """Every Optuna parameter a space can sample (name -> distribution) and its families."""
-    dists: dict[str, Any] = {}
-    for key, dist in space.knobs.items():
-        dists[key] = dist
+    dists: dict[str, Any] = dict(space.knobs)
     for family in space.families:
         for key, spec in space.family_knobs.get(family, {}).items():
             if isinstance(spec, (Choice, IntRange, FloatRange)):

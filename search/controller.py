@@ -46,7 +46,7 @@ from .space import SearchSpace, load_space, model_cost
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
-EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin")
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth")
 
 
 @dataclass(frozen=True)

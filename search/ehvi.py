@@ -18,7 +18,11 @@ finished trials only). Failed and diverged trials count as the worst final perpl
 Trials still running are assumed to end at their predicted mean (the "kriging believer"), so
 parallel workers do not all get the same proposal.
 
-Pure numpy (the core); ``SearchController`` (sampler ``ehvi``) feeds it observations and hands its
+The hyperparameters (length scales, noise) are picked from a grid by marginal likelihood, again
+each time the observations have grown by ``refit_growth`` (a geometric schedule, so a long search
+pays for O(log n) grid fits); in between the last grid point is kept and only refactorised.
+
+Numpy, with torch's triangular solver (the core); ``SearchController`` (sampler ``ehvi``) feeds it observations and hands its
 proposal to Optuna with ``enqueue_trial``.
 """
 
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .distributions import Choice, FloatRange, IntRange, RandomSuggester
 
@@ -127,12 +132,13 @@ class GaussianProcess:
     noise: float
     chol: np.ndarray
     alpha: np.ndarray
+    grid_point: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # (length, length_t, noise) before scaling
 
     def predict(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (of the latent function, no noise) in the target's units."""
         K = _kernel(*_sq_dists(Xq, self.X), self.length, self.length_t)
         mean = K @ self.alpha
-        v = np.linalg.solve(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
+        v = _solve_lower(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
         var = np.maximum(1.0 - (v * v).sum(0), 1e-12)
         return self.y_mean + self.y_std * mean, self.y_std * np.sqrt(var)
 
@@ -162,17 +168,35 @@ def fit_gp(
         for length_t in lengths_t:
             K0 = _kernel(d2, dt2, length * scale, length_t)
             for noise in noises:
-                try:
-                    L = np.linalg.cholesky(K0 + (noise + 1e-8) * np.eye(len(X)))
-                except np.linalg.LinAlgError:
+                L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(K0 + (noise + 1e-8) * np.eye(len(X))))
+                if int(info) != 0:  # not positive definite at this setting
                     continue
-                alpha = np.linalg.solve(L.T, np.linalg.solve(L, z))
-                loglik = -0.5 * float(z @ alpha) - float(np.log(np.diag(L)).sum())
+                L = L_t.numpy()
+                w = _solve_lower(L, z)
+                loglik = -0.5 * float(w @ w) - float(np.log(np.diag(L)).sum())
                 if best is None or loglik > best[0]:
-                    best = (loglik, GaussianProcess(X, mean, std, length * scale, length_t, noise, L, alpha))
+                    best = (loglik, (length, length_t, noise, L, w))
     if best is None:
         raise ValueError("fit_gp: no kernel setting of the grid gave a positive definite matrix")
-    return best[1]
+    length, length_t, noise, L, w = best[1]
+    alpha = _solve_lower(L, w, transpose=True)  # K^-1 z = L^-T (L^-1 z)
+    return GaussianProcess(X, mean, std, length * scale, length_t, noise, L, alpha, (length, length_t, noise))
+
+
+def _solve_lower(L: np.ndarray, B: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """``L^-1 B`` (or ``L^-T B``) for lower-triangular ``L``: a triangular solve, O(n^2) a column, where
+    ``np.linalg.solve`` would factorise ``L`` again in O(n^3) (numpy has no triangular solver; torch does)."""
+    Lt = torch.from_numpy(np.ascontiguousarray(L))
+    Bt = torch.from_numpy(np.ascontiguousarray(B, dtype=float))
+    vec = Bt.ndim == 1
+    if vec:
+        Bt = Bt[:, None]
+    if transpose:
+        out = torch.linalg.solve_triangular(Lt.T, Bt, upper=True)
+    else:
+        out = torch.linalg.solve_triangular(Lt, Bt, upper=False)
+    out = out.numpy()
+    return out[:, 0] if vec else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,12 +271,14 @@ class ExactSizeEHVI:
     def __init__(self, sample: Callable[[int], tuple[dict, str, int] | None], dists: Mapping[str, Any],
                  families: Sequence[str], *, epochs: int, smallest: float, ref_params: float | None = None,
                  seed: int = 0, n_startup: int = 8, pool_size: int = 256, ref_margin: float = 0.1,
-                 max_draws: int = 100000) -> None:
+                 refit_growth: float = 1.25, max_draws: int = 100000) -> None:
         for name, value in (("n_startup", n_startup), ("pool_size", pool_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
         if not (isinstance(ref_margin, (int, float)) and math.isfinite(ref_margin) and ref_margin >= 0):
             raise ValueError(f"ref_margin must be a finite number >= 0, got ref_margin={ref_margin!r}")
+        if not (isinstance(refit_growth, (int, float)) and math.isfinite(refit_growth) and refit_growth >= 1):
+            raise ValueError(f"refit_growth must be a finite number >= 1, got refit_growth={refit_growth!r}")
         self._sample = sample
         self._dists, self._families, self._smallest = dict(dists), list(families), float(smallest)
         self.encoder: Encoder | None = None
@@ -262,7 +288,10 @@ class ExactSizeEHVI:
         self.n_startup = n_startup
         self.pool_size = pool_size
         self.ref_margin = ref_margin
+        self.refit_growth = float(refit_growth)
         self.max_draws = max_draws
+        self._grid_point: tuple[float, float, float] | None = None  # last grid fit's choice, and its data size
+        self._grid_n = 0
         self._rng = np.random.default_rng(seed)
         self._pool: list[tuple[dict, str, int]] = []
         self._pool_x: list[np.ndarray] = []  # each candidate's encoding (progress 1), computed once
@@ -311,7 +340,7 @@ class ExactSizeEHVI:
             if o.status in ("failed", "diverged") and not any(math.isfinite(p) for _, p in o.curve if p is not None):
                 X.append(np.append(self.encoder.encode(o.values, o.family, o.params), 1.0))
                 y.append(worst)
-        gp = fit_gp(np.asarray(X), np.asarray(y))
+        gp, refit = self._fit(np.asarray(X), np.asarray(y))
         ref = (self.ref_x, worst + math.log1p(self.ref_margin))
         front = list(finals)
         running = [o for o in observations if o.status == "running"]
@@ -324,8 +353,20 @@ class ExactSizeEHVI:
         score = expected_hvi(a, mu, sd, front, ref)
         best = int(np.argmax(score))
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
-                     "length": gp.length, "length_t": gp.length_t, "noise": gp.noise}
+                     "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit}
         return self._take(best)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> tuple[GaussianProcess, bool]:
+        """The GP on (X, y), and whether its hyperparameters were re-picked from the whole grid."""
+        if self._grid_point is not None and len(y) < self.refit_growth * self._grid_n:
+            length, length_t, noise = self._grid_point
+            try:
+                return fit_gp(X, y, (length,), (length_t,), (noise,)), False
+            except ValueError:  # not positive definite with the kept setting: search the grid again
+                pass
+        gp = fit_gp(X, y)
+        self._grid_point, self._grid_n = gp.grid_point, len(y)
+        return gp, True
 
 
 def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:

@@ -9,6 +9,7 @@ the cell family's own argument checks. Lists in files become tuples here so conf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -37,6 +38,13 @@ FloatOrPerLayer = Union[float, tuple[float, ...], None]
 def _check(ok: bool, key: str, value: Any, want: str) -> None:
     if not ok:
         raise ValueError(f"{key} must be {want}, got {key}={value!r}")
+
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config section, once per class (it re-evaluates every annotation on each call)."""
+    return typing.get_type_hints(cls)
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,7 @@ class Config:
             raw = data.get(name) or {}
             if not isinstance(raw, dict):
                 raise TypeError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
-            hints = typing.get_type_hints(section_cls)
+            hints = _type_hints(section_cls)
             known = {f.name for f in dataclasses.fields(section_cls)}
             kwargs = {}
             for key, value in raw.items():

@@ -70,6 +70,46 @@ def test_gp_interpolates_smooth_data_and_is_unsure_far_from_it():
         fit_gp(np.zeros((0, 3)), np.zeros(0))
 
 
+def test_gp_triangular_solves_equal_the_dense_posterior():
+    # the GP's mean and variance, computed with triangular solves on the Cholesky factor, against the
+    # textbook formulas with a dense inverse of K + noise I
+    from squeezelstm.search.ehvi import _kernel, _sq_dists
+
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.uniform(0, 1, (40, 3)), rng.choice([0.25, 1.0], 40)])
+    y = rng.normal(size=40)
+    gp = fit_gp(X, y)
+    Q = np.column_stack([rng.uniform(0, 1, (7, 3)), np.ones(7)])
+    K = _kernel(*_sq_dists(X, X), gp.length, gp.length_t) + (gp.noise + 1e-8) * np.eye(40)
+    Kq = _kernel(*_sq_dists(Q, X), gp.length, gp.length_t)
+    Kinv = np.linalg.inv(K)
+    z = (y - y.mean()) / y.std()
+    mean, sd = gp.predict(Q)
+    assert mean == pytest.approx(y.mean() + y.std() * (Kq @ Kinv @ z), rel=1e-7, abs=1e-9)
+    var = 1.0 - np.einsum("ij,jk,ik->i", Kq, Kinv, Kq)
+    assert sd == pytest.approx(y.std() * np.sqrt(np.maximum(var, 1e-12)), rel=1e-6, abs=1e-9)
+
+
+def test_hyperparameters_are_re_picked_only_when_the_data_has_grown_enough():
+    rng = np.random.default_rng(4)
+    pool = [({"lr": float(lr), "width": int(w)}, "a", 1000 * int(w))
+            for lr, w in zip(rng.uniform(1e-3, 1e-1, 40), rng.choice([8, 16, 32, 64], 40))]
+    proposer = toy_proposer(pool)
+    proposer.refit_growth = 1.5
+    obs = []
+    refits = []
+    for i in range(12):
+        values, family, params = proposer.propose(obs)
+        obs.append(observe(values, family, params, [300.0 / (1 + i % 5), 250.0 / (1 + i % 5)]))
+        if proposer.last["mode"] == "ehvi":
+            refits.append((2 * (len(obs) - 1), proposer.last["refit"]))
+    # observations 4, 6, 8, ...: a grid search at 4, then again only once there are 1.5x as many (6 >= 6, 10 >= 9, ...)
+    assert [n for n, r in refits if r] == [4, 6, 10, 16]
+    assert any(not r for _, r in refits)
+    with pytest.raises(ValueError, match="refit_growth"):
+        ExactSizeEHVI(lambda _s: None, {}, ["a"], epochs=1, smallest=1, refit_growth=0.5)
+
+
 def toy_proposer(pool, seed=0, n_startup=2):
     """A proposer over a fixed list of (values, family, params) candidates."""
     it = iter(pool)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         point = sample_config(space, index, args.seed, args.epochs)
         params, flops = model_cost(point.config, vocab)
-        if space.over_budget(params, flops) and any(v > 0 for v in space.over_budget(params, flops).values()):
+        if space.exceeds_budget(params, flops):
             skipped += 1
             continue
         config = json.loads(json.dumps(point.config))

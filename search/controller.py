@@ -212,7 +212,7 @@ class SearchController:
                 trial.set_user_attr("flops", int(flops))
                 for key, value in violation.items():
                     trial.set_constraint(key, value)  # <= 0 feasible; read by TPE, NSGA-II and GP alike
-                if any(v > 0 for v in violation.values()):
+                if self.space.exceeds_budget(params, flops):
                     self.study.tell(trial, values=(float(params), self._placeholder_ppl))
                     self.rejected += 1
                     self._save()

@@ -387,7 +387,7 @@ def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: 
         suggester = RandomSuggester(seed)
         point = space.sample(suggester, epochs)
         params, flops = measure(point.config)
-        if any(v > 0 for v in space.over_budget(params, flops).values()):
+        if space.exceeds_budget(params, flops):
             return None
         return dict(suggester.params), point.family, int(params)
 

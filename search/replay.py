@@ -277,8 +277,7 @@ def replay_search(
 
     def replay_measure(config: dict) -> tuple[int, int]:
         params, flops = exact(config)
-        violation = space.over_budget(params, flops)
-        if any(v > 0 for v in violation.values()):
+        if space.exceeds_budget(params, flops):
             return params, flops  # rejected by the controller as in the real search
         model = config.get("model", {})
         sampled = _flat_sampled(config, space)

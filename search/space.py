@@ -228,6 +228,10 @@ class SearchSpace:
             out["max_flops"] = (flops - self.max_flops) / self.max_flops
         return out
 
+    def exceeds_budget(self, params: int, flops: int) -> bool:
+        """Whether a model of this size breaks any budget (a search never launches one)."""
+        return any(v > 0 for v in self.over_budget(params, flops).values())
+
     def with_overrides(self, overrides: Mapping[str, Any] | list[str] | None) -> SearchSpace:
         """A copy with dotted keys set (``{"data.path": "..."}`` or ``["data.path=..."]``).
 

@@ -177,6 +177,8 @@ def test_over_budget_constraint_values():
     space = parse_space(small(budget={"max_params": 1000, "max_flops": 500}))
     assert space.over_budget(1500, 250) == {"max_params": 0.5, "max_flops": -0.5}
     assert parse_space(small(budget=None)).over_budget(10**9, 10**9) == {}
+    assert space.exceeds_budget(1500, 250) and not space.exceeds_budget(1000, 250)
+    assert not parse_space(small(budget=None)).exceeds_budget(10**9, 10**9)
 
 
 BROKEN = [

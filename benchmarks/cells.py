@@ -17,8 +17,9 @@ processes on a shared machine hits every model alike. Reported per configuration
                                [--rounds 7] [--mode train|eval] [--only grouped4 factorized4]
                                [--json out.json]
 
-On a CUDA machine (``--device cuda``) the baseline is cuDNN's LSTM and ``--pack 1 2 4 8`` also
-measures k small trials sharing the GPU (aggregate tokens/s); see ``benchmarks/README.md``.
+On a CUDA machine (``--device cuda``) the baseline is cuDNN's LSTM. ``--pack 1 2 4 8`` also measures
+k small trials sharing the device, each in its own process as Ray's fractional-GPU trials are
+(aggregate tokens/s and the speedup over the first k); see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import json
 import platform
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -157,37 +157,74 @@ def bench_size(n: int, batch: int, bptt: int, variants, rounds: int, mode: str, 
     return rows
 
 
+def _pack_worker(i: int, cell: str, n: int, batch: int, bptt: int, args: dict, device: str, threads: int,
+                 ready, go, stop, counts) -> None:
+    """One packed trial: a process of its own (as a Ray trial with a fractional GPU is), counting its
+    forward+backward windows between ``go`` and ``stop``."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    torch.manual_seed(i)
+    model = build_cell(cell, n, n, device=dev, **args)
+    x = torch.randn(bptt, batch, n, device=dev, requires_grad=True)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        out, _ = model(x)
+        out.sum().backward()
+        sync()
+
+    for _ in range(3):  # warm-up: kernels loaded, allocator primed
+        step()
+    with ready.get_lock():
+        ready.value += 1
+    go.wait()
+    while not stop.is_set():
+        step()
+        with counts.get_lock():
+            counts[i] += 1
+
+
 def bench_packing(n: int, batch: int, bptt: int, cell: str, args: dict, packs, seconds: float,
-                  device: torch.device) -> list[dict]:
-    """k small trials sharing one GPU (one thread and CUDA stream each); aggregate tokens/s per k."""
+                  device: torch.device, threads: int = 1) -> list[dict]:
+    """k trials sharing one device, each its own process (``threads`` CPU threads each); aggregate tokens/s per k.
+
+    Every worker warms up first; the clock starts when all are ready, and the windows each one
+    finishes in the next ``seconds`` are counted. ``speedup`` is the aggregate over k = the first pack size.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
     results = []
     for k in packs:
-        counts = [0] * k
-        stop = threading.Event()
-
-        def worker(i: int) -> None:
-            model = build_cell(cell, n, n, device=device, **args)
-            x = torch.randn(bptt, batch, n, device=device, requires_grad=True)
-            stream = torch.cuda.Stream(device=device)
-            with torch.cuda.stream(stream):
-                while not stop.is_set():
-                    out, _ = model(x)
-                    out.sum().backward()
-                    stream.synchronize()
-                    counts[i] += 1
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(k)]
-        for th in threads:
-            th.start()
-        time.sleep(1.0)  # warm-up
+        ready, counts = ctx.Value("i", 0), ctx.Array("q", k)
+        go, stop = ctx.Event(), ctx.Event()
+        procs = [ctx.Process(target=_pack_worker, args=(i, cell, n, batch, bptt, args, str(device), threads,
+                                                        ready, go, stop, counts), daemon=True) for i in range(k)]
+        for proc in procs:
+            proc.start()
+        deadline = time.time() + 300
+        while ready.value < k:
+            if time.time() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"packing {k} x {cell}: a worker failed to start")
+            time.sleep(0.05)
+        go.set()
+        time.sleep(0.5)  # every worker is past its first timed step
         start_counts, start = list(counts), time.perf_counter()
         time.sleep(seconds)
-        done, elapsed = sum(counts) - sum(start_counts), time.perf_counter() - start
+        end_counts, elapsed = list(counts), time.perf_counter() - start
         stop.set()
-        for th in threads:
-            th.join()
+        for proc in procs:
+            proc.join(timeout=60)
+        done = sum(end_counts) - sum(start_counts)
         results.append({"trials": k, "cell": cell, "family_args": args, "hidden": n, "batch": batch,
-                        "aggregate_tokens_per_s": done * bptt * batch / elapsed})
+                        "threads_per_trial": threads, "windows": done,
+                        "aggregate_tokens_per_s": done * bptt * batch / elapsed,
+                        "per_trial_windows": [e - s for s, e in zip(start_counts, end_counts)]})
+    base = results[0]["aggregate_tokens_per_s"] if results else 0.0
+    for r in results:
+        r["speedup"] = r["aggregate_tokens_per_s"] / base if base > 0 else float("nan")
     return results
 
 
@@ -239,7 +276,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("train", "eval"), default="train")
     p.add_argument("--only", nargs="+", default=None, help=f"variants to run, of {[v.name for v in VARIANTS]}")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pack", type=int, nargs="*", default=[], help="GPU only: trials sharing the GPU, e.g. 1 2 4 8")
+    p.add_argument("--pack", type=int, nargs="*", default=[],
+                   help="trials sharing the device, each its own process, e.g. 1 2 4 8 (on CPU one thread each)")
+    p.add_argument("--pack-hidden", type=int, default=256, help="hidden size of the packed trials")
+    p.add_argument("--pack-seconds", type=float, default=10.0, help="timed seconds per pack size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--markdown", default=None, help="JSON file written by --json: print it as a Markdown table and exit")
@@ -269,11 +309,14 @@ def main(argv=None) -> int:
             print(flush=True)
             summaries += block
     packing = []
-    if args.pack and device.type == "cuda":
+    if args.pack:
+        threads = 1 if device.type == "cpu" else args.threads
         for cell, fargs in (("lstm", {}), ("grouped", {"groups": 4})):
-            packing += bench_packing(256, 32, args.bptt, cell, fargs, args.pack, 10.0, device)
-        for p in packing:
-            print(p)
+            rows = bench_packing(args.pack_hidden, 32, args.bptt, cell, fargs, args.pack, args.pack_seconds, device, threads)
+            packing += rows
+            for r in rows:
+                print(f"packing {r['cell']:8s} n={r['hidden']} k={r['trials']}: {r['aggregate_tokens_per_s']:,.0f} tok/s "
+                      f"aggregate, {r['speedup']:.2f}x of k={rows[0]['trials']}", flush=True)
     result = {"machine": machine(), "mode": args.mode, "bptt": args.bptt, "rows": summaries, "packing": packing}
     if args.json:
         with open(args.json, "w") as f:

@@ -56,6 +56,7 @@ EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
     "nsga2+pareto warmup1": ("nsga2", "pareto", {"n_warmup_steps": 1}, None),
     "ehvi": ("ehvi", "none", {}, None),
     "ehvi+pareto warmup2": ("ehvi", "pareto", {"n_warmup_steps": 2}, None),
+    "ehvi+median": ("ehvi", "median", {}, None),  # target 2 with the default's sampler: which pruner keeps the small end
 }
 
 

@@ -175,6 +175,17 @@ def log_hv(points: Iterable[tuple[float, float]], ref: tuple[float, float]) -> f
     return float(hypervolume(arr, [math.log10(ref[0]), math.log(ref[1])]))
 
 
+def _add_to_front(front: list[tuple[float, float]], point: tuple[float, float]) -> list[tuple[float, float]]:
+    """``front`` (mutually non-dominated, both minimised) with ``point`` added: unchanged if a member is no worse
+    in both, else without the members ``point`` is no worse than. Keeps the replay's hypervolume trace O(front)
+    per trial instead of a Pareto sort of every finished trial."""
+    if not all(math.isfinite(v) for v in point):
+        return front
+    if any(q[0] <= point[0] and q[1] <= point[1] for q in front):
+        return front
+    return [q for q in front if not (point[0] <= q[0] and point[1] <= q[1])] + [point]
+
+
 class Stopper(Protocol):
     """An extra early-stopping rule beside the controller's pruner (e.g. Ray's ASHA on perplexity alone)."""
 
@@ -292,7 +303,7 @@ def replay_search(
     events: list[tuple[float, int, int, int]] = []  # (time, tie-break, trial number, epoch)
     running: dict[int, Curve] = {}
     spent = committed = 0.0
-    finished_points: list[tuple[float, float]] = []
+    front_points: list[tuple[float, float]] = []  # the non-dominated finished (params, ppl): same hypervolume as all
     tick = 0
     by_number: dict[int, dict] = {}
 
@@ -356,8 +367,8 @@ def replay_search(
         trial["status"] = record.status
         del running[number]
         if record.status == "finished":
-            finished_points.append((curve.params, float(record.valid_ppl)))
-        result.trace.append((spent, log_hv(finished_points, ref)))
+            front_points = _add_to_front(front_points, (float(curve.params), float(record.valid_ppl)))
+        result.trace.append((spent, log_hv(front_points, ref)))
         launch(now)
     result.compute = spent
     result.counts = controller.counts()

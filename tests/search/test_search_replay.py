@@ -182,3 +182,18 @@ def test_fresh_mapping_never_repeats_a_curve_while_the_family_has_unused_ones(ma
         seen.setdefault(t["family"], set()).add(t["curve"])
     curve = table.curves[0]
     assert table.nearest(curve.family, curve.sampled, curve.params, exclude={curve.index}) is not curve
+
+
+def test_incremental_front_has_the_hypervolume_of_all_points():
+    from squeezelstm.search.replay import _add_to_front
+
+    rng = np.random.default_rng(5)
+    points = [(float(p), float(v)) for p, v in zip(rng.integers(1000, 100000, 300), rng.uniform(80, 300, 300))]
+    points += [points[3], (points[7][0], points[7][1] + 1.0)]  # a duplicate and a point dominated at equal size
+    front: list = []
+    ref = (100000.0, 310.0)
+    for i, pt in enumerate(points):
+        front = _add_to_front(front, pt)
+        if i % 37 == 0 or i == len(points) - 1:
+            assert log_hv(front, ref) == pytest.approx(log_hv(points[: i + 1], ref), rel=1e-12, abs=1e-15)
+    assert all(not (q[0] <= p[0] and q[1] <= p[1]) for p in front for q in front if q != p)

@@ -56,8 +56,8 @@ EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
     "nsga2+pareto warmup1": ("nsga2", "pareto", {"n_warmup_steps": 1}, None),
     "ehvi": ("ehvi", "none", {}, None),
     "ehvi+pareto warmup2": ("ehvi", "pareto", {"n_warmup_steps": 2}, None),
-    "ehvi+median": ("ehvi", "median", {}, None),
-    "ehvi+pareto margin0.3": ("ehvi", "pareto", {"margin": 0.3}, None),  # a wider keep band than the default's  # target 2 with the default's sampler: which pruner keeps the small end
+    "ehvi+median": ("ehvi", "median", {}, None),  # target 2 with the default's sampler: which pruner keeps the small end
+    "ehvi+pareto margin0.3": ("ehvi", "pareto", {"margin": 0.3}, None),  # a wider keep band than the default's
 }
 
 

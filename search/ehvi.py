@@ -22,8 +22,8 @@ The hyperparameters (length scales, noise) are picked from a grid by marginal li
 each time the observations have grown by ``refit_growth`` (a geometric schedule, so a long search
 pays for O(log n) grid fits); in between the last grid point is kept and only refactorised.
 
-Numpy, with torch's triangular solver (the core); ``SearchController`` (sampler ``ehvi``) feeds it observations and hands its
-proposal to Optuna with ``enqueue_trial``.
+Numpy, with torch's Cholesky and triangular solver (the core); ``SearchController`` (sampler
+``ehvi``) feeds it observations and hands its proposal to Optuna with ``enqueue_trial``.
 """
 
 from __future__ import annotations
@@ -163,12 +163,13 @@ def fit_gp(
     z = (y - mean) / std
     scale = math.sqrt(max(X.shape[1] - 1, 1))
     d2, dt2 = _sq_dists(X, X)  # once: every setting of the grid only rescales them
-    best: tuple[float, GaussianProcess] | None = None
+    eye = np.eye(len(X))
+    best: tuple[float, tuple[float, float, float, np.ndarray, np.ndarray]] | None = None  # loglik, (setting, L, L^-1 z)
     for length in lengths:
         for length_t in lengths_t:
             K0 = _kernel(d2, dt2, length * scale, length_t)
             for noise in noises:
-                L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(K0 + (noise + 1e-8) * np.eye(len(X))))
+                L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(K0 + (noise + 1e-8) * eye))
                 if int(info) != 0:  # not positive definite at this setting
                     continue
                 L = L_t.numpy()
@@ -290,8 +291,8 @@ class ExactSizeEHVI:
         self.ref_margin = ref_margin
         self.refit_growth = float(refit_growth)
         self.max_draws = max_draws
-        self._grid_point: tuple[float, float, float] | None = None  # last grid fit's choice, and its data size
-        self._grid_n = 0
+        self._grid_point: tuple[float, float, float] | None = None  # the last grid search's choice
+        self._grid_n = 0  # how many observations it was made on
         self._rng = np.random.default_rng(seed)
         self._pool: list[tuple[dict, str, int]] = []
         self._pool_x: list[np.ndarray] = []  # each candidate's encoding (progress 1), computed once

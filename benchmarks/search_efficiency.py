@@ -58,6 +58,11 @@ EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
     "ehvi+pareto warmup2": ("ehvi", "pareto", {"n_warmup_steps": 2}, None),
     "ehvi+median": ("ehvi", "median", {}, None),  # target 2 with the default's sampler: which pruner keeps the small end
     "ehvi+pareto margin0.3": ("ehvi", "pareto", {"margin": 0.3}, None),  # a wider keep band than the default's
+    "ehvi(ard)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard"}),  # one GP length per column
+    "ehvi(ard)": ("ehvi", "none", {}, None, {"kernel": "ard"}),
+    "ehvi(local64)+pareto": ("ehvi", "pareto", {}, None, {"n_local": 64}),  # mutations of the front beside the pool
+    "ehvi(local64)": ("ehvi", "none", {}, None, {"n_local": 64}),
+    "ehvi(ard,local64)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard", "n_local": 64}),
 }
 
 
@@ -73,7 +78,8 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
     """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts)."""
     from squeezelstm.search.replay import replay_search
 
-    sampler, pruner, pruner_kwargs, asha = spec
+    sampler, pruner, pruner_kwargs, asha, *rest = spec  # an optional fifth entry: the sampler's options
+    sampler_kwargs = rest[0] if rest else None
     out = []
     for seed in seeds:
         stopper = _ray_asha(epochs, **asha) if asha is not None else None
@@ -82,7 +88,7 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
             warnings.simplefilter("ignore")
             res = replay_search(table, space, sampler=sampler, pruner=pruner, seed=seed, workers=workers,
                                 budget=budget, epochs=epochs, cost=cost, stopper=stopper, vocab_size=vocab, ref=ref,
-                                fresh=fresh, **pruner_kwargs)
+                                fresh=fresh, sampler_kwargs=sampler_kwargs, **pruner_kwargs)
         out.append({"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
                     "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res})
     return out

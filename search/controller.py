@@ -38,7 +38,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .ehvi import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, random_draw, space_dists
+from .ehvi import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, random_draw, space_dists
 from .pruners import PruningBridge
 from .records import TrialRecord, pareto_front
 from .space import SearchSpace, load_space, model_cost
@@ -46,7 +46,7 @@ from .space import SearchSpace, load_space, model_cost
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
-EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth")
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class SearchController:
             self._ehvi = ExactSizeEHVI(
                 random_draw(self.space, self._measure, epochs), dists, families,
                 epochs=int(epochs or self.space.fixed.get("train", {}).get("epochs", 1)), smallest=self.smallest[0],
-                ref_params=self.space.max_params, seed=sampler_seed, **(sampler_kwargs or {}),
+                ref_params=self.space.max_params, seed=sampler_seed,
+                neighbour=local_draw(self.space, self._measure, epochs), **(sampler_kwargs or {}),
             )
         self.study = optuna.create_study(
             study_name=study_name,

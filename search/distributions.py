@@ -56,6 +56,82 @@ class RandomSuggester:
         return value
 
 
+class LocalSuggester(RandomSuggester):
+    """Draws near a known configuration ``base`` (Optuna names -> values): a mutation for local search.
+
+    Each parameter keeps its ``base`` value except with probability ``p_change`` (a parameter
+    ``base`` lacks, such as an argument of a family the mutation switched to, is drawn uniformly).
+    A changed number moves by a normal step of ``scale`` times its (log-)range, clipped and put back
+    on its grid; a changed choice becomes another of its values. ``p_change`` defaults to two
+    parameters' worth of ``base``, and at least one parameter always changes (the first one, drawn
+    in ``changed``, is forced), so a mutation is never ``base`` itself by construction.
+    """
+
+    def __init__(self, base: Mapping[str, Any], seed: int = 0, *, p_change: float | None = None,
+                 scale: float = 0.15) -> None:
+        super().__init__(seed)
+        self.base = dict(base)
+        self.p_change = min(1.0, 2.0 / max(len(self.base), 1)) if p_change is None else float(p_change)
+        self.scale = float(scale)
+        names = sorted(self.base)
+        self._forced = names[int(self.rng.integers(len(names)))] if names else None
+
+    def _keep(self, name: str) -> bool:
+        return name in self.base and name != self._forced and self.rng.random() >= self.p_change
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        choices = list(choices)
+        if name in self.base and self.base[name] in choices and (self._keep(name) or len(choices) == 1):
+            value = self.base[name]
+        elif name in self.base and self.base[name] in choices:
+            others = [c for c in choices if c != self.base[name]]
+            value = others[int(self.rng.integers(len(others)))]
+        else:
+            value = choices[int(self.rng.integers(len(choices)))]
+        self.params[name] = value
+        return value
+
+    def _step(self, name: str, low: float, high: float, log: bool) -> float | None:
+        """A normal step from ``base[name]`` in the (log-)scaled range, or None to draw uniformly."""
+        if name not in self.base or not isinstance(self.base[name], (int, float)):
+            return None
+        if log:
+            lo, hi, v = math.log(low), math.log(high), math.log(max(float(self.base[name]), low))
+        else:
+            lo, hi, v = float(low), float(high), float(self.base[name])
+        v = min(max(v + self.rng.normal(0.0, self.scale) * (hi - lo), lo), hi)
+        return math.exp(v) if log else v
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        if name in self.base and self._keep(name) and low <= int(self.base[name]) <= high:
+            value = int(self.base[name])
+        else:
+            moved = self._step(name, low, high + (1 if log else 0), log)
+            if moved is None:
+                return super().suggest_int(name, low, high, step=step, log=log)
+            top = low + (high - low) // step * step
+            value = min(max(low + step * int(round((moved - low) / step)), low), top)
+            if value == self.base[name] and top > low:  # the step rounded back: move one grid point
+                value = value + step if value == low or (value < top and self.rng.random() < 0.5) else value - step
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        if name in self.base and self._keep(name) and low <= float(self.base[name]) <= high:
+            value = float(self.base[name])
+        else:
+            moved = self._step(name, low, high, log)
+            if moved is None:
+                return super().suggest_float(name, low, high, log=log)
+            value = min(max(float(moved), low), high)
+            for _ in range(8):  # clipped onto the base at a bound: step again
+                if value != self.base[name] or high <= low:
+                    break
+                value = min(max(float(self._step(name, low, high, log)), low), high)
+        self.params[name] = value
+        return value
+
+
 @dataclass(frozen=True)
 class Choice:
     """One of a fixed tuple of scalar values."""
@@ -185,4 +261,4 @@ def dist_to_dict(dist: Dist) -> dict:
     return out
 
 
-__all__ = ["Choice", "Dist", "FloatRange", "IntRange", "RandomSuggester", "Suggester", "dist_to_dict", "parse_dist"]
+__all__ = ["Choice", "Dist", "FloatRange", "IntRange", "LocalSuggester", "RandomSuggester", "Suggester", "dist_to_dict", "parse_dist"]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .distributions import Choice, FloatRange, IntRange, RandomSuggester
+from .distributions import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
 
 # The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
 # fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").
@@ -133,9 +133,12 @@ class GaussianProcess:
     chol: np.ndarray
     alpha: np.ndarray
     grid_point: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # (length, length_t, noise) before scaling
+    lengths: np.ndarray | None = None  # ARD: one length per configuration column (then ``length`` is 1 and X is pre-scaled)
 
     def predict(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (of the latent function, no noise) in the target's units."""
+        if self.lengths is not None:
+            Xq = _ard_scale(Xq, self.lengths)
         K = _kernel(*_sq_dists(Xq, self.X), self.length, self.length_t)
         mean = K @ self.alpha
         v = _solve_lower(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
@@ -182,6 +185,97 @@ def fit_gp(
     length, length_t, noise, L, w = best[1]
     alpha = _solve_lower(L, w, transpose=True)  # K^-1 z = L^-T (L^-1 z)
     return GaussianProcess(X, mean, std, length * scale, length_t, noise, L, alpha, (length, length_t, noise))
+
+
+def _ard_scale(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Configuration columns divided by their lengths; the progress column (last) unchanged."""
+    out = np.array(X, dtype=float, copy=True)
+    out[:, :-1] /= lengths
+    return out
+
+
+def fit_gp_ard(
+    X: np.ndarray,
+    y: np.ndarray,
+    init: tuple[np.ndarray, float, float] | None = None,
+    steps: int = 40,
+) -> GaussianProcess:
+    """Fit with one length per configuration column (automatic relevance determination).
+
+    Maximises the marginal likelihood plus log-normal priors on the lengths (centred on
+    ``sqrt(2) + log(d) / 2`` in log space, as in Hvarfner et al. 2024, so lengths grow with the
+    dimension as the grid's ``sqrt(d)`` scaling does), with L-BFGS on torch's autograd, from ``init``
+    ``(lengths, length_t, noise)`` (a warm start from the last fit) or from the prior's centre.
+    A column that hardly moves perplexity (an unused family argument) gets a long length; one that
+    does (the learning rate) a short one, which an isotropic kernel over ~20 columns cannot express.
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
+        raise ValueError(f"fit_gp_ard needs matching non-empty X (n, d) and y (n,), got {X.shape} and {y.shape}")
+    mean, std = float(y.mean()), float(y.std()) or 1.0
+    z = torch.from_numpy((y - mean) / std)
+    Xt = torch.from_numpy(X)
+    d = X.shape[1] - 1
+    mu0 = math.sqrt(2.0) + 0.5 * math.log(max(d, 1))
+    if init is None:
+        p0 = np.concatenate([np.full(d, mu0), [0.0, math.log(1e-2)]])
+    else:
+        p0 = np.concatenate([np.log(np.asarray(init[0], dtype=float)), [math.log(init[1]), math.log(init[2])]])
+    theta = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(len(X), dtype=torch.float64)
+    dt = Xt[:, -1:] - Xt[:, -1:].T
+
+    def loss() -> torch.Tensor:
+        ls = torch.exp(theta[:d])
+        A = Xt[:, :-1] / ls
+        sq = (A * A).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * A @ A.T).clamp_min(1e-12)
+        dt2 = (dt / torch.exp(theta[d])) ** 2
+        K = _matern52_t(d2) * _matern52_t(dt2.clamp_min(1e-12)) + (torch.exp(theta[d + 1]) + 1e-6) * eye
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            return torch.tensor(math.inf, dtype=torch.float64)
+        w = torch.linalg.solve_triangular(L, z[:, None], upper=False)[:, 0]
+        nll = 0.5 * (w @ w) + torch.log(torch.diagonal(L)).sum()
+        prior = ((theta[:d] - mu0) ** 2).sum() / (2 * 3.0)  # log-normal, sigma^2 = 3
+        prior = prior + (theta[d] ** 2) / 2.0 + ((theta[d + 1] - math.log(1e-2)) ** 2) / (2 * 4.0)
+        return nll + prior
+
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max(steps, 1), line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss()
+        if torch.isfinite(value):
+            value.backward()
+        return value
+
+    if steps > 0:
+        try:
+            opt.step(closure)
+        except RuntimeError:  # a singular step inside the line search: keep the last good point
+            pass
+    with torch.no_grad():
+        theta.clamp_(-6.0, 6.0)
+        theta[d + 1].clamp_(math.log(1e-5), math.log(1.0))
+    p = theta.detach().numpy()
+    if not np.all(np.isfinite(p)):
+        p = p0
+    lengths, length_t, noise = np.exp(p[:d]), float(np.exp(p[d])), float(np.exp(p[d + 1]))
+    Xs = _ard_scale(X, lengths)
+    d2, dt2 = _sq_dists(Xs, Xs)
+    L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(_kernel(d2, dt2, 1.0, length_t) + (noise + 1e-6) * np.eye(len(X))))
+    if int(info) != 0:
+        raise ValueError("fit_gp_ard: the fitted kernel is not positive definite")
+    L = L_t.numpy()
+    alpha = _solve_lower(L, _solve_lower(L, (y - mean) / std), transpose=True)
+    return GaussianProcess(Xs, mean, std, 1.0, length_t, noise, L, alpha, (math.nan, length_t, noise), lengths)
+
+
+def _matern52_t(d2: torch.Tensor) -> torch.Tensor:
+    r = torch.sqrt(d2 * 5.0)
+    return (1.0 + r + r * r / 3.0) * torch.exp(-r)
 
 
 def _solve_lower(L: np.ndarray, B: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -272,7 +366,17 @@ class ExactSizeEHVI:
     def __init__(self, sample: Callable[[int], tuple[dict, str, int] | None], dists: Mapping[str, Any],
                  families: Sequence[str], *, epochs: int, smallest: float, ref_params: float | None = None,
                  seed: int = 0, n_startup: int = 8, pool_size: int = 256, ref_margin: float = 0.1,
-                 refit_growth: float = 1.25, max_draws: int = 100000) -> None:
+                 refit_growth: float = 1.25, kernel: str = "iso", n_local: int = 0,
+                 neighbour: Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None] | None = None,
+                 max_draws: int = 100000) -> None:
+        if not isinstance(n_local, int) or isinstance(n_local, bool) or n_local < 0:
+            raise ValueError(f"n_local must be an integer >= 0, got n_local={n_local!r}")
+        self.n_local = n_local if neighbour is not None else 0
+        self._neighbour = neighbour
+        if kernel not in ("iso", "ard"):
+            raise ValueError(f"kernel must be 'iso' or 'ard', got kernel={kernel!r}")
+        self.kernel = kernel
+        self._ard: tuple[np.ndarray, float, float] | None = None
         for name, value in (("n_startup", n_startup), ("pool_size", pool_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
@@ -355,10 +459,54 @@ class ExactSizeEHVI:
         best = int(np.argmax(score))
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
                      "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit}
+        if self.n_local:
+            local = self._local(done, finals, [self._pool[i][0] for i in np.argsort(-score)[:4]])
+            if local:
+                L = np.asarray([np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in local])
+                mu_l, sd_l = gp.predict(L)
+                score_l = expected_hvi(np.log10([p for _, _, p in local]), mu_l, sd_l, front, ref)
+                j = int(np.argmax(score_l))
+                if score_l[j] > score[best]:
+                    self.last.update(mode="ehvi local", ehvi=float(score_l[j]), mu=float(mu_l[j]), sd=float(sd_l[j]))
+                    return local[j]
         return self._take(best)
+
+    def _local(self, done: Sequence[Observation], finals: Sequence[tuple[float, float]],
+               extra: Sequence[Mapping[str, Any]]) -> list[tuple[dict, str, int]]:
+        """``n_local`` mutations of the finished front's configurations and of the pool's best candidates.
+
+        A random pool of a few hundred rarely holds a point next to a narrow optimum (in a space of
+        six families and a dozen knobs, "this family, this embedding, a high learning rate" is a
+        fraction of a percent of it); mutating the incumbents puts candidates there, and EHVI still
+        decides between them and the pool.
+        """
+        on_front = [o for o in done if o.status == "finished" and o.curve and math.isfinite(o.curve[-1][1])]
+        keys = [(math.log10(o.params), math.log(o.curve[-1][1])) for o in on_front]
+        bases = [dict(o.values) for o, k in zip(on_front, keys)
+                 if not any(q[0] <= k[0] and q[1] <= k[1] and q != k for q in keys)]
+        bases += [dict(v) for v in extra]
+        seen = {json_key(o.values) for o in done}
+        out = []
+        for i in range(self.n_local):
+            got = self._neighbour(bases[i % len(bases)], int(self._rng.integers(2**63 - 1)))
+            if got is not None and json_key(got[0]) not in seen:
+                out.append(got)
+        return out
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> tuple[GaussianProcess, bool]:
         """The GP on (X, y), and whether its hyperparameters were re-picked from the whole grid."""
+        if self.kernel == "ard":
+            refit = self._ard is None or len(y) >= self.refit_growth * self._grid_n
+            if refit:
+                gp = fit_gp_ard(X, y, self._ard)
+                self._ard, self._grid_n = (gp.lengths, gp.length_t, gp.noise), len(y)
+                return gp, True
+            try:
+                return fit_gp_ard(X, y, self._ard, steps=0), False
+            except ValueError:
+                gp = fit_gp_ard(X, y, None)
+                self._ard, self._grid_n = (gp.lengths, gp.length_t, gp.noise), len(y)
+                return gp, True
         if self._grid_point is not None and len(y) < self.refit_growth * self._grid_n:
             length, length_t, noise = self._grid_point
             try:
@@ -368,6 +516,11 @@ class ExactSizeEHVI:
         gp = fit_gp(X, y)
         self._grid_point, self._grid_n = gp.grid_point, len(y)
         return gp, True
+
+
+def json_key(values: Mapping[str, Any]) -> str:
+    """A hashable key of a configuration's sampled values."""
+    return repr(sorted((k, repr(v)) for k, v in values.items()))
 
 
 def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:
@@ -395,5 +548,20 @@ def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: 
     return draw
 
 
-__all__ = ["DEFAULT_SAMPLER", "Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "random_draw",
+def local_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
+               ) -> Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None]:
+    """``neighbour`` for ``ExactSizeEHVI``: a seeded mutation of known sampled values, None when over budget."""
+
+    def draw(base: Mapping[str, Any], seed: int) -> tuple[dict, str, int] | None:
+        suggester = LocalSuggester(base, seed)
+        point = space.sample(suggester, epochs)
+        params, flops = measure(point.config)
+        if space.exceeds_budget(params, flops):
+            return None
+        return dict(suggester.params), point.family, int(params)
+
+    return draw
+
+
+__all__ = ["DEFAULT_SAMPLER", "Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "fit_gp_ard", "local_draw", "random_draw",
            "space_dists", "staircase"]

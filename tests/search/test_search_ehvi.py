@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from squeezelstm.search.controller import SearchController
 from squeezelstm.search.distributions import Choice, FloatRange
-from squeezelstm.search.ehvi import Encoder, ExactSizeEHVI, Observation, expected_hvi, fit_gp, staircase
+from squeezelstm.search.ehvi import Encoder, ExactSizeEHVI, Observation, expected_hvi, fit_gp, fit_gp_ard, staircase
 from squeezelstm.search.space import model_cost, parse_space
 
 VOCAB = 200
@@ -90,11 +90,51 @@ def test_gp_triangular_solves_equal_the_dense_posterior():
     assert sd == pytest.approx(y.std() * np.sqrt(np.maximum(var, 1e-12)), rel=1e-6, abs=1e-9)
 
 
-def test_hyperparameters_are_re_picked_only_when_the_data_has_grown_enough():
+def test_ard_gp_finds_the_column_that_matters_where_one_length_for_all_cannot():
+    # perplexity moved by one column (the learning rate, say) among 12 that do nothing: ARD gives that
+    # column a short length and the rest long ones, and predicts far better than the isotropic grid fit
+    rng = np.random.default_rng(5)
+    X = np.column_stack([rng.uniform(0, 1, (150, 12)), rng.choice([0.25, 0.5, 1.0], 150)])
+    f = lambda Z: np.sin(6 * Z[:, 3]) - 0.3 * Z[:, 12]  # noqa: E731
+    y = f(X) + 0.01 * rng.normal(size=150)
+    ard = fit_gp_ard(X, y)
+    assert int(np.argmin(ard.lengths)) == 3
+    assert ard.lengths[3] < 0.1 * np.delete(ard.lengths, 3).min()
+    Q = np.column_stack([rng.uniform(0, 1, (100, 12)), np.ones(100)])
+    rmse = lambda gp: float(np.sqrt(((gp.predict(Q)[0] - f(Q)) ** 2).mean()))  # noqa: E731
+    assert rmse(ard) < 0.05
+    assert rmse(ard) < 0.2 * rmse(fit_gp(X, y))
+    # a warm start at the fitted point with no optimisation steps reproduces the fit
+    again = fit_gp_ard(X, y, (ard.lengths, ard.length_t, ard.noise), steps=0)
+    assert again.predict(Q)[0] == pytest.approx(ard.predict(Q)[0], rel=1e-6, abs=1e-8)
+    with pytest.raises(ValueError, match="matching non-empty"):
+        fit_gp_ard(np.zeros((0, 3)), np.zeros(0))
+
+
+def test_ard_posterior_equals_the_dense_formulas_on_scaled_columns():
+    from squeezelstm.search.ehvi import _kernel, _sq_dists
+
+    rng = np.random.default_rng(6)
+    X = np.column_stack([rng.uniform(0, 1, (30, 3)), rng.choice([0.25, 1.0], 30)])
+    y = rng.normal(size=30)
+    gp = fit_gp_ard(X, y)
+    Q = np.column_stack([rng.uniform(0, 1, (5, 3)), np.ones(5)])
+    scale = lambda Z: np.column_stack([Z[:, :-1] / gp.lengths, Z[:, -1]])  # noqa: E731
+    K = _kernel(*_sq_dists(scale(X), scale(X)), 1.0, gp.length_t) + (gp.noise + 1e-6) * np.eye(30)
+    Kq = _kernel(*_sq_dists(scale(Q), scale(X)), 1.0, gp.length_t)
+    z = (y - y.mean()) / y.std()
+    mean, sd = gp.predict(Q)
+    assert mean == pytest.approx(y.mean() + y.std() * (Kq @ np.linalg.solve(K, z)), rel=1e-7, abs=1e-9)
+    var = 1.0 - np.einsum("ij,ij->i", Kq, np.linalg.solve(K, Kq.T).T)
+    assert sd == pytest.approx(y.std() * np.sqrt(np.maximum(var, 1e-12)), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["iso", "ard"])
+def test_hyperparameters_are_re_picked_only_when_the_data_has_grown_enough(kernel):
     rng = np.random.default_rng(4)
     pool = [({"lr": float(lr), "width": int(w)}, "a", 1000 * int(w))
             for lr, w in zip(rng.uniform(1e-3, 1e-1, 40), rng.choice([8, 16, 32, 64], 40))]
-    proposer = toy_proposer(pool)
+    proposer = toy_proposer(pool, kernel=kernel)
     proposer.refit_growth = 1.5
     obs = []
     refits = []
@@ -108,14 +148,17 @@ def test_hyperparameters_are_re_picked_only_when_the_data_has_grown_enough():
     assert any(not r for _, r in refits)
     with pytest.raises(ValueError, match="refit_growth"):
         ExactSizeEHVI(lambda _s: None, {}, ["a"], epochs=1, smallest=1, refit_growth=0.5)
+    with pytest.raises(ValueError, match="kernel must be"):
+        ExactSizeEHVI(lambda _s: None, {}, ["a"], epochs=1, smallest=1, kernel="rbf")
 
 
-def toy_proposer(pool, seed=0, n_startup=2):
+def toy_proposer(pool, seed=0, n_startup=2, kernel="iso", n_local=0, neighbour=None):
     """A proposer over a fixed list of (values, family, params) candidates."""
     it = iter(pool)
     dists = {"lr": FloatRange(1e-3, 1e-1, log=True), "width": Choice((8, 16, 32, 64))}
     return ExactSizeEHVI(lambda _seed: next(it, None), dists, ["a", "b"], epochs=4, smallest=1000, ref_params=100_000,
-                         seed=seed, n_startup=n_startup, pool_size=len(pool), max_draws=len(pool))
+                         seed=seed, n_startup=n_startup, pool_size=len(pool), max_draws=len(pool), kernel=kernel,
+                         n_local=n_local, neighbour=neighbour)
 
 
 def observe(values, family, params, finals, status="finished"):
@@ -134,6 +177,34 @@ def test_proposer_goes_where_the_improvement_is_and_uses_the_exact_size():
     assert (family, params) == ("a", 8000)
     assert proposer.last["mode"] == "ehvi" and proposer.last["ehvi"] > 0
     assert len(proposer._pool) == 2  # the proposal left the pool
+
+
+def test_local_search_reaches_a_narrow_optimum_the_random_pool_misses():
+    # perplexity is good only for lr near 0.08; the pool holds only low learning rates, and one finished trial
+    # at lr 0.05 sits on the front. Mutations of it (lr moved, the width kept) put candidates next to the
+    # optimum; without them the proposer can only pick from the pool
+    def ppl(lr, width):
+        return 100.0 + 400.0 * abs(math.log(lr / 0.08)) + 0.1 * width
+
+    obs = [observe({"lr": lr, "width": 16}, "a", 16000, [2 * ppl(lr, 16), ppl(lr, 16)])
+           for lr in (0.05, 0.002, 0.004, 0.001, 0.003, 0.006, 0.0015)]
+    pool = [({"lr": lr, "width": 16}, "a", 16000) for lr in (0.0012, 0.0025, 0.0035, 0.005)]
+
+    def neighbour(base, seed):
+        rng = np.random.default_rng(seed)
+        lr = float(np.clip(base["lr"] * math.exp(rng.normal(0, 0.5)), 1e-3, 1e-1))
+        return {"lr": lr, "width": base["width"]}, "a", 1000 * base["width"]
+
+    plain = toy_proposer(pool)
+    values, _, _ = plain.propose(obs)
+    assert plain.last["mode"] == "ehvi" and values["lr"] < 0.01
+    local = toy_proposer(pool, n_local=32, neighbour=neighbour)
+    values, family, params = local.propose(obs)
+    assert local.last["mode"] == "ehvi local"
+    assert 0.04 < values["lr"] < 0.2 and (family, params) == ("a", 16000)
+    assert len(local._pool) == len(pool)  # a local candidate is not taken out of the pool
+    with pytest.raises(ValueError, match="n_local"):
+        toy_proposer(pool, n_local=-1, neighbour=neighbour)
 
 
 def test_startup_is_random_and_a_pruned_trial_is_never_a_final_value():

@@ -333,3 +333,40 @@ def test_random_spaces_only_ever_sample_valid_configs(raw, seed):
         point = space.sample(rng)
         validate(Config.from_dict(point.config))
         assert model_cost(point.config, 20)[0] >= cheapest
+
+
+def test_local_suggester_stays_near_its_base_and_on_the_space_grid():
+    from squeezelstm.search.distributions import LocalSuggester
+
+    space = parse_space(small())
+    dists = {**space.knobs, "model.cell": Choice(tuple(space.families))}
+    base_point = RandomSuggester(seed=5)
+    space.sample(base_point)
+    base = dict(base_point.params)
+    changed_counts = []
+    for seed in range(300):
+        s = LocalSuggester(base, seed)
+        point = space.sample(s)
+        validate(Config.from_dict(point.config))  # a mutation is a valid config by construction
+        changed = [k for k in base if s.params.get(k) != base[k]]
+        assert changed, "a mutation never returns its base unchanged"
+        changed_counts.append(len(changed))
+        for key, dist in dists.items():
+            value = s.params[key]
+            if isinstance(dist, Choice):
+                assert value in dist.choices
+            elif isinstance(dist, IntRange):
+                assert dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
+            else:
+                assert dist.low <= value <= dist.high
+    # about two of the ~7 parameters move (one forced, the rest each with probability 2/7), not all of them
+    assert 1.5 <= sum(changed_counts) / len(changed_counts) <= 3.5
+    assert max(changed_counts) < len(base)
+    # a numeric step is local: the learning rate mostly stays within a factor of 3 of its base
+    lrs = [LocalSuggester(base, seed, p_change=1.0) for seed in range(200)]
+    ratios = []
+    for s in lrs:
+        space.sample(s)
+        ratios.append(abs(math.log(s.params["train.lr"] / base["train.lr"])))
+    assert sorted(ratios)[len(ratios) // 2] < math.log(3.0)
+    assert max(ratios) > 0

@@ -59,10 +59,8 @@ EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
     "ehvi+median": ("ehvi", "median", {}, None),  # target 2 with the default's sampler: which pruner keeps the small end
     "ehvi+pareto margin0.3": ("ehvi", "pareto", {"margin": 0.3}, None),  # a wider keep band than the default's
     "ehvi(ard)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard"}),  # one GP length per column
-    "ehvi(ard)": ("ehvi", "none", {}, None, {"kernel": "ard"}),
-    "ehvi(local64)+pareto": ("ehvi", "pareto", {}, None, {"n_local": 64}),  # mutations of the front beside the pool
-    "ehvi(local64)": ("ehvi", "none", {}, None, {"n_local": 64}),
-    "ehvi(ard,local64)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard", "n_local": 64}),
+    "ehvi(no local)+pareto": ("ehvi", "pareto", {}, None, {"n_local": 0}),  # the default until session 5: pool only
+    "ehvi(ard,no local)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard", "n_local": 0}),
 }
 
 

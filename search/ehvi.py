@@ -10,6 +10,9 @@ perplexity). With the size known, that expectation has a closed form: for a cand
 front's staircase ``f_j`` (the best log perplexity any trial with no more parameters reached) on the
 strips ``w_j`` between ``a`` and the reference, so ``E = sum_j w_j [(f_j - mu) Phi(z_j) + sd phi(z_j)]``,
 ``z_j = (f_j - mu) / sd``. A generic multi-objective sampler must model the size as uncertain too.
+Beside the random pool, mutations of the front's configurations and of the pool's best candidates
+are scored (local search): a random pool of a few hundred rarely holds a point inside a narrow good
+region of a dozen-knob space, and the mutations put candidates there.
 
 Every epoch a trial reported is an observation at its training progress ``epoch / epochs``; the
 model predicts at progress 1. So pruned trials teach the model through their partial curves,

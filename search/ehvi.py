@@ -541,34 +541,26 @@ def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:
     return dists, list(space.families)
 
 
+def _in_budget(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None,
+               suggester: Any) -> tuple[dict, str, int] | None:
+    """Sample ``space`` through ``suggester``: (Optuna values, family, exact size), None when over budget."""
+    point = space.sample(suggester, epochs)
+    params, flops = measure(point.config)
+    if space.exceeds_budget(params, flops):
+        return None
+    return dict(suggester.params), point.family, int(params)
+
+
 def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
                 ) -> Callable[[int], tuple[dict, str, int] | None]:
     """``sample`` for ``ExactSizeEHVI``: a seeded random configuration of ``space``, None when over budget."""
-
-    def draw(seed: int) -> tuple[dict, str, int] | None:
-        suggester = RandomSuggester(seed)
-        point = space.sample(suggester, epochs)
-        params, flops = measure(point.config)
-        if space.exceeds_budget(params, flops):
-            return None
-        return dict(suggester.params), point.family, int(params)
-
-    return draw
+    return lambda seed: _in_budget(space, measure, epochs, RandomSuggester(seed))
 
 
 def local_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
                ) -> Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None]:
     """``neighbour`` for ``ExactSizeEHVI``: a seeded mutation of known sampled values, None when over budget."""
-
-    def draw(base: Mapping[str, Any], seed: int) -> tuple[dict, str, int] | None:
-        suggester = LocalSuggester(base, seed)
-        point = space.sample(suggester, epochs)
-        params, flops = measure(point.config)
-        if space.exceeds_budget(params, flops):
-            return None
-        return dict(suggester.params), point.family, int(params)
-
-    return draw
+    return lambda base, seed: _in_budget(space, measure, epochs, LocalSuggester(base, seed))
 
 
 __all__ = ["DEFAULT_SAMPLER", "Encoder", "ExactSizeEHVI", "GaussianProcess", "Observation", "expected_hvi", "fit_gp", "fit_gp_ard", "local_draw", "random_draw",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import pickle
 import warnings
 from typing import Any
 
@@ -44,7 +43,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             # a foreign pickle makes torch warn about its protocol before refusing it: one error line is enough
             warnings.simplefilter("ignore")
             data = torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt bytes reach the unpickler's internals (IndexError,
+        # TypeError, UnicodeDecodeError, struct.error, ...): every one means "not a checkpoint" here
         raise ValueError(f"{p} is not a readable squeezelstm checkpoint ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{p} is not a squeezelstm checkpoint")

@@ -366,7 +366,7 @@ class ExactSizeEHVI:
     refilled as candidates are proposed. With ``neighbour(values, seed)`` (same result as ``sample``;
     ``local_draw``), ``n_local`` mutations of the current front's configurations and of the pool's
     best four are scored too, and the best of pool and mutations wins (local search: it found the
-    front 1.8x and 2.6x sooner in the replays, benchmarks/README.md "Session 5"). ``kernel`` is
+    front 1.8x and 2.1x sooner in the replays, benchmarks/README.md "Session 5"). ``kernel`` is
     ``iso`` (one length for all configuration columns, picked from a grid) or ``ard`` (one per
     column, fitted by L-BFGS; slower, and no better in the replays).
     """
@@ -468,7 +468,7 @@ class ExactSizeEHVI:
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
                      "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit}
         if self.n_local:
-            local = self._local(done, finals, [self._pool[i][0] for i in np.argsort(-score)[:4]])
+            local = self._local(done, observations, [self._pool[i][0] for i in np.argsort(-score)[:4]])
             if local:
                 L = np.asarray([np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in local])
                 mu_l, sd_l = gp.predict(L)
@@ -479,9 +479,10 @@ class ExactSizeEHVI:
                     return local[j]
         return self._take(best)
 
-    def _local(self, done: Sequence[Observation], finals: Sequence[tuple[float, float]],
+    def _local(self, done: Sequence[Observation], observations: Sequence[Observation],
                extra: Sequence[Mapping[str, Any]]) -> list[tuple[dict, str, int]]:
-        """``n_local`` mutations of the finished front's configurations and of the pool's best candidates.
+        """``n_local`` mutations of the finished front's configurations and of ``extra`` (the pool's best),
+        none of them a configuration already launched (running or done).
 
         A random pool of a few hundred rarely holds a point next to a narrow optimum (in a space of
         six families and a dozen knobs, "this family, this embedding, a high learning rate" is a
@@ -493,11 +494,11 @@ class ExactSizeEHVI:
         bases = [dict(o.values) for o, k in zip(on_front, keys)
                  if not any(q[0] <= k[0] and q[1] <= k[1] and q != k for q in keys)]
         bases += [dict(v) for v in extra]
-        seen = {json_key(o.values) for o in done}
+        seen = {_values_key(o.values) for o in observations}
         out = []
         for i in range(self.n_local):
             got = self._neighbour(bases[i % len(bases)], int(self._rng.integers(2**63 - 1)))
-            if got is not None and json_key(got[0]) not in seen:
+            if got is not None and _values_key(got[0]) not in seen:
                 out.append(got)
         return out
 
@@ -526,7 +527,7 @@ class ExactSizeEHVI:
         return gp, True
 
 
-def json_key(values: Mapping[str, Any]) -> str:
+def _values_key(values: Mapping[str, Any]) -> str:
     """A hashable key of a configuration's sampled values."""
     return repr(sorted((k, repr(v)) for k, v in values.items()))
 

@@ -42,7 +42,8 @@ STRATEGIES: dict[str, tuple[str, str, dict, dict | None]] = {
     "tpe+pareto": ("tpe", "pareto", {"n_warmup_steps": 2}, None),  # the default until session 3
     "ehvi+pareto (default)": ("ehvi", "pareto", {}, None),  # what `squeezelstm search` uses (pareto warm-up 1)
 }
-EXTRA: dict[str, tuple[str, str, dict, dict | None]] = {
+# (sampler, pruner, pruner kwargs, Ray ASHA kwargs or None[, sampler kwargs])
+EXTRA: dict[str, tuple] = {
     "random+pareto": ("random", "pareto", {"n_warmup_steps": 2}, None),
     "nsga2+pareto": ("nsga2", "pareto", {"n_warmup_steps": 2}, None),
     "tpe+pareto warmup1": ("tpe", "pareto", {"n_warmup_steps": 1}, None),

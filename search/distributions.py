@@ -63,8 +63,8 @@ class LocalSuggester(RandomSuggester):
     ``base`` lacks, such as an argument of a family the mutation switched to, is drawn uniformly).
     A changed number moves by a normal step of ``scale`` times its (log-)range, clipped and put back
     on its grid; a changed choice becomes another of its values. ``p_change`` defaults to two
-    parameters' worth of ``base``, and at least one parameter always changes (the first one, drawn
-    in ``changed``, is forced), so a mutation is never ``base`` itself by construction.
+    parameters' worth of ``base``, and one parameter of ``base``, drawn at construction, always
+    changes, so a mutation is never ``base`` itself by construction.
     """
 
     def __init__(self, base: Mapping[str, Any], seed: int = 0, *, p_change: float | None = None,
@@ -81,9 +81,10 @@ class LocalSuggester(RandomSuggester):
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         choices = list(choices)
-        if name in self.base and self.base[name] in choices and (self._keep(name) or len(choices) == 1):
+        known = name in self.base and self.base[name] in choices
+        if known and (self._keep(name) or len(choices) == 1):
             value = self.base[name]
-        elif name in self.base and self.base[name] in choices:
+        elif known:
             others = [c for c in choices if c != self.base[name]]
             value = others[int(self.rng.integers(len(others)))]
         else:

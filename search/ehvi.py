@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .distributions import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
+from .pareto import pareto_mask
 
 # The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
 # fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").
@@ -217,14 +218,33 @@ def fit_gp_ard(
     if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
         raise ValueError(f"fit_gp_ard needs matching non-empty X (n, d) and y (n,), got {X.shape} and {y.shape}")
     mean, std = float(y.mean()), float(y.std()) or 1.0
-    z = torch.from_numpy((y - mean) / std)
-    Xt = torch.from_numpy(X)
     d = X.shape[1] - 1
     mu0 = math.sqrt(2.0) + 0.5 * math.log(max(d, 1))
     if init is None:
         p0 = np.concatenate([np.full(d, mu0), [0.0, math.log(1e-2)]])
     else:
         p0 = np.concatenate([np.log(np.asarray(init[0], dtype=float)), [math.log(init[1]), math.log(init[2])]])
+    p = _ard_optimise(X, (y - mean) / std, p0, mu0, steps) if steps > 0 else p0
+    p = np.clip(p, -6.0, 6.0)
+    p[d + 1] = min(max(p[d + 1], math.log(1e-5)), math.log(1.0))
+    if not np.all(np.isfinite(p)):
+        p = p0
+    lengths, length_t, noise = np.exp(p[:d]), float(np.exp(p[d])), float(np.exp(p[d + 1]))
+    Xs = _ard_scale(X, lengths)
+    d2, dt2 = _sq_dists(Xs, Xs)
+    L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(_kernel(d2, dt2, 1.0, length_t) + (noise + 1e-6) * np.eye(len(X))))
+    if int(info) != 0:
+        raise ValueError("fit_gp_ard: the fitted kernel is not positive definite")
+    L = L_t.numpy()
+    alpha = _solve_lower(L, _solve_lower(L, (y - mean) / std), transpose=True)
+    return GaussianProcess(Xs, mean, std, 1.0, length_t, noise, L, alpha, (math.nan, length_t, noise), lengths)
+
+
+def _ard_optimise(X: np.ndarray, z: np.ndarray, p0: np.ndarray, mu0: float, steps: int) -> np.ndarray:
+    """L-BFGS from ``p0`` = (log lengths, log length_t, log noise) on the negative log marginal likelihood of
+    the standardised targets ``z`` plus the priors; returns the last point the line search accepted."""
+    Xt, zt = torch.from_numpy(X), torch.from_numpy(z)
+    d = X.shape[1] - 1
     theta = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
     eye = torch.eye(len(X), dtype=torch.float64)
     dt = Xt[:, -1:] - Xt[:, -1:].T
@@ -239,13 +259,13 @@ def fit_gp_ard(
         L, info = torch.linalg.cholesky_ex(K)
         if int(info) != 0:
             return torch.tensor(math.inf, dtype=torch.float64)
-        w = torch.linalg.solve_triangular(L, z[:, None], upper=False)[:, 0]
+        w = torch.linalg.solve_triangular(L, zt[:, None], upper=False)[:, 0]
         nll = 0.5 * (w @ w) + torch.log(torch.diagonal(L)).sum()
         prior = ((theta[:d] - mu0) ** 2).sum() / (2 * 3.0)  # log-normal, sigma^2 = 3
         prior = prior + (theta[d] ** 2) / 2.0 + ((theta[d + 1] - math.log(1e-2)) ** 2) / (2 * 4.0)
         return nll + prior
 
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max(steps, 1), line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -254,26 +274,11 @@ def fit_gp_ard(
             value.backward()
         return value
 
-    if steps > 0:
-        try:
-            opt.step(closure)
-        except RuntimeError:  # a singular step inside the line search: keep the last good point
-            pass
-    with torch.no_grad():
-        theta.clamp_(-6.0, 6.0)
-        theta[d + 1].clamp_(math.log(1e-5), math.log(1.0))
-    p = theta.detach().numpy()
-    if not np.all(np.isfinite(p)):
-        p = p0
-    lengths, length_t, noise = np.exp(p[:d]), float(np.exp(p[d])), float(np.exp(p[d + 1]))
-    Xs = _ard_scale(X, lengths)
-    d2, dt2 = _sq_dists(Xs, Xs)
-    L_t, info = torch.linalg.cholesky_ex(torch.from_numpy(_kernel(d2, dt2, 1.0, length_t) + (noise + 1e-6) * np.eye(len(X))))
-    if int(info) != 0:
-        raise ValueError("fit_gp_ard: the fitted kernel is not positive definite")
-    L = L_t.numpy()
-    alpha = _solve_lower(L, _solve_lower(L, (y - mean) / std), transpose=True)
-    return GaussianProcess(Xs, mean, std, 1.0, length_t, noise, L, alpha, (math.nan, length_t, noise), lengths)
+    try:
+        opt.step(closure)
+    except RuntimeError:  # a singular step inside the line search: keep the last good point
+        pass
+    return theta.detach().numpy().copy()
 
 
 def _matern52_t(d2: torch.Tensor) -> torch.Tensor:
@@ -384,7 +389,6 @@ class ExactSizeEHVI:
         if kernel not in ("iso", "ard"):
             raise ValueError(f"kernel must be 'iso' or 'ard', got kernel={kernel!r}")
         self.kernel = kernel
-        self._ard: tuple[np.ndarray, float, float] | None = None
         for name, value in (("n_startup", n_startup), ("pool_size", pool_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
@@ -403,7 +407,7 @@ class ExactSizeEHVI:
         self.ref_margin = ref_margin
         self.refit_growth = float(refit_growth)
         self.max_draws = max_draws
-        self._grid_point: tuple[float, float, float] | None = None  # the last grid search's choice
+        self._hyper: tuple | None = None  # the last full fit's (length or ARD lengths, length_t, noise)
         self._grid_n = 0  # how many observations it was made on
         self._rng = np.random.default_rng(seed)
         self._pool: list[tuple[dict, str, int]] = []
@@ -423,7 +427,11 @@ class ExactSizeEHVI:
             top = self.ref_params or 1.1 * max(p for _, _, p in self._pool)
             self.ref_x = math.log10(top)
             self.encoder = Encoder(self._dists, self._families, (self._smallest, top))
-        self._pool_x += [np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in self._pool[len(self._pool_x):]]
+        self._pool_x += [self._at_end(v, f, p) for v, f, p in self._pool[len(self._pool_x):]]
+
+    def _at_end(self, values: Mapping[str, Any], family: str, params: float) -> np.ndarray:
+        """The encoding of a configuration at training progress 1, where the model predicts."""
+        return np.append(self.encoder.encode(values, family, params), 1.0)
 
     def _take(self, i: int) -> tuple[dict, str, int]:
         self._pool_x.pop(i)
@@ -437,6 +445,7 @@ class ExactSizeEHVI:
             self.last = {"mode": "startup"}
             return self._take(int(self._rng.integers(len(self._pool))))
         X, y, finals = [], [], []
+        finished: list[Observation] = []  # the trials behind ``finals``, in the same order
         for o in done:
             base = self.encoder.encode(o.values, o.family, o.params)
             for epoch, ppl in o.curve:
@@ -445,20 +454,21 @@ class ExactSizeEHVI:
                     y.append(math.log(ppl))
             if o.status == "finished" and o.curve and math.isfinite(o.curve[-1][1]):
                 finals.append((math.log10(o.params), math.log(o.curve[-1][1])))
+                finished.append(o)
         if not y:
             self.last = {"mode": "random (no curve yet)"}
             return self._take(int(self._rng.integers(len(self._pool))))
         worst = max(y) if not finals else max(f[1] for f in finals)
         for o in done:  # failed / diverged: the worst final value seen, so their region is avoided
             if o.status in ("failed", "diverged") and not any(math.isfinite(p) for _, p in o.curve if p is not None):
-                X.append(np.append(self.encoder.encode(o.values, o.family, o.params), 1.0))
+                X.append(self._at_end(o.values, o.family, o.params))
                 y.append(worst)
         gp, refit = self._fit(np.asarray(X), np.asarray(y))
         ref = (self.ref_x, worst + math.log1p(self.ref_margin))
         front = list(finals)
         running = [o for o in observations if o.status == "running"]
         if running:  # kriging believer: a running trial ends at its predicted mean
-            R = np.asarray([np.append(self.encoder.encode(o.values, o.family, o.params), 1.0) for o in running])
+            R = np.asarray([self._at_end(o.values, o.family, o.params) for o in running])
             mu_r, _ = gp.predict(R)
             front += [(math.log10(o.params), float(m)) for o, m in zip(running, mu_r)]
         mu, sd = gp.predict(np.asarray(self._pool_x))
@@ -468,9 +478,10 @@ class ExactSizeEHVI:
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
                      "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit}
         if self.n_local:
-            local = self._local(done, observations, [self._pool[i][0] for i in np.argsort(-score)[:4]])
+            on_front = [o.values for o, keep in zip(finished, pareto_mask(np.asarray(finals).reshape(-1, 2))) if keep]
+            local = self._local(on_front + [self._pool[i][0] for i in np.argsort(-score)[:4]], observations)
             if local:
-                L = np.asarray([np.append(self.encoder.encode(v, f, p), 1.0) for v, f, p in local])
+                L = np.asarray([self._at_end(v, f, p) for v, f, p in local])
                 mu_l, sd_l = gp.predict(L)
                 score_l = expected_hvi(np.log10([p for _, _, p in local]), mu_l, sd_l, front, ref)
                 j = int(np.argmax(score_l))
@@ -479,21 +490,16 @@ class ExactSizeEHVI:
                     return local[j]
         return self._take(best)
 
-    def _local(self, done: Sequence[Observation], observations: Sequence[Observation],
-               extra: Sequence[Mapping[str, Any]]) -> list[tuple[dict, str, int]]:
-        """``n_local`` mutations of the finished front's configurations and of ``extra`` (the pool's best),
-        none of them a configuration already launched (running or done).
+    def _local(self, bases: Sequence[Mapping[str, Any]], observations: Sequence[Observation]
+               ) -> list[tuple[dict, str, int]]:
+        """``n_local`` mutations of ``bases`` (the finished front's configurations and the pool's best), taken
+        in turn, none of them a configuration already launched (running or done).
 
         A random pool of a few hundred rarely holds a point next to a narrow optimum (in a space of
         six families and a dozen knobs, "this family, this embedding, a high learning rate" is a
         fraction of a percent of it); mutating the incumbents puts candidates there, and EHVI still
         decides between them and the pool.
         """
-        on_front = [o for o in done if o.status == "finished" and o.curve and math.isfinite(o.curve[-1][1])]
-        keys = [(math.log10(o.params), math.log(o.curve[-1][1])) for o in on_front]
-        bases = [dict(o.values) for o, k in zip(on_front, keys)
-                 if not any(q[0] <= k[0] and q[1] <= k[1] and q != k for q in keys)]
-        bases += [dict(v) for v in extra]
         seen = {_values_key(o.values) for o in observations}
         out = []
         for i in range(self.n_local):
@@ -503,28 +509,26 @@ class ExactSizeEHVI:
         return out
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> tuple[GaussianProcess, bool]:
-        """The GP on (X, y), and whether its hyperparameters were re-picked from the whole grid."""
-        if self.kernel == "ard":
-            refit = self._ard is None or len(y) >= self.refit_growth * self._grid_n
-            if refit:
-                gp = fit_gp_ard(X, y, self._ard)
-                self._ard, self._grid_n = (gp.lengths, gp.length_t, gp.noise), len(y)
-                return gp, True
-            try:
-                return fit_gp_ard(X, y, self._ard, steps=0), False
-            except ValueError:
-                gp = fit_gp_ard(X, y, None)
-                self._ard, self._grid_n = (gp.lengths, gp.length_t, gp.noise), len(y)
-                return gp, True
-        if self._grid_point is not None and len(y) < self.refit_growth * self._grid_n:
-            length, length_t, noise = self._grid_point
-            try:
+        """The GP on (X, y), and whether its hyperparameters were fitted again (grid search, or ARD's L-BFGS)."""
+        if self._hyper is not None and len(y) < self.refit_growth * self._grid_n:
+            try:  # keep the last full fit's setting: only refactorise
+                if self.kernel == "ard":
+                    return fit_gp_ard(X, y, self._hyper, steps=0), False
+                length, length_t, noise = self._hyper
                 return fit_gp(X, y, (length,), (length_t,), (noise,)), False
-            except ValueError:  # not positive definite with the kept setting: search the grid again
-                pass
-        gp = fit_gp(X, y)
-        self._grid_point, self._grid_n = gp.grid_point, len(y)
-        return gp, True
+            except ValueError:  # not positive definite with the kept setting: fit again (ARD: from the prior)
+                return self._fit_full(X, y, warm=False), True
+        return self._fit_full(X, y, warm=True), True
+
+    def _fit_full(self, X: np.ndarray, y: np.ndarray, warm: bool) -> GaussianProcess:
+        if self.kernel == "ard":
+            gp = fit_gp_ard(X, y, self._hyper if warm else None)
+            self._hyper = (gp.lengths, gp.length_t, gp.noise)
+        else:
+            gp = fit_gp(X, y)
+            self._hyper = gp.grid_point
+        self._grid_n = len(y)
+        return gp
 
 
 def _values_key(values: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@
 // recurrence, time-major (T(+1), N, .) for the bottleneck one. Gate columns are i, f, g, o.
 //
 // Ops (registered as torch.ops.squeezelstm_kernels.*; the Python wrappers own autograd):
-//   linear_forward(xw, h0, c0, keep?, bias?, w)             -> (hs, cs, tcs, acts)
+//   linear_forward(xw, h0, c0, keep?, bias?, w, wx?)        -> (hs, cs, tcs, acts)   (wx: xw is x, see there)
 //   linear_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, keep?, w, need_dh0, need_dbias)
 //                                                           -> (dgates, dh0, dc0, dbias or undefined)
 //   bottleneck_forward(xz, h0, c0, a, b, bias?)             -> (hs, cs, tcs, acts, zs)
@@ -95,6 +95,15 @@ template <typename T>
 inline void cell_forward_row(const T* __restrict x, const T* __restrict b, const T* __restrict m, T* __restrict a,
                              const T* __restrict c_prev, const T* __restrict h_prev, T* __restrict c,
                              T* __restrict tc, T* __restrict h, int64_t s, bool keep) {
+  if (!keep) {  // hard routing: this unit block keeps its state this step (the backward reads no a/tc here)
+    for (int64_t j = 0; j < s; ++j) {
+      c[j] = c_prev[j];
+      h[j] = h_prev[j];
+    }
+    std::memset(a, 0, 4 * s * sizeof(T));
+    std::memset(tc, 0, s * sizeof(T));
+    return;
+  }
   T* ai = a;
   T* af = a + s;
   T* ag = a + 2 * s;
@@ -113,12 +122,6 @@ inline void cell_forward_row(const T* __restrict x, const T* __restrict b, const
     c[j] = cj;
     tc[j] = tcj;
     h[j] = o * tcj;
-  }
-  if (!keep) {  // hard routing: this unit block keeps its state this step
-    for (int64_t j = 0; j < s; ++j) {
-      c[j] = c_prev[j];
-      h[j] = h_prev[j];
-    }
   }
 }
 
@@ -180,6 +183,13 @@ inline __m512 tanh_v(__m512 x) {
 inline void cell_forward_row(const float* __restrict x, const float* __restrict b, const float* __restrict m,
                              float* __restrict a, const float* __restrict c_prev, const float* __restrict h_prev,
                              float* __restrict c, float* __restrict tc, float* __restrict h, int64_t s, bool keep) {
+  if (!keep) {  // hard routing: this unit block keeps its state this step (the backward reads no a/tc here)
+    std::memcpy(c, c_prev, s * sizeof(float));
+    std::memcpy(h, h_prev, s * sizeof(float));
+    std::memset(a, 0, 4 * s * sizeof(float));
+    std::memset(tc, 0, s * sizeof(float));
+    return;
+  }
   for (int64_t j = 0; j < s; j += 16) {
     const __mmask16 k = s - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (s - j)) - 1);
     __m512 pre[4];
@@ -197,13 +207,8 @@ inline void cell_forward_row(const float* __restrict x, const float* __restrict 
     const __m512 cj = _mm512_fmadd_ps(f, cp, _mm512_mul_ps(i, g));
     const __m512 tcj = tanh_v(cj);
     _mm512_mask_storeu_ps(tc + j, k, tcj);
-    if (keep) {
-      _mm512_mask_storeu_ps(c + j, k, cj);
-      _mm512_mask_storeu_ps(h + j, k, _mm512_mul_ps(o, tcj));
-    } else {  // hard routing: this unit block keeps its state this step
-      _mm512_mask_storeu_ps(c + j, k, cp);
-      _mm512_mask_storeu_ps(h + j, k, _mm512_maskz_loadu_ps(k, h_prev + j));
-    }
+    _mm512_mask_storeu_ps(c + j, k, cj);
+    _mm512_mask_storeu_ps(h + j, k, _mm512_mul_ps(o, tcj));
   }
 }
 #endif
@@ -325,6 +330,16 @@ void for_each_chunk(const std::vector<Chunk>& chunks, const F& run) {
   });
 }
 
+// With a keep mask, a step's matmul only needs the rows up to the chunk's last updated one (the others
+// keep their state, and their gate gradients are zero). Callers that order sequences so the updated
+// ones come first (token routing sorts them by how often each sub-cell is chosen) skip most padding.
+inline int64_t rows_in_use(const bool* kd, int64_t row0, int64_t rows) {
+  if (!kd) return rows;
+  int64_t used = rows;
+  while (used > 0 && !kd[row0 + used - 1]) --used;
+  return used;
+}
+
 void check_float(const Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name, " must be float32 or float64");
@@ -333,17 +348,27 @@ void check_float(const Tensor& t, const char* name) {
 
 // ---- G-LSTM / hard-routed sub-cells: pre_t = xw_t + b + h_{t-1} W, batched over groups ----------
 
+// With `wx` (G, m/G, 4s) given, `xw` is the layer input x (T, N, m) itself and each step's input side
+// x_t^(g) W^x_g is one more matmul per group into the scratch (no (G, T, N, 4s) buffer written and read
+// back); without it, `xw` is that precomputed buffer.
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, const Tensor& h0, const Tensor& c0,
                                                           const std::optional<Tensor>& keep,
-                                                          const std::optional<Tensor>& bias, const Tensor& w_in) {
+                                                          const std::optional<Tensor>& bias, const Tensor& w_in,
+                                                          const std::optional<Tensor>& wx_in) {
   check_float(xw, "xw");
-  const int64_t G = xw.size(0), T = xw.size(1), N = xw.size(2), S4 = xw.size(3), s = S4 / 4;
+  const bool fused_x = wx_in.has_value();
+  TORCH_CHECK(!fused_x || (!keep.has_value() && xw.dim() == 3), "linear_forward: wx takes x (T, N, m) and no keep");
+  const int64_t G = h0.size(0), s = h0.size(2), S4 = 4 * s;
+  const int64_t T = fused_x ? xw.size(0) : xw.size(1), N = fused_x ? xw.size(1) : xw.size(2);
+  const int64_t mg = fused_x ? wx_in->size(1) : 0, m_in = G * mg;
   at::NoGradGuard no_grad;
   const Tensor w = w_in.detach().contiguous();
+  const Tensor wx = fused_x ? wx_in->detach().contiguous() : Tensor();
   Tensor hs = at::empty({G, T + 1, N, s}, xw.options());
   Tensor cs = at::empty_like(hs);
   Tensor tcs = at::empty({G, T, N, s}, xw.options());
-  Tensor acts = at::empty_like(xw);
+  Tensor acts = at::empty({G, T, N, S4}, xw.options());
+  Tensor zero_row = at::zeros({S4}, xw.options());
   hs.select(1, 0).copy_(h0);
   cs.select(1, 0).copy_(c0);
   Tensor kp = keep.has_value() ? keep->to(at::kBool).contiguous() : Tensor();
@@ -358,6 +383,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
     const scalar_t* X = xw.data_ptr<scalar_t>();
     const scalar_t* BI = bias_c.data_ptr<scalar_t>();
     const scalar_t* W = w.data_ptr<scalar_t>();
+    const scalar_t* WX = fused_x ? wx.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZR = zero_row.data_ptr<scalar_t>();
     const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
     for_each_chunk(plan_chunks(G, N, S4), [&](const Chunk& ch) {
       const int64_t Gc = ch.g1 - ch.g0, Nc = ch.n1 - ch.n0;
@@ -368,10 +395,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
       const Tensor wc = w.narrow(0, ch.g0, Gc);
       const Tensor hc = hs.narrow(0, ch.g0, Gc).narrow(2, ch.n0, Nc);
       for (int64_t t = 0; t < T; ++t) {
-        if (gemm) {
-          for (int64_t g = ch.g0; g < ch.g1; ++g)
-            gemm_rows(gemm, Nc, S4, s, H + ((g * (T + 1) + t) * N + ch.n0) * s, s, W + g * s * S4, S4, scalar_t(0),
-                      M + (g - ch.g0) * Nc * S4, S4);
+        if (fused_x) {
+          for (int64_t g = ch.g0; g < ch.g1; ++g) {
+            scalar_t* Mg = M + (g - ch.g0) * Nc * S4;
+            if (gemm) {
+              gemm_rows(gemm, Nc, S4, mg, X + (t * N + ch.n0) * m_in + g * mg, m_in, WX + g * mg * S4, S4, scalar_t(0),
+                        Mg, S4);
+              gemm_rows(gemm, Nc, S4, s, H + ((g * (T + 1) + t) * N + ch.n0) * s, s, W + g * s * S4, S4, scalar_t(1),
+                        Mg, S4);
+            } else {
+              Tensor mg_out = m.select(0, g - ch.g0);
+              at::mm_out(mg_out, xw.select(0, t).narrow(0, ch.n0, Nc).narrow(1, g * mg, mg), wx.select(0, g));
+              mg_out.addmm_(hs.select(0, g).select(0, t).narrow(0, ch.n0, Nc), w.select(0, g));
+            }
+          }
+        } else if (gemm) {
+          for (int64_t g = ch.g0; g < ch.g1; ++g) {
+            const int64_t rows = rows_in_use(kd, (g * T + t) * N + ch.n0, Nc);
+            if (rows > 0)
+              gemm_rows(gemm, rows, S4, s, H + ((g * (T + 1) + t) * N + ch.n0) * s, s, W + g * s * S4, S4,
+                        scalar_t(0), M + (g - ch.g0) * Nc * S4, S4);
+          }
         } else {
           at::bmm_out(m, hc.select(1, t), wc);
         }
@@ -381,8 +425,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_forward(const Tensor& xw, cons
             const int64_t st = ((g * (T + 1) + t) * N + n) * s;  // hs/cs at step t
             const int64_t nx = st + N * s;                         // hs/cs at step t + 1
             const int64_t row = (g * T + t) * N + n;
-            cell_forward_row(X + row * S4, BI + g * S4, M + local * S4, A + row * S4, C + st, H + st, C + nx,
-                             TC + row * s, H + nx, s, kd ? kd[row] : true);
+            cell_forward_row(fused_x ? ZR : X + row * S4, BI + g * S4, M + local * S4, A + row * S4, C + st, H + st,
+                             C + nx, TC + row * s, H + nx, s, kd ? kd[row] : true);
           }
         }
       }
@@ -441,9 +485,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_backward(const std::optional<T
           }
         }
         if ((t > 0 || need_dh0) && gemm) {
-          for (int64_t g = ch.g0; g < ch.g1; ++g)  // dhc holds the bypass of kept blocks: beta = 1
-            gemm_rows(gemm, Nc, s, S4, DG + ((g * T + t) * N + ch.n0) * S4, S4, WT + g * S4 * s, s,
-                      scalar_t(kd ? 1 : 0), DH + (g - ch.g0) * Nc * s, s);
+          for (int64_t g = ch.g0; g < ch.g1; ++g) {  // dhc holds the bypass of kept blocks: beta = 1
+            const int64_t rows = rows_in_use(kd, (g * T + t) * N + ch.n0, Nc);
+            if (rows > 0)
+              gemm_rows(gemm, rows, s, S4, DG + ((g * T + t) * N + ch.n0) * S4, S4, WT + g * S4 * s, s,
+                        scalar_t(kd ? 1 : 0), DH + (g - ch.g0) * Nc * s, s);
+          }
         } else if (t > 0 || need_dh0) {
           if (kd) {
             dhc.baddbmm_(dgc.select(1, t), wtc);  // dhc holds the bypass of kept blocks
@@ -581,7 +628,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std
 }  // namespace
 TORCH_LIBRARY(squeezelstm_kernels, m) {
   m.def(
-      "linear_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? keep, Tensor? bias, Tensor w) -> "
+      "linear_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? keep, Tensor? bias, Tensor w, Tensor? wx=None) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "linear_backward(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor hs, Tensor cs, Tensor tcs, Tensor acts, "

@@ -123,18 +123,27 @@ def _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, n
 
 class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, bias: Tensor | None, *factors: Tensor):
-        groups, steps, batch, four_s = xw.shape
-        s = h0.size(-1)
+    def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, bias: Tensor | None,
+                x_weight: Tensor | None, *factors: Tensor):
+        groups, s = h0.size(0), h0.size(-1)
         ops = _compiled(xw, *factors) if len(factors) == 1 else None
         ctx.compiled = ops is not None
         ctx.has_bias = bias is not None
-        if ops is not None:
+        x = None
+        if x_weight is not None:  # xw is the input x (T, N, G*m_g): the input side is computed here
+            x = xw
+            if ops is None:
+                xw = torch.bmm(_group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
+        if ops is not None and x is not None:
+            hs, cs, tcs, acts = ops.linear_forward(x, h0.contiguous(), c0.contiguous(), keep, bias, factors[0],
+                                                   x_weight.detach().contiguous())
+        elif ops is not None:
             hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias, factors[0])
         else:
             # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
             # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
             # for the weight gradients, so no layout copies are needed.
+            groups, steps, batch, four_s = xw.shape
             hs = xw.new_empty(groups, steps + 1, batch, s)
             cs = torch.empty_like(hs)
             tcs = xw.new_empty(groups, steps, batch, s)  # tanh(c_t), reused by the backward
@@ -143,14 +152,15 @@ class _LinearRecurrence(torch.autograd.Function):
             cs[:, 0] = c0
             if bias is not None:
                 xw = xw + bias.view(groups, 1, 1, four_s)
-            for t in range(steps):
+            for t in range(xw.size(1)):
                 pre = _chain(hs[:, t], factors, xw[:, t])
                 _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
                 if keep is not None:
                     # Units not updated this step keep their state (exact aliasing of out and input).
                     torch.where(keep[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
                     torch.where(keep[:, t], cs[:, t + 1], cs[:, t], out=cs[:, t + 1])
-        ctx.save_for_backward(hs, cs, tcs, acts, keep, *factors)
+        ctx.save_for_backward(hs, cs, tcs, acts, keep, x, x_weight, *factors)
+        steps, batch = acts.size(1), acts.size(2)
         # Views of the saved buffers: autograd refuses in-place changes to a custom Function's
         # view outputs, so they cannot corrupt what the backward reads.
         out = hs[:, 1:].permute(1, 2, 0, 3).reshape(steps, batch, groups * s)  # (T, N, G*s)
@@ -159,7 +169,7 @@ class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None):
-        hs, cs, tcs, acts, keep, *factors = ctx.saved_tensors
+        hs, cs, tcs, acts, keep, x, x_weight, *factors = ctx.saved_tensors
         groups, steps, batch, four_s = acts.shape
         s = hs.size(-1)
         need_dh0 = bool(ctx.needs_input_grad[1])
@@ -171,8 +181,16 @@ class _LinearRecurrence(torch.autograd.Function):
         else:
             dgates, dh, dc = _linear_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, keep, factors, need_dh0)
             d_bias = dgates.sum((1, 2)) if need_dbias else None
+        d_xw, d_x_weight = dgates, None
+        if x is not None:
+            d_pre = dgates.view(groups, steps * batch, four_s)
+            d_xw = None
+            if ctx.needs_input_grad[0]:  # (G, T*N, m_g) back to (T, N, G*m_g)
+                d_xw = torch.bmm(d_pre, x_weight.transpose(1, 2)).transpose(0, 1).reshape(x.shape)
+            if ctx.needs_input_grad[5]:
+                d_x_weight = torch.bmm(_group_major(x, groups).transpose(1, 2), d_pre)
         d_factors: list[Tensor | None] = [None] * len(factors)
-        if any(ctx.needs_input_grad[5:]):
+        if any(ctx.needs_input_grad[6:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
             h_prev = hs[:, :-1].reshape(groups, steps * batch, s)
             d_pre = dgates.view(groups, steps * batch, four_s)
@@ -185,7 +203,7 @@ class _LinearRecurrence(torch.autograd.Function):
                 d_factors[idx] = torch.bmm(inputs[idx].transpose(1, 2), grad)
                 if idx > 0:
                     grad = torch.bmm(grad, factors[idx].transpose(1, 2))
-        return (dgates, dh, dc, None, d_bias, *d_factors)
+        return (d_xw, dh, dc, None, d_bias, d_x_weight, *d_factors)
 
 
 def _bottleneck_backward_loop(d_out, d_hn, d_cn, hs, cs, tcs, acts, zs, a_in, b_out, need_dh0: bool):
@@ -273,8 +291,13 @@ def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_ou
     return _BottleneckRecurrence.apply(xz.contiguous(), h0, c0, a_in, b_out, bias)
 
 
+def _group_major(x: Tensor, groups: int) -> Tensor:
+    """(T, N, G*m_g) as the strided view (G, T*N, m_g)."""
+    return x.reshape(x.size(0) * x.size(1), groups, -1).transpose(0, 1)
+
+
 def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor],
-                      keep: Tensor | None = None, bias: Tensor | None = None):
+                      keep: Tensor | None = None, bias: Tensor | None = None, x_weight: Tensor | None = None):
     """Run the LSTM recurrence ``pre_t = xw_t + h_{t-1} F_1 ... F_L`` over a window; differentiable.
 
     ``xw`` (G, T, N, 4s) group-major; ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) chaining s -> 4s.
@@ -283,10 +306,13 @@ def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor,
     pre-activations (cheaper here than broadcast into the input projection). Returns ``(out, h_T, c_T)``: every step's hidden
     state laid out as (T, N, G*s) (group j's units in columns [j s, (j+1) s)) and the final state (G, N, s).
     """
-    groups, steps, batch, _ = xw.shape
+    groups = h0.size(0)
+    steps, batch = (xw.size(0), xw.size(1)) if x_weight is not None else (xw.size(1), xw.size(2))
     if steps == 0:
         return xw.new_empty(0, batch, groups * h0.size(-1)), h0, c0
-    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, keep, bias, *factors)
+    if x_weight is not None and keep is not None:
+        raise ValueError("linear_recurrence: x_weight takes no keep mask")
+    return _LinearRecurrence.apply(xw.contiguous(), h0, c0, keep, bias, x_weight, *factors)
 
 
 def strided_lstms(x: Tensor, state: State, weights: list[list[Tensor]], offset: int = 0) -> tuple[Tensor, State]:

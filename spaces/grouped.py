@@ -66,19 +66,18 @@ class GroupedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         g, n = self.groups, self.hidden_size
-        steps, batch = x.size(0), x.size(1)
-        # x-side projections for the whole window in one bmm: (g, T*N, m/g) @ (g, m/g, 4n/g).
-        xg = x.reshape(steps * batch, g, self.input_size // g).transpose(0, 1)
-        xw = torch.bmm(xg, self.weight_ih.transpose(1, 2))
-        # The recurrence is one autograd node with a hand-written backward: one baddbmm a step
-        # over all groups, group-major (g, T, N, 4n/g) so no layout copies are needed.
-        xw = xw.view(g, steps, batch, 4 * n // g)
+        batch = x.size(1)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)
-        # The bias goes into the recurrence's element-wise pass (broadcast in baddbmm it cost more
+        # The bias goes into the recurrence's element-wise pass (broadcast into a matmul it cost more
         # than the whole projection).
         bias = None if self.bias is None else self._group_bias()
-        out, h_n, c_n = linear_recurrence(xw, hg, cg, (self.weight_hh.transpose(1, 2),), bias=bias)
+        # One autograd node for the window with a hand-written backward. The x side of every group is
+        # computed inside it, one matmul per group a step next to the recurrent one, rather than as a
+        # (g, T, N, 4n/g) buffer written by a window-wide bmm and read back; its gradients are
+        # window-wide bmms over the gate gradients.
+        out, h_n, c_n = linear_recurrence(x, hg, cg, (self.weight_hh.transpose(1, 2),), bias=bias,
+                                          x_weight=self.weight_ih.transpose(1, 2))
 
         def ungroup(s: Tensor) -> Tensor:
             return s.transpose(0, 1).reshape(batch, n)

@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
@@ -73,6 +74,37 @@ def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, famil
     if hidden_size % k:
         raise ValueError(f"num_cells={k} must divide hidden_size={hidden_size}")
     return {"num_cells": k, "routing": routing}
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``out`` (size, d) with ``out[dest[i]] = src[i]`` and zeros in the rows no source reaches.
+
+    ``dest`` is injective, so the backward is a gather (``grad[dest]``), not the accumulating scatter
+    that autograd records for advanced indexing. ``mask`` (size,) marks the rows ``dest`` reaches;
+    ``src_mask`` (optional, rows of ``src``) marks the source rows that move: the others (padding)
+    go nowhere and get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, src: Tensor, dest: Tensor, size: int, mask: Tensor, src_mask: Tensor | None = None):
+        index = torch.zeros(size, dtype=torch.long, device=src.device)
+        if src_mask is None:
+            index[dest] = torch.arange(src.size(0), device=src.device)
+        else:
+            index[dest[src_mask]] = torch.nonzero(src_mask).squeeze(1)
+        out = src.index_select(0, index)
+        out.mul_(mask.unsqueeze(1).to(out.dtype))
+        ctx.save_for_backward(dest, src_mask)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        dest, src_mask = ctx.saved_tensors
+        d_src = grad.index_select(0, dest)
+        if src_mask is not None:
+            d_src.mul_(src_mask.unsqueeze(1).to(d_src.dtype))
+        return d_src, None, None, None, None
 
 
 class RoutedLayer(RecurrentLayer):
@@ -199,27 +231,53 @@ class RoutedLayer(RecurrentLayer):
         """``token`` routing: the choices are known for the whole window up front, so each sub-cell's
         steps are compacted per sequence (sub-cell j of sequence b sees only the steps routed to it,
         padded to the longest such run L) and all sub-cells run as one masked recurrence node of L
-        steps (one bmm over the k sub-cells a step); the output is gathered back to the T steps."""
+        steps (one matmul per sub-cell a step); the output is gathered back to the T steps.
+
+        Input projections are computed for the routed tokens only, sorted by sub-cell (one bmm over
+        (k, C, m), C the largest sub-cell's token count: padding ~C/(TN/k), not L/(T/k)), then moved
+        into the recurrence's padded (k, L, N) layout. Both moves are row permutations with a known
+        inverse (``_PermuteRows``): their backward is a gather too, not an accumulating scatter."""
         T, N = x.shape[0], x.shape[1]
-        k, s = self.num_cells, self.cell_size
-        onehot = F.one_hot(self.token_choices(x), k)  # (T, N, k)
-        updates = onehot.cumsum(0)  # (T, N, k): updates sub-cell j of sequence b has made by step t
-        L = int(updates[-1].max())
-        t_idx, b_idx, j_idx = onehot.nonzero(as_tuple=True)
-        u_idx = updates[t_idx, b_idx, j_idx] - 1
-        pos = torch.zeros(k, L, N, dtype=torch.long, device=x.device)
-        pos[j_idx, u_idx, b_idx] = t_idx
-        keep = torch.zeros(k, L, N, 1, dtype=torch.bool, device=x.device)
-        keep[j_idx, u_idx, b_idx] = True
-        xc = x[pos, torch.arange(N, device=x.device)]  # (k, L, N, m): padding rows are masked out
-        w_ih = self.weight_ih.view(k, 4 * s, self.input_size).transpose(1, 2)  # (k, m, 4s)
-        xw = torch.bmm(xc.reshape(k, L * N, self.input_size), w_ih)
+        k, s, m = self.num_cells, self.cell_size, self.input_size
+        dev = x.device
+        choice = self.token_choices(x).flatten()  # (T*N,), token r = t*N + b
+        onehot = F.one_hot(choice, k)
+        updates = onehot.view(T, N, k).cumsum(0)  # (T, N, k): updates sub-cell j of sequence b has made by step t
+        counts = onehot.sum(0)
+        L, C = int(updates[-1].max()), int(counts.max())
+        tokens = torch.arange(T * N, device=dev)
+        u = updates.view(T * N, k).gather(1, choice.unsqueeze(1)).squeeze(1) - 1  # the token's update index
+        # Within each sub-cell, sequences are ordered by how many steps they route to it (most first), so
+        # at every compacted step the updated sequences are a prefix and the kernels' matmuls skip the rest.
+        by_count = torch.argsort(updates[-1].t().contiguous(), dim=1, descending=True, stable=True)  # (k, N): rank -> sequence
+        rank = torch.empty_like(by_count).scatter_(1, by_count, torch.arange(N, device=dev).expand(k, N))
+        slot = (choice * L + u) * N + rank.view(-1)[choice * N + tokens % N]  # its row in the recurrence layout (k, L, N)
+        order = torch.argsort(choice, stable=True)  # tokens grouped by sub-cell
+        starts = torch.cumsum(counts, 0) - counts
+        row = torch.empty_like(tokens)  # the token's row in the projection layout (k, C)
+        row[order] = choice[order] * C + tokens - starts[choice[order]]
+        used = torch.zeros(k * C, dtype=torch.bool, device=dev)
+        used[row] = True
+        xk = _PermuteRows.apply(x.reshape(T * N, m), row, k * C, used)  # (k*C, m), zero padding rows
+        w_ih = self.weight_ih.view(k, 4 * s, m).transpose(1, 2)  # (k, m, 4s)
+        xw = torch.bmm(xk.view(k, C, m), w_ih).view(k * C, 4 * s)
+        keep = torch.zeros(k * L * N, dtype=torch.bool, device=dev)
+        keep[slot] = True
+        # proj row of each token -> its recurrence slot; padding rows of both layouts drop out
+        to_slot = torch.zeros(k * C, dtype=torch.long, device=dev)
+        to_slot[row] = slot
+        xw = _PermuteRows.apply(xw, to_slot, k * L * N, keep, used)
         bias = None if self.bias_ih is None else (self.bias_ih + self.bias_hh).view(k, 4 * s)
-        hk, ck = h.view(N, k, s).transpose(0, 1), c.view(N, k, s).transpose(0, 1)
-        out, h_n, c_n = linear_recurrence(xw.view(k, L, N, 4 * s), hk, ck, (self.weight_hh.transpose(1, 2),), keep,
-                                          bias=bias)
-        seq = torch.cat([h.unsqueeze(0), out]).view(L + 1, N, k, s)  # state after u updates
-        output = seq.gather(0, updates.unsqueeze(-1).expand(T, N, k, s)).reshape(T, N, k * s)
+        to_rank, to_seq = by_count.unsqueeze(-1).expand(k, N, s), rank.unsqueeze(-1).expand(k, N, s)
+        hk = h.view(N, k, s).transpose(0, 1).gather(1, to_rank)  # (k, N, s), sequences in rank order
+        ck = c.view(N, k, s).transpose(0, 1).gather(1, to_rank)
+        out, h_n, c_n = linear_recurrence(xw.view(k, L, N, 4 * s), hk, ck, (self.weight_hh.transpose(1, 2),),
+                                          keep.view(k, L, N, 1), bias=bias)
+        seq = torch.cat([hk.transpose(0, 1).reshape(1, N, k * s), out]).view((L + 1) * N * k, s)  # state after u updates
+        # output row (t, b, j) is state row (updates[t, b, j], rank[j, b], j)
+        src = (updates * N + rank.t()) * k + torch.arange(k, device=dev)
+        output = seq.index_select(0, src.flatten()).view(T, N, k * s)
+        h_n, c_n = h_n.gather(1, to_seq), c_n.gather(1, to_seq)
         return output, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))
 
     def _forward_mixed(self, xs, h, c, w_hh_t) -> tuple[Tensor, State]:

@@ -112,6 +112,60 @@ def test_linear_recurrence_matches_python_loop(ops, python_loops, gemm_path, dty
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("groups,steps,batch,s,m_g", [(4, 7, 3, 5, 6), (1, 3, 2, 16, 16), (2, 5, 13, 40, 3)])
+def test_input_side_inside_the_recurrence_matches(ops, python_loops, gemm_path, dtype, groups, steps, batch, s, m_g):
+    """``x_weight``: the G-LSTM's x side computed a step at a time inside the compiled loop equals the
+    window-wide projection fed in as ``xw``, and the Python loop, in outputs and every gradient."""
+    gen = torch.Generator().manual_seed(groups * 10 + s)
+    x = torch.randn(steps, batch, groups * m_g, generator=gen, dtype=dtype)
+    wx = torch.randn(groups, m_g, 4 * s, generator=gen, dtype=dtype)
+    h0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    c0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    w = torch.randn(groups, s, 4 * s, generator=gen, dtype=dtype) / s**0.5
+    bvec = torch.randn(groups, 4 * s, generator=gen, dtype=dtype)
+
+    def fused(x, wx, h0, c0, w, bvec):
+        return _recurrence.linear_recurrence(x, h0, c0, (w,), bias=bvec, x_weight=wx)
+
+    def precomputed(x, wx, h0, c0, w, bvec):
+        xw = torch.bmm(x.reshape(steps * batch, groups, m_g).transpose(0, 1), wx).view(groups, steps, batch, 4 * s)
+        return _recurrence.linear_recurrence(xw, h0, c0, (w,), bias=bvec)
+
+    inputs = [x, wx, h0, c0, w, bvec]
+    compiled = _outputs_and_grads(fused, inputs)
+    for other in (_outputs_and_grads(precomputed, inputs), python_loops(_outputs_and_grads, fused, inputs)):
+        _assert_same(compiled[0], other[0], dtype)
+        _assert_same(compiled[1], other[1], dtype)
+    with pytest.raises(ValueError, match="no keep"):
+        _recurrence.linear_recurrence(x, h0, c0, (w,), torch.ones(groups, steps, batch, 1, dtype=torch.bool), x_weight=wx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_rows_after_the_last_update_are_skipped_exactly(ops, python_loops, gemm_path, dtype):
+    """Token routing orders sequences so the updated ones come first at each step; the compiled loops
+    then run a step's matmuls only up to the last updated row (none at all for a step nobody updates).
+    Masks of that shape, all-masked steps included, against the Python loop."""
+    groups, steps, batch, s = 3, 6, 9, 20
+    gen = torch.Generator().manual_seed(5)
+    xw = torch.randn(groups, steps, batch, 4 * s, generator=gen, dtype=dtype)
+    h0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    c0 = torch.randn(groups, batch, s, generator=gen, dtype=dtype)
+    w = torch.randn(groups, s, 4 * s, generator=gen, dtype=dtype) / s**0.5
+    active = torch.randint(0, batch + 1, (groups, steps, 1, 1), generator=gen)
+    active[0, 2] = 0  # a step no sequence updates
+    active[1, 0] = batch
+    keep = torch.arange(batch).view(1, 1, batch, 1) < active
+
+    def fn(xw, h0, c0, w):
+        return _recurrence.linear_recurrence(xw, h0, c0, (w,), keep)
+
+    compiled = _outputs_and_grads(fn, [xw, h0, c0, w])
+    reference = python_loops(_outputs_and_grads, fn, [xw, h0, c0, w])
+    _assert_same(compiled[0], reference[0], dtype)
+    _assert_same(compiled[1], reference[1], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("steps,batch,n,rank", [(6, 3, 8, 3), (1, 2, 4, 16)])
 def test_bottleneck_recurrence_matches_python_loop(ops, python_loops, gemm_path, dtype, bias, steps, batch, n, rank):

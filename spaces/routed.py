@@ -29,9 +29,10 @@ Parameters per layer (SqueezeLSTM): ``k (4s(m + s) + 8s)`` plus ``n k + k`` for 
 router when ``k > 1`` (``n k`` without bias). ``k = 1`` is exactly the reference LSTM.
 
 FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode: the input projection
-of all sub-cells (``4 n m``: the code does one whole-window matmul, cheaper than gathering), the
-chosen sub-cell's recurrent matmul (``4 s^2``; all ``k`` for ``soft``: ``4 n s``) and the router
-(``n k``). Element-wise gate maths is not counted.
+(``round_robin`` and ``token``, whose choices are known before the step: the chosen sub-cell's only,
+``4 s m``, which is what their fast paths compute; ``hidden`` and ``soft``: all sub-cells', ``4 n m``,
+one whole-window matmul, cheaper than gathering), the chosen sub-cell's recurrent matmul (``4 s^2``;
+all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate maths is not counted.
 
 Execution: when one sub-cell serves the whole batch (``round_robin``, ``k = 1``, or a single
 sequence) only its recurrent matmul runs. When sequences in a batch pick different sub-cells
@@ -438,4 +439,6 @@ class RoutedLSTM(RecurrentStack):
         s = n // k
         recurrent = k * 4 * s * s if a["routing"] == "soft" else 4 * s * s
         router = n * k if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
-        return sum(4 * n * m + recurrent + router for m in layer_input_sizes(input_size, hidden_size, num_layers))
+        projected = s if a["routing"] in ("round_robin", "token") else n  # units whose input projection runs
+        return sum(4 * projected * m + recurrent + router
+                   for m in layer_input_sizes(input_size, hidden_size, num_layers))

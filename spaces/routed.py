@@ -34,12 +34,13 @@ FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode: th
 one whole-window matmul, cheaper than gathering), the chosen sub-cell's recurrent matmul (``4 s^2``;
 all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate maths is not counted.
 
-Execution: when one sub-cell serves the whole batch (``round_robin``, ``k = 1``, or a single
-sequence) only its recurrent matmul runs. When sequences in a batch pick different sub-cells
-(``token``, ``hidden`` in eval) the code updates all ``k`` sub-cells (one ``bmm``) and keeps the chosen one, which
-executes ``4 n s`` multiply-adds instead of the counted ``4 s^2``: measured on CPU it is 2-20x faster
-than gathering each sequence's ``(s, 4s)`` weights, so ``count_flops`` is the cell's intrinsic cost
-(what a per-cell kernel needs), not the batched implementation's.
+Execution: ``round_robin`` (and ``k = 1``) runs k fused LSTM calls on strided sub-sequences;
+``token`` compacts each sub-cell's steps and runs them as one masked recurrence (``_forward_token``);
+both compute only the chosen sub-cell's input projections. When sequences in a batch pick different
+sub-cells by ``hidden`` routing in eval, the code updates all ``k`` sub-cells (one ``bmm``) and keeps
+the chosen one, which executes ``4 n s`` multiply-adds instead of the counted ``4 s^2``: measured on CPU
+it is 2-20x faster than gathering each sequence's ``(s, 4s)`` weights, so there ``count_flops`` is the
+cell's intrinsic recurrent cost (what a per-cell kernel needs), not the batched implementation's.
 """
 
 from __future__ import annotations
@@ -193,28 +194,20 @@ class RoutedLayer(RecurrentLayer):
         w_hh_t = self.weight_hh.transpose(1, 2)  # (k, s, 4s): h_j @ w_hh_t[j]
         if k > 1 and (self.routing == "soft" or (self.routing == "hidden" and self.training)):
             return self._forward_mixed(xs, h, c, w_hh_t)
-        if k > 1 and self.routing in ("hidden", "token") and N > 1:
+        if k > 1 and self.routing == "hidden" and N > 1:
             return self._forward_selected(x, xs, h, c, w_hh_t)
-        # One sub-cell serves the whole batch each step: update only its slice of the state.
+        # hidden routing, eval, a single sequence: one sub-cell a step, update only its slice of the state.
         hs, cs = list(h.view(N, k, s).unbind(1)), list(c.view(N, k, s).unbind(1))
         ws = w_hh_t.unbind(0)
-        tokens = self.token_choices(x).flatten().tolist() if (k > 1 and self.routing == "token") else None
         outs: list[list[Tensor]] = [[] for _ in range(k)]  # per sub-cell, its h after every step
         for t in range(T):
-            if k == 1:
-                j = 0
-            elif self.routing == "round_robin":
-                j = (self.offset + t) % k
-            elif tokens is not None:
-                j = tokens[t]
-            else:  # hidden routing, eval, a single sequence
-                j = int(self._router_logits(torch.cat(hs, 1)).argmax())
+            j = int(self._router_logits(torch.cat(hs, 1)).argmax())
             hs[j], cs[j] = lstm_pointwise(xs[t][:, j] + hs[j] @ ws[j], cs[j])
             for out, hj in zip(outs, hs):
                 out.append(hj)
         # k stacks and one cat rather than a cat of all k slices every step.
-        output = torch.cat([torch.stack(out) for out in outs], -1) if k > 1 else torch.stack(outs[0])
-        return output, (output[-1], torch.cat(cs, 1) if k > 1 else cs[0])
+        output = torch.cat([torch.stack(out) for out in outs], -1)
+        return output, (output[-1], torch.cat(cs, 1))
 
     def _cell_weights(self) -> list[list[Tensor]]:
         """Sub-cell j's ``[W_ih, W_hh, b_ih, b_hh]`` (views), in ``fused_lstm``'s layout."""
@@ -297,7 +290,7 @@ class RoutedLayer(RecurrentLayer):
         return torch.stack(outs), (outs[-1], ck.reshape(N, k * s))
 
     def _forward_selected(self, x, xs, h, c, w_hh_t) -> tuple[Tensor, State]:
-        """``token`` and ``hidden`` in eval with sequences routed to different sub-cells.
+        """``hidden`` in eval with sequences routed to different sub-cells.
 
         Computing all k candidate updates (one bmm) and keeping the chosen one beats gathering each
         sequence's (s, 4s) weights (2-20x on CPU: the gather copies N s 4s floats a step) and beats
@@ -306,10 +299,9 @@ class RoutedLayer(RecurrentLayer):
         """
         N, k, s = h.size(0), self.num_cells, self.cell_size
         hk, ck = h.view(N, k, s), c.view(N, k, s)
-        choices = self.token_choices(x) if self.routing == "token" else None  # (T, N)
         outs = []
         for t, xt in enumerate(xs):
-            idx = choices[t] if choices is not None else self._router_logits(hk.reshape(N, k * s)).argmax(-1)
+            idx = self._router_logits(hk.reshape(N, k * s)).argmax(-1)
             hn, cn = lstm_pointwise(xt + torch.bmm(hk.transpose(0, 1), w_hh_t).transpose(0, 1), ck)  # (N, k, s)
             keep = F.one_hot(idx, k).bool().unsqueeze(-1)  # (N, k, 1)
             hk, ck = torch.where(keep, hn, hk), torch.where(keep, cn, ck)

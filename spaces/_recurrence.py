@@ -10,7 +10,8 @@ autograd node instead:
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),    h_t = sigmoid(o) * tanh(c_t)
 
 with ``xw`` (G, T, N, 4s) the input projections of the whole window (computed by the caller with
-ordinary autograd, one big matmul), ``h, c`` (G, N, s) and factors ``F_l`` (G, a_l, b_l) chaining
+ordinary autograd, one big matmul; or, with ``x_weight``, computed inside the loop from the layer
+input, one matmul per group a step, as G-LSTM does), ``h, c`` (G, N, s) and factors ``F_l`` (G, a_l, b_l) chaining
 s -> ... -> 4s (gate columns i, f, g, o of each group). The forward loop runs without autograd,
 writing into preallocated buffers; the backward loop computes the gate gradients step by step and
 the factors' gradients afterwards as one batched matmul over the whole window.
@@ -303,7 +304,10 @@ def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor,
     ``xw`` (G, T, N, 4s) group-major; ``h0``, ``c0`` (G, N, s); ``factors`` (G, a, b) chaining s -> 4s.
     ``keep`` (G, T, N, 1) bool, optional: where False, that group of that sequence keeps its state at
     that step instead of updating (hard routing). ``bias`` (G, 4s), optional: added to every step's
-    pre-activations (cheaper here than broadcast into the input projection). Returns ``(out, h_T, c_T)``: every step's hidden
+    pre-activations (cheaper here than broadcast into the input projection). ``x_weight`` (G, m_g, 4s),
+    optional (no ``keep`` then): ``xw`` is instead the layer input x (T, N, G*m_g) and group j's x side
+    ``x[..., j m_g:(j+1) m_g] @ x_weight[j]`` is computed a step at a time inside the loop; gradients reach
+    x and ``x_weight``. Returns ``(out, h_T, c_T)``: every step's hidden
     state laid out as (T, N, G*s) (group j's units in columns [j s, (j+1) s)) and the final state (G, N, s).
     """
     groups = h0.size(0)

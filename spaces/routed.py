@@ -79,34 +79,63 @@ def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, famil
 
 
 class _PermuteRows(torch.autograd.Function):
-    """``out`` (size, d) with ``out[dest[i]] = src[i]`` and zeros in the rows no source reaches.
+    """``out`` (size, d) with ``out[dest[i]] = src[i]``, and zeros in the rows no source reaches
+    (``mask`` (size,) marks the rows ``dest`` reaches; None: all of them).
 
     ``dest`` is injective, so the backward is a gather (``grad[dest]``), not the accumulating scatter
-    that autograd records for advanced indexing. ``mask`` (size,) marks the rows ``dest`` reaches;
-    ``src_mask`` (optional, rows of ``src``) marks the source rows that move: the others (padding)
-    go nowhere and get no gradient.
+    that autograd records for advanced indexing.
     """
 
     @staticmethod
-    def forward(ctx, src: Tensor, dest: Tensor, size: int, mask: Tensor, src_mask: Tensor | None = None):
+    def forward(ctx, src: Tensor, dest: Tensor, size: int, mask: Tensor | None):
         index = torch.zeros(size, dtype=torch.long, device=src.device)
-        if src_mask is None:
-            index[dest] = torch.arange(src.size(0), device=src.device)
-        else:
-            index[dest[src_mask]] = torch.nonzero(src_mask).squeeze(1)
+        index[dest] = torch.arange(src.size(0), device=src.device)
         out = src.index_select(0, index)
-        out.mul_(mask.unsqueeze(1).to(out.dtype))
-        ctx.save_for_backward(dest, src_mask)
+        if mask is not None:
+            out.mul_(mask.unsqueeze(1).to(out.dtype))
+        ctx.save_for_backward(dest)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        dest, src_mask = ctx.saved_tensors
-        d_src = grad.index_select(0, dest)
-        if src_mask is not None:
-            d_src.mul_(src_mask.unsqueeze(1).to(d_src.dtype))
-        return d_src, None, None, None, None
+        (dest,) = ctx.saved_tensors
+        return grad.index_select(0, dest), None, None, None
+
+
+class _SegmentLinear(torch.autograd.Function):
+    """``x`` (R, m) in k consecutive segments of ``counts`` rows; segment j times ``weight[j]^T``
+    (``weight`` (k, d, m)) -> (R, d). One matmul per segment, each exactly its rows: the input
+    projections of tokens sorted by sub-cell, however unevenly a batch spreads over the sub-cells."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, counts: list[int]):
+        out = x.new_empty(x.size(0), weight.size(1))
+        start = 0
+        for j, rows in enumerate(counts):
+            if rows:
+                torch.mm(x[start:start + rows], weight[j].t(), out=out[start:start + rows])
+            start += rows
+        ctx.save_for_backward(x, weight)
+        ctx.counts = counts
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        start = 0
+        for j, rows in enumerate(ctx.counts):
+            if rows:
+                g = grad[start:start + rows]
+                if dx is not None:
+                    torch.mm(g, weight[j], out=dx[start:start + rows])
+                if dw is not None:
+                    torch.mm(g.t(), x[start:start + rows], out=dw[j])
+            start += rows
+        return dx, dw, None
 
 
 class RoutedLayer(RecurrentLayer):
@@ -227,40 +256,31 @@ class RoutedLayer(RecurrentLayer):
         padded to the longest such run L) and all sub-cells run as one masked recurrence node of L
         steps (one matmul per sub-cell a step); the output is gathered back to the T steps.
 
-        Input projections are computed for the routed tokens only, sorted by sub-cell (one bmm over
-        (k, C, m), C the largest sub-cell's token count: padding ~C/(TN/k), not L/(T/k)), then moved
-        into the recurrence's padded (k, L, N) layout. Both moves are row permutations with a known
-        inverse (``_PermuteRows``): their backward is a gather too, not an accumulating scatter."""
+        Input projections are computed for the routed tokens only: sorted by sub-cell, one matmul per
+        sub-cell over exactly its tokens (``_SegmentLinear``), then moved into the recurrence's padded
+        (k, L, N) layout. Both moves are row permutations with a known inverse (``_PermuteRows``): their
+        backward is a gather too, not an accumulating scatter."""
         T, N = x.shape[0], x.shape[1]
         k, s, m = self.num_cells, self.cell_size, self.input_size
         dev = x.device
         choice = self.token_choices(x).flatten()  # (T*N,), token r = t*N + b
         onehot = F.one_hot(choice, k)
         updates = onehot.view(T, N, k).cumsum(0)  # (T, N, k): updates sub-cell j of sequence b has made by step t
-        counts = onehot.sum(0)
-        L, C = int(updates[-1].max()), int(counts.max())
+        L = int(updates[-1].max())
         tokens = torch.arange(T * N, device=dev)
         u = updates.view(T * N, k).gather(1, choice.unsqueeze(1)).squeeze(1) - 1  # the token's update index
         # Within each sub-cell, sequences are ordered by how many steps they route to it (most first), so
         # at every compacted step the updated sequences are a prefix and the kernels' matmuls skip the rest.
-        by_count = torch.argsort(updates[-1].t().contiguous(), dim=1, descending=True, stable=True)  # (k, N): rank -> sequence
+        by_count = torch.argsort(updates[-1].t().contiguous(), dim=1, descending=True, stable=True)  # rank -> sequence
         rank = torch.empty_like(by_count).scatter_(1, by_count, torch.arange(N, device=dev).expand(k, N))
         slot = (choice * L + u) * N + rank.view(-1)[choice * N + tokens % N]  # its row in the recurrence layout (k, L, N)
         order = torch.argsort(choice, stable=True)  # tokens grouped by sub-cell
-        starts = torch.cumsum(counts, 0) - counts
-        row = torch.empty_like(tokens)  # the token's row in the projection layout (k, C)
-        row[order] = choice[order] * C + tokens - starts[choice[order]]
-        used = torch.zeros(k * C, dtype=torch.bool, device=dev)
-        used[row] = True
-        xk = _PermuteRows.apply(x.reshape(T * N, m), row, k * C, used)  # (k*C, m), zero padding rows
-        w_ih = self.weight_ih.view(k, 4 * s, m).transpose(1, 2)  # (k, m, 4s)
-        xw = torch.bmm(xk.view(k, C, m), w_ih).view(k * C, 4 * s)
+        sorted_row = torch.empty_like(tokens).scatter_(0, order, tokens)  # the token's row in that order
+        xs = _PermuteRows.apply(x.reshape(T * N, m), sorted_row, T * N, None)
+        xw = _SegmentLinear.apply(xs, self.weight_ih.view(k, 4 * s, m), onehot.sum(0).tolist())
         keep = torch.zeros(k * L * N, dtype=torch.bool, device=dev)
         keep[slot] = True
-        # proj row of each token -> its recurrence slot; padding rows of both layouts drop out
-        to_slot = torch.zeros(k * C, dtype=torch.long, device=dev)
-        to_slot[row] = slot
-        xw = _PermuteRows.apply(xw, to_slot, k * L * N, keep, used)
+        xw = _PermuteRows.apply(xw, slot[order], k * L * N, keep)
         bias = None if self.bias_ih is None else (self.bias_ih + self.bias_hh).view(k, 4 * s)
         to_rank, to_seq = by_count.unsqueeze(-1).expand(k, N, s), rank.unsqueeze(-1).expand(k, N, s)
         hk = h.view(N, k, s).transpose(0, 1).gather(1, to_rank)  # (k, N, s), sequences in rank order

@@ -239,3 +239,32 @@ def test_hx_none_is_zeros_batch_first_and_unbatched_agree_dtype_and_repr(routing
     m64 = make(routing, k=4, dtype=torch.float64)
     assert m64(torch.randn(3, 2, M, dtype=torch.float64))[0].dtype == torch.float64
     assert f"num_cells=4, routing={routing}" in repr(m64)
+
+
+@pytest.mark.parametrize("pattern", ["one_sub_cell", "uneven"])
+def test_token_routing_fast_path_with_idle_and_crowded_sub_cells(pattern):
+    """Token routing's compacted fast path when the batch leaves sub-cells idle (all tokens hash to one)
+    or spreads very unevenly: forward and every gradient equal the per-step reference."""
+    m = make("token", k=4).double().train()
+    layer = m.layers[0]
+    gen = torch.Generator().manual_seed(3)
+    if pattern == "one_sub_cell":
+        x = torch.randn(1, 1, M, generator=gen, dtype=torch.double).expand(9, 5, M).clone()
+    else:  # a few distinct input vectors, drawn with very unequal frequencies
+        vocab = torch.randn(6, M, generator=gen, dtype=torch.double)
+        ids = torch.multinomial(torch.tensor([50.0, 20, 5, 2, 1, 1]), 9 * 5, replacement=True, generator=gen)
+        x = vocab[ids].view(9, 5, M)
+    counts = torch.bincount(layer.token_choices(x).flatten(), minlength=4)
+    assert (counts == 0).any() if pattern == "one_sub_cell" else counts.max() > 2 * counts.float().mean()
+    h0 = torch.randn(5, N_HID, generator=gen, dtype=torch.double)
+    c0 = torch.randn(5, N_HID, generator=gen, dtype=torch.double)
+    results = []
+    for fn in (layer.forward, layer.forward_reference):
+        layer.zero_grad(set_to_none=True)
+        xi, hi, ci = (t.clone().requires_grad_(True) for t in (x, h0, c0))
+        out, (h, c) = fn(xi, (hi, ci))
+        (out.square().sum() + (c * torch.linspace(-1, 1, N_HID, dtype=torch.double)).sum() + h.sum()).backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in layer.parameters()]
+        results.append([out, h, c, xi.grad, hi.grad, ci.grad] + grads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

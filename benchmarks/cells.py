@@ -144,6 +144,7 @@ def bench_size(n: int, batch: int, bptt: int, variants, rounds: int, mode: str, 
         step()
         once = timed(step, 1)
         iters.append(max(1, int(min_time / max(once, 1e-6))))
+        timed(step, iters[-1])  # one untimed round: caches, allocator arenas and page tables at steady state
     for r in range(rounds):
         # Rotate the order every round so no model always runs right after another one.
         order = [(i + r) % len(rows) for i in range(len(rows))]

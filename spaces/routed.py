@@ -56,7 +56,7 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
-from ._recurrence import linear_recurrence, strided_lstms
+from ._recurrence import _compiled, linear_recurrence, strided_lstms
 from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
@@ -207,13 +207,17 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
-        if k == 1 or self.routing == "round_robin":
+        if k == 1 or (self.routing == "round_robin" and (T == 0 or _compiled(x) is None)):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
-            # its own input projections (4 s (m + s) multiply-adds a token in all).
+            # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled
+            # loops run (CPU), the compacted path below is faster: one node for all k sub-cells.
             return strided_lstms(x, state, self._cell_weights(), self.offset)
+        if self.routing == "round_robin":
+            steps = (self.offset + torch.arange(T, device=x.device)) % k
+            return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
         if self.routing == "token":
-            return self._forward_token(x, h, c)
+            return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:
@@ -250,9 +254,9 @@ class RoutedLayer(RecurrentLayer):
             weights.append(w)
         return weights
 
-    def _forward_token(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
-        """``token`` routing: the choices are known for the whole window up front, so each sub-cell's
-        steps are compacted per sequence (sub-cell j of sequence b sees only the steps routed to it,
+    def _forward_compacted(self, x: Tensor, h: Tensor, c: Tensor, choice: Tensor) -> tuple[Tensor, State]:
+        """``token`` and ``round_robin`` routing, ``choice`` (T*N,) the sub-cell of token t*N + b: the
+        choices are known for the whole window up front, so each sub-cell's steps are compacted per sequence (sub-cell j of sequence b sees only the steps routed to it,
         padded to the longest such run L) and all sub-cells run as one masked recurrence node of L
         steps (one matmul per sub-cell a step); the output is gathered back to the T steps.
 
@@ -263,7 +267,8 @@ class RoutedLayer(RecurrentLayer):
         T, N = x.shape[0], x.shape[1]
         k, s, m = self.num_cells, self.cell_size, self.input_size
         dev = x.device
-        choice = self.token_choices(x).flatten()  # (T*N,), token r = t*N + b
+        if T == 0:
+            return x.new_empty(0, N, k * s), (h, c)
         onehot = F.one_hot(choice, k)
         updates = onehot.view(T, N, k).cumsum(0)  # (T, N, k): updates sub-cell j of sequence b has made by step t
         L = int(updates[-1].max())

@@ -34,9 +34,9 @@ FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode: th
 one whole-window matmul, cheaper than gathering), the chosen sub-cell's recurrent matmul (``4 s^2``;
 all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate maths is not counted.
 
-Execution: ``round_robin`` (and ``k = 1``) runs k fused LSTM calls on strided sub-sequences;
-``token`` compacts each sub-cell's steps and runs them as one masked recurrence (``_forward_token``);
-both compute only the chosen sub-cell's input projections. When sequences in a batch pick different
+Execution: ``token`` and, on CPU, ``round_robin`` compact each sub-cell's steps and run them as one
+masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` elsewhere (GPU: cuDNN) run k
+fused LSTM calls on strided sub-sequences. Both compute only the chosen sub-cell's input projections. When sequences in a batch pick different
 sub-cells by ``hidden`` routing in eval, the code updates all ``k`` sub-cells (one ``bmm``) and keeps
 the chosen one, which executes ``4 n s`` multiply-adds instead of the counted ``4 s^2``: measured on CPU
 it is 2-20x faster than gathering each sequence's ``(s, 4s)`` weights, so there ``count_flops`` is the

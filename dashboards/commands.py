@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_pareto(args: argparse.Namespace) -> int:
     """Load the search, print its front, write the report if asked; returns the exit status."""
     from squeezelstm.search.records import log_hypervolume, pareto_front
-    from squeezelstm.search.tracking import load_search
+    from squeezelstm.search.tracking_read import load_search
 
     from .report import write_report
     from .tables import format_table, front_rows, json_safe

@@ -82,7 +82,7 @@ def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
     if tracking_uri is None and local.is_file():
         return read_records(local)
     try:
-        from .tracking import load_search
+        from .tracking_read import load_search
     except ImportError:
         load_search = None
     if load_search is not None:

@@ -1,6 +1,7 @@
 """MLflow adapter: one parent run per search, one nested child run per trial, the Pareto front on the parent.
 
-The only module of the search that imports MLflow. Every call goes through an explicit
+With ``tracking_store.py`` (URIs, the client) and ``tracking_read.py`` (``load_search``), the only modules
+of the search that import MLflow. Every call goes through an explicit
 ``MlflowClient(tracking_uri)`` (never the global fluent state), so a ``TrialLogger`` pickled to a
 Ray worker on another node logs straight to the tracking server, and artifacts travel through the
 server's artifact proxy (``mlflow server --serve-artifacts``) rather than a shared disk.
@@ -16,20 +17,18 @@ finds everything again from the store alone:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .records import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
+from .tracking_store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
+    TrackingUnavailable, check_tracking_uri, default_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri,
+    sqlite_path)
 
 ROLE_TAG = "squeezelstm.role"
 SEARCH_TAG = "squeezelstm.search"
@@ -52,82 +51,6 @@ _MAX_PARAM_VALUE = 6000      # MLflow's limit on a param value
 _MAX_TAG_VALUE = 8000        # ... and on a tag value
 _BATCH = 100                 # params / tags per log_batch call
 _MLFLOW_RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
-
-
-class TrackingUnavailable(ConnectionError, ValueError):
-    """The tracking store cannot be reached; a ValueError too, so the CLI prints it as one line."""
-
-
-def default_tracking_uri() -> str:
-    """A SQLite database in the working folder: nothing to install or start."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """``tracking_uri`` with ``None``/empty replaced by the default and a bare path made a SQLite URI."""
-    if tracking_uri is None or not str(tracking_uri).strip():
-        return default_tracking_uri()
-    uri = str(tracking_uri).strip()
-    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        # a bare path: a .db file is a SQLite store, anything else a file store directory
-        path = Path(uri).expanduser().resolve()
-        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):]).expanduser()
-
-
-def check_tracking_uri(tracking_uri: str | None, *, timeout: float = 5.0) -> str:
-    """Fail fast, with one line, if the tracking store cannot be used; returns the resolved URI.
-
-    For a server this is a short-timeout GET of ``/health`` (MLflow's own client retries for
-    minutes); for SQLite it checks that the database's folder exists.
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
-                if response.status != 200:
-                    raise TrackingUnavailable(f"tracking server {uri} is unreachable: HTTP {response.status}")
-        except urllib.error.HTTPError as exc:
-            raise TrackingUnavailable(f"tracking server {uri} is unreachable: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise TrackingUnavailable(f"tracking server {uri} is unreachable: {reason}") from None
-        return uri
-    db = _sqlite_path(uri)
-    if db is not None and not db.parent.is_dir():
-        raise TrackingUnavailable(f"tracking store {uri} is unusable: folder {db.parent} does not exist")
-    return uri
-
-
-@contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
-    """Keep MLflow's HTTP retries short while we only probe the server."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient  # imported late: `squeezelstm train` never pays for it
-
-    # MLflow prints "View run ... at: <url>" on stdout when a run on a server ends; stdout is the
-    # command's result (``search --json``), so those lines must not land there.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    return MlflowClient(tracking_uri=uri)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -201,7 +124,7 @@ def _find_child(client, experiment_id: str, parent_run_id: str, number: int):
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a SQLite store live beside the database, not in whatever the working folder is."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         return None  # a server decides (mlflow-artifacts:/ when it proxies artifacts)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
@@ -228,7 +151,7 @@ class TrialLogger:
     @property
     def client(self):
         if self._client is None:
-            self._client = _client(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def _ensure_run(self, family: str | None = None) -> str:
@@ -326,14 +249,14 @@ class SearchTracker:
     @property
     def client(self):
         if self._client is None:
-            self._client = _client(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def check(self) -> None:
         """One-line ``TrackingUnavailable`` (a ConnectionError and ValueError) if the store cannot be used."""
         check_tracking_uri(self.tracking_uri)
         if self.tracking_uri.startswith(("http://", "https://")):
-            with _quick_http():
+            with quick_http():
                 try:
                     self.client.get_experiment_by_name(self.experiment)
                 except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
@@ -537,97 +460,10 @@ def hypervolume_history(client, parent_run_id: str) -> list[dict[str, float]]:
     return out
 
 
-def _unclamp(value: float | None) -> float | None:
-    """MLflow stores +-inf as +-float max: give back the infinity a diverged trial reported."""
-    if value is not None and abs(value) >= sys.float_info.max:
-        return math.copysign(math.inf, value)
-    return value
+def __getattr__(name: str):
+    """``load_search`` lives in ``tracking_read`` (which imports this module); still reachable from here."""
+    if name == "load_search":
+        from .tracking_read import load_search
 
-
-def _record_from_run(client, run) -> TrialRecord:
-    tags, metrics = run.data.tags, run.data.metrics
-    config: dict[str, Any] = {}
-    if CONFIG_TAG in tags:
-        with contextlib.suppress(ValueError):
-            config = json.loads(tags[CONFIG_TAG])
-    if not config:
-        with contextlib.suppress(Exception):  # no artifact: a trial that failed before it started
-            from mlflow.artifacts import load_dict
-
-            config = load_dict(f"{run.info.artifact_uri}/config.json")
-    sampled = {}
-    with contextlib.suppress(ValueError):
-        sampled = json.loads(tags.get(SAMPLED_TAG, "{}"))
-    history_by_step: dict[int, dict[str, Any]] = {}
-    for key in sorted(metrics):
-        if key in STEP0_METRICS or key.startswith(FINAL_PREFIX):
-            continue
-        for m in client.get_metric_history(run.info.run_id, key):
-            history_by_step.setdefault(int(m.step), {"epoch": int(m.step)})[key] = _unclamp(float(m.value))
-    history = [history_by_step[s] for s in sorted(history_by_step)]
-    status = tags.get(STATUS_TAG, "running")
-    if status not in STATUSES:
-        status = "failed"
-    valid = _unclamp(metrics.get(f"{FINAL_PREFIX}valid_ppl"))
-    if valid is None and history:
-        valid = history[-1].get("valid_ppl")
-    family = tags.get(FAMILY_TAG) or str(config.get("model", {}).get("cell", "unknown"))
-    return TrialRecord(
-        number=int(tags[TRIAL_TAG]), family=family, params=int(metrics.get("params", 0)),
-        flops=int(metrics.get("flops", 0)), status=status, valid_ppl=valid,
-        test_ppl=_unclamp(metrics.get(f"{FINAL_PREFIX}test_ppl")), config=config, sampled=sampled, history=history,
-        started_at=(run.info.start_time / 1000.0) if run.info.start_time else None,
-        ended_at=(run.info.end_time / 1000.0) if run.info.end_time else None,
-    )
-
-
-def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[TrialRecord]]:
-    """Rebuild a search from the tracking store alone: the latest parent run's info and its trials' records.
-
-    The info dict has ``run_id``, ``experiment_id``, ``experiment``, ``status``, ``params``, ``tags``,
-    ``ref_params``/``ref_ppl``/``optimal_ppl`` (None where never logged) and ``hypervolume_history``.
-    """
-    uri = check_tracking_uri(tracking_uri)
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        # MlflowClient would silently create an empty database here
-        raise FileNotFoundError(f"tracking store {uri} does not exist")
-    client = _client(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage != "active":
-        raise ValueError(f"experiment {experiment!r} not found in tracking store {uri}")
-    parents = _search_all(client, found.experiment_id,
-                          f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{_quote(experiment)}'")
-    if not parents:
-        raise ValueError(f"experiment {experiment!r} in {uri} has no squeezelstm search run")
-    parent = max(parents, key=lambda r: r.info.start_time or 0)
-    tags, params = dict(parent.data.tags), dict(parent.data.params)
-
-    def reference(name: str) -> float | None:
-        # our tag, else our param, else a plain param of that name (the runner logs ``ref_params``)
-        raw = tags.get(REF_TAGS[name], params.get(f"hypervolume.{name}", params.get(name)))
-        try:
-            return float(raw) if raw is not None else None
-        except ValueError:
-            return None
-
-    info = {
-        "run_id": parent.info.run_id, "experiment_id": found.experiment_id, "experiment": experiment,
-        "status": parent.info.status, "params": params, "tags": tags,
-        "ref_params": reference("ref_params"), "ref_ppl": reference("ref_ppl"),
-        "optimal_ppl": reference("optimal_ppl"),
-        "hypervolume_history": hypervolume_history(client, parent.info.run_id),
-        "tracking_uri": uri,
-    }
-    children = _children(client, found.experiment_id, parent.info.run_id)
-    runs = [children[n] for n in sorted(children)]
-    if uri.startswith(("http://", "https://")) and len(runs) > 1:
-        # one metric-history request per key and trial: overlap the round trips to a server
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            records = list(pool.map(lambda run: _record_from_run(client, run), runs))
-    else:
-        records = [_record_from_run(client, run) for run in runs]
-    return info, records
-
+        return load_search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,8 +29,8 @@ from squeezelstm.search.tracking import (
     TRIAL_TAG,
     SearchTracker,
     TrackingUnavailable,
-    load_search,
 )
+from squeezelstm.search.tracking_read import load_search
 
 REF = {"ref_params": 1e7, "ref_ppl": 1000.0}
 

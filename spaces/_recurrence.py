@@ -130,17 +130,14 @@ class _LinearRecurrence(torch.autograd.Function):
         ops = _compiled(xw, *factors) if len(factors) == 1 else None
         ctx.compiled = ops is not None
         ctx.has_bias = bias is not None
-        x = None
-        if x_weight is not None:  # xw is the input x (T, N, G*m_g): the input side is computed here
-            x = xw
-            if ops is None:
-                xw = torch.bmm(_group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
-        if ops is not None and x is not None:
-            hs, cs, tcs, acts = ops.linear_forward(x, h0.contiguous(), c0.contiguous(), keep, bias, factors[0],
-                                                   x_weight.detach().contiguous())
-        elif ops is not None:
-            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias, factors[0])
+        # with x_weight, xw is the input x (T, N, G*m_g) and the input side is computed here
+        x = xw if x_weight is not None else None
+        if ops is not None:
+            hs, cs, tcs, acts = ops.linear_forward(xw, h0.contiguous(), c0.contiguous(), keep, bias, factors[0],
+                                                   x_weight)
         else:
+            if x is not None:
+                xw = torch.bmm(_group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
             # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
             # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
             # for the weight gradients, so no layout copies are needed.
@@ -153,7 +150,7 @@ class _LinearRecurrence(torch.autograd.Function):
             cs[:, 0] = c0
             if bias is not None:
                 xw = xw + bias.view(groups, 1, 1, four_s)
-            for t in range(xw.size(1)):
+            for t in range(steps):
                 pre = _chain(hs[:, t], factors, xw[:, t])
                 _cell_forward(pre, cs[:, t], acts[:, t], cs[:, t + 1], tcs[:, t], hs[:, t + 1])
                 if keep is not None:

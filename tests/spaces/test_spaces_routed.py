@@ -22,6 +22,18 @@ def numel(module):
     return sum(p.numel() for p in module.parameters())
 
 
+def _outputs_and_grads(fn, layer, x, state):
+    """``fn``'s outputs, and the gradients of a fixed loss w.r.t. the input, the initial state and every
+    parameter of ``layer`` (zeros where none reach it: the argmax router in eval), Gumbel noise seeded."""
+    layer.generator = torch.Generator().manual_seed(7)
+    layer.zero_grad(set_to_none=True)
+    xi, hi, ci = (t.clone().requires_grad_(True) for t in (x, *state))
+    out, (h, c) = fn(xi, (hi, ci))
+    (out.square().sum() + (c * torch.linspace(-1, 1, N_HID, dtype=torch.double)).sum() + h.sum()).backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in layer.parameters()]
+    return [out, h, c, xi.grad, hi.grad, ci.grad] + grads
+
+
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_shapes_batched_batch_first_unbatched_and_hx(routing):
     m = make(routing, num_layers=2)
@@ -48,16 +60,7 @@ def test_fast_path_matches_reference_forward_and_gradients(routing, k, training)
     layer.offset = 3
     x = torch.randn(5, 3, M, dtype=torch.double)
     state = (torch.randn(3, N_HID, dtype=torch.double), torch.randn(3, N_HID, dtype=torch.double))
-    results = []
-    for fn in (layer.forward, layer.forward_reference):
-        layer.generator = torch.Generator().manual_seed(7)
-        m.zero_grad()
-        out, (h, c) = fn(x, state)
-        (out.square().sum() + (c * torch.linspace(-1, 1, N_HID, dtype=torch.double)).sum()).backward()
-        # In eval mode the argmax router gets no gradient on either path.
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in layer.parameters()]
-        results.append([out, h, c] + grads)
-    for a, b in zip(*results):
+    for a, b in zip(*(_outputs_and_grads(fn, layer, x, state) for fn in (layer.forward, layer.forward_reference))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
@@ -258,13 +261,5 @@ def test_token_routing_fast_path_with_idle_and_crowded_sub_cells(pattern):
     assert (counts == 0).any() if pattern == "one_sub_cell" else counts.max() > 2 * counts.float().mean()
     h0 = torch.randn(5, N_HID, generator=gen, dtype=torch.double)
     c0 = torch.randn(5, N_HID, generator=gen, dtype=torch.double)
-    results = []
-    for fn in (layer.forward, layer.forward_reference):
-        layer.zero_grad(set_to_none=True)
-        xi, hi, ci = (t.clone().requires_grad_(True) for t in (x, h0, c0))
-        out, (h, c) = fn(xi, (hi, ci))
-        (out.square().sum() + (c * torch.linspace(-1, 1, N_HID, dtype=torch.double)).sum() + h.sum()).backward()
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in layer.parameters()]
-        results.append([out, h, c, xi.grad, hi.grad, ci.grad] + grads)
-    for a, b in zip(*results):
+    for a, b in zip(*(_outputs_and_grads(fn, layer, x, (h0, c0)) for fn in (layer.forward, layer.forward_reference))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -51,11 +51,18 @@ def _patch(loop):
         log = Path(_DIR) / "ran" / f"{experiment}.{trial}.{os.getpid()}-{time.time_ns()}.json"
         log.parent.mkdir(parents=True, exist_ok=True)
         seen = {"node": node, "pid": os.getpid(), "start": time.time(), "epochs": [], "mode": mode}
-        log.write_text(json.dumps(seen))
+
+        def record():
+            # atomically: a test polls these files while trials run and must never read a half-written one
+            tmp = log.with_name(log.name + ".tmp")
+            tmp.write_text(json.dumps(seen))
+            os.replace(tmp, log)
+
+        record()
 
         def observed(epoch, metrics):
             seen["epochs"].append(int(epoch))
-            log.write_text(json.dumps(seen))
+            record()
             go_on = True if report is None else report(epoch, metrics)
             if mode == "slow":
                 time.sleep(float(faults.get("slow_s", 2.0)))

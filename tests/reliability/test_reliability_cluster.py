@@ -151,7 +151,9 @@ class _Env:
         data = json.loads((self.faults / "faults.json").read_text())
         data[experiment] = {str(k): v for k, v in faults.items()}
         data["slow_s"] = slow_s
-        (self.faults / "faults.json").write_text(json.dumps(data))
+        tmp = self.faults / "faults.json.tmp"  # atomically: the hook reads it from running trials
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.faults / "faults.json")
 
     def command(self, experiment: str, *, trials: int, epochs: int, max_failures: int = 0,
                 extra: tuple = ()) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 

@@ -94,7 +94,7 @@ def _log(client, run_id: str, *, params: dict | None = None, metrics: dict | Non
         p, t, m = p[_BATCH:], t[_BATCH:], m[900:]
 
 
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
+def search_all_runs(client, experiment_id: str, filter_string: str) -> list:
     """Every run matching ``filter_string`` (search_runs pages at 1000)."""
     runs, token = [], None
     while True:
@@ -105,9 +105,9 @@ def _search_all(client, experiment_id: str, filter_string: str) -> list:
             return runs
 
 
-def _children(client, experiment_id: str, parent_run_id: str) -> dict[int, Any]:
+def child_runs(client, experiment_id: str, parent_run_id: str) -> dict[int, Any]:
     """Trial number -> child run (the most recently started one if a trial was ever logged twice)."""
-    runs = _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    runs = search_all_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     by_number: dict[int, Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         number = run.data.tags.get(TRIAL_TAG)
@@ -117,7 +117,7 @@ def _children(client, experiment_id: str, parent_run_id: str) -> dict[int, Any]:
 
 
 def _find_child(client, experiment_id: str, parent_run_id: str, number: int):
-    runs = _search_all(client, experiment_id,
+    runs = search_all_runs(client, experiment_id,
                        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{int(number)}'")
     return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
 
@@ -280,8 +280,8 @@ class SearchTracker:
         experiment_id = self._experiment_id()
         run = None
         if resume:
-            parents = _search_all(self.client, experiment_id,
-                                  f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{_quote(self.experiment)}'")
+            parents = search_all_runs(self.client, experiment_id,
+                                  f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{quote_filter_value(self.experiment)}'")
             run = max(parents, key=lambda r: r.info.start_time or 0) if parents else None
         all_tags = {**code_version(), **{str(k): v for k, v in (tags or {}).items()},
                     ROLE_TAG: "search", SEARCH_TAG: self.experiment}
@@ -336,7 +336,7 @@ class SearchTracker:
         A driver killed between completing a trial and ending its run leaves that run RUNNING, and
         the trial is never run again to end it. Returns the trial numbers brought up to date.
         """
-        children = _children(self.client, self._experiment_id(), self._require_parent())
+        children = child_runs(self.client, self._experiment_id(), self._require_parent())
         stale = [r for r in records if r.status != "running" and (
             r.number not in children or children[r.number].info.status == "RUNNING"
             or children[r.number].data.tags.get(STATUS_TAG) == "running")]
@@ -377,7 +377,7 @@ class SearchTracker:
                 client.log_artifact(parent, str(tmp_path / name))
 
     def _retag_front(self, client, experiment_id: str, parent: str, members: set[int]) -> None:
-        children = _children(client, experiment_id, parent)
+        children = child_runs(client, experiment_id, parent)
         if self._pareto is None:  # first call (or resumed): read what the store says
             self._pareto = {n for n, run in children.items() if run.data.tags.get(PARETO_TAG) == "true"}
         for number in sorted(self._pareto - members):
@@ -441,7 +441,8 @@ def code_version() -> dict[str, str]:
     return tags
 
 
-def _quote(value: str) -> str:
+def quote_filter_value(value: str) -> str:
+    """``value`` quoted for a single-quoted string in an MLflow filter."""
     return value.replace("'", "\\'")
 
 

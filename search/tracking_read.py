@@ -13,7 +13,7 @@ from typing import Any
 
 from .records import STATUSES, TrialRecord
 from .tracking import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
-                       STEP0_METRICS, TRIAL_TAG, _children, _quote, _search_all, hypervolume_history)
+                       STEP0_METRICS, TRIAL_TAG, child_runs, hypervolume_history, quote_filter_value, search_all_runs)
 from .tracking_store import check_tracking_uri, mlflow_client, sqlite_path
 
 
@@ -76,8 +76,8 @@ def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[T
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage != "active":
         raise ValueError(f"experiment {experiment!r} not found in tracking store {uri}")
-    parents = _search_all(client, found.experiment_id,
-                          f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{_quote(experiment)}'")
+    parents = search_all_runs(client, found.experiment_id,
+                          f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{quote_filter_value(experiment)}'")
     if not parents:
         raise ValueError(f"experiment {experiment!r} in {uri} has no squeezelstm search run")
     parent = max(parents, key=lambda r: r.info.start_time or 0)
@@ -99,7 +99,7 @@ def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[T
         "hypervolume_history": hypervolume_history(client, parent.info.run_id),
         "tracking_uri": uri,
     }
-    children = _children(client, found.experiment_id, parent.info.run_id)
+    children = child_runs(client, found.experiment_id, parent.info.run_id)
     runs = [children[n] for n in sorted(children)]
     if uri.startswith(("http://", "https://")) and len(runs) > 1:
         # one metric-history request per key and trial: overlap the round trips to a server

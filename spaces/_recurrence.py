@@ -30,7 +30,7 @@ from ._kernels import kernels
 from .lstm import fused_lstm
 
 
-def _compiled(*tensors: Tensor):
+def compiled_kernels(*tensors: Tensor):
     """The compiled loops if they can run these tensors (CPU, float32/64), else ``None``."""
     if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
         return kernels()
@@ -127,7 +127,7 @@ class _LinearRecurrence(torch.autograd.Function):
     def forward(ctx, xw: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, bias: Tensor | None,
                 x_weight: Tensor | None, *factors: Tensor):
         groups, s = h0.size(0), h0.size(-1)
-        ops = _compiled(xw, *factors) if len(factors) == 1 else None
+        ops = compiled_kernels(xw, *factors) if len(factors) == 1 else None
         ctx.compiled = ops is not None
         ctx.has_bias = bias is not None
         # with x_weight, xw is the input x (T, N, G*m_g) and the input side is computed here
@@ -234,7 +234,7 @@ class _BottleneckRecurrence(torch.autograd.Function):
     def forward(ctx, xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_out: Tensor, bias: Tensor | None):
         steps, batch, rank = xz.shape
         n = h0.size(-1)
-        ops = _compiled(xz, a_in, b_out)
+        ops = compiled_kernels(xz, a_in, b_out)
         ctx.compiled = ops is not None
         if ops is not None:
             hs, cs, tcs, acts, zs = ops.bottleneck_forward(xz, h0.contiguous(), c0.contiguous(), a_in.contiguous(),

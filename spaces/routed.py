@@ -56,7 +56,7 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
-from ._recurrence import _compiled, linear_recurrence, strided_lstms
+from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
 from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
@@ -207,7 +207,7 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
-        if k == 1 or (self.routing == "round_robin" and _compiled(x) is None):
+        if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
             # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled

@@ -137,7 +137,7 @@ class _LinearRecurrence(torch.autograd.Function):
                                                    x_weight)
         else:
             if x is not None:
-                xw = torch.bmm(_group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
+                xw = torch.bmm(group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
             # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
             # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
             # for the weight gradients, so no layout copies are needed.
@@ -186,7 +186,7 @@ class _LinearRecurrence(torch.autograd.Function):
             if ctx.needs_input_grad[0]:  # (G, T*N, m_g) back to (T, N, G*m_g)
                 d_xw = torch.bmm(d_pre, x_weight.transpose(1, 2)).transpose(0, 1).reshape(x.shape)
             if ctx.needs_input_grad[5]:
-                d_x_weight = torch.bmm(_group_major(x, groups).transpose(1, 2), d_pre)
+                d_x_weight = torch.bmm(group_major(x, groups).transpose(1, 2), d_pre)
         d_factors: list[Tensor | None] = [None] * len(factors)
         if any(ctx.needs_input_grad[6:]):
             # Whole-window matmuls: H (G, T*N, s) and dG (G, T*N, 4s) are views, no copies.
@@ -289,7 +289,7 @@ def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_ou
     return _BottleneckRecurrence.apply(xz.contiguous(), h0, c0, a_in, b_out, bias)
 
 
-def _group_major(x: Tensor, groups: int) -> Tensor:
+def group_major(x: Tensor, groups: int) -> Tensor:
     """(T, N, G*m_g) as the strided view (G, T*N, m_g)."""
     return x.reshape(x.size(0) * x.size(1), groups, -1).transpose(0, 1)
 

@@ -29,8 +29,14 @@ from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
-from ._recurrence import linear_recurrence
+from ._recurrence import group_major, linear_recurrence
 from .lstm import lstm_pointwise
+
+# Widest input group (m/g) whose x side runs inside the compiled loop; wider groups take the window-wide
+# bmm. Paired A/B in one process on CPU, three runs (n = m, g = 4, bptt 35, training, 1 and 2 threads;
+# median of t(window-wide) / t(in-loop)): m/g = 64 (n = 256) 0.98-1.06x, 7 of 8 above 1; m/g = 128
+# (n = 512) 0.95-1.07x, no gain; m/g = 256 (n = 1024) 0.86-0.93x at batch 32. benchmarks/README.md, "Session 7".
+FUSED_X_MAX_WIDTH = 64
 
 
 class GroupedLSTMLayer(RecurrentLayer):
@@ -72,12 +78,16 @@ class GroupedLSTMLayer(RecurrentLayer):
         # The bias goes into the recurrence's element-wise pass (broadcast into a matmul it cost more
         # than the whole projection).
         bias = None if self.bias is None else self._group_bias()
-        # One autograd node for the window with a hand-written backward. The x side of every group is
-        # computed inside it, one matmul per group a step next to the recurrent one, rather than as a
-        # (g, T, N, 4n/g) buffer written by a window-wide bmm and read back; its gradients are
-        # window-wide bmms over the gate gradients.
-        out, h_n, c_n = linear_recurrence(x, hg, cg, (self.weight_hh.transpose(1, 2),), bias=bias,
-                                          x_weight=self.weight_ih.transpose(1, 2))
+        # One autograd node for the window with a hand-written backward. For narrow groups the x side of
+        # every group is computed inside it, one matmul per group a step next to the recurrent one, rather
+        # than as a (g, T, N, 4n/g) buffer written by a window-wide bmm and read back; wide groups take the
+        # window-wide bmm, which runs closer to the FMA peak than T small matmuls (see FUSED_X_MAX_WIDTH).
+        w_hh = (self.weight_hh.transpose(1, 2),)
+        if self.input_size // g <= FUSED_X_MAX_WIDTH:
+            out, h_n, c_n = linear_recurrence(x, hg, cg, w_hh, bias=bias, x_weight=self.weight_ih.transpose(1, 2))
+        else:
+            xw = torch.bmm(group_major(x, g), self.weight_ih.transpose(1, 2)).view(g, x.size(0), batch, -1)
+            out, h_n, c_n = linear_recurrence(xw, hg, cg, w_hh, bias=bias)
 
         def ungroup(s: Tensor) -> Tensor:
             return s.transpose(0, 1).reshape(batch, n)

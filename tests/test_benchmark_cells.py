@@ -39,3 +39,18 @@ def test_cells_benchmark_runs_and_packs_trials_as_separate_processes(tmp_path):
         assert 0.5 <= elapsed < 5.0
     assert packing[0]["speedup"] == 1.0 and packing[2]["speedup"] == 1.0
     assert "packing lstm" in run.stdout
+
+
+def test_grouped_x_side_benchmark_runs_both_paths_and_reports_the_layers_choice(tmp_path):
+    from squeezelstm.spaces.grouped import FUSED_X_MAX_WIDTH
+
+    out = tmp_path / "xside.json"
+    wide = 4 * (FUSED_X_MAX_WIDTH + 4)  # one size on each side of the threshold, g = 4
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grouped_x_side.py"), "--hidden", "16", str(wide),
+                          "--batch", "2", "--bptt", "3", "--rounds", "1", "--threads", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["hidden"], r["chosen"]) for r in rows] == [(16, "in_loop"), (wide, "window_wide")]
+    for r in rows:
+        assert r["ms_in_loop"] > 0 and r["ms_window_wide"] > 0 and r["ratio_min"] <= r["ratio"] <= r["ratio_max"]

@@ -192,3 +192,32 @@ def test_strided_lstms_match_turn_taking_loop(steps, offset):
             assert (a is None or not a.any()) and (b is None or not b.any())
         else:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_grouped_wide_groups_take_the_window_wide_projection_and_match_reference(monkeypatch, training):
+    """Groups wider than ``FUSED_X_MAX_WIDTH`` project x for the whole window before the recurrence; the
+    other tests' narrow groups compute it inside the loop. Both must equal the reference."""
+    from squeezelstm.spaces import _recurrence, grouped
+
+    layer, x, h, c = _layer_and_inputs("grouped", {"groups": 2}, input_size=8, hidden_size=8, steps=7, batch=3,
+                                       dtype=torch.float64)
+    layer.train(training)
+    calls = []
+    real = _recurrence.linear_recurrence
+
+    def spy(*args, **kw):
+        calls.append(kw.get("x_weight") is not None)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(grouped, "linear_recurrence", spy)
+    for width, fused in ((grouped.FUSED_X_MAX_WIDTH, True), (0, False)):
+        monkeypatch.setattr(grouped, "FUSED_X_MAX_WIDTH", width)
+        calls.clear()
+        fast_out, fast_grads = _run(layer.forward, layer, x, h, c)
+        assert calls == [fused]
+        ref_out, ref_grads = _run(layer.forward_reference, layer, x, h, c)
+        for a, b in zip(fast_out, ref_out):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for name in ref_grads:
+            torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, msg=name)

@@ -184,11 +184,13 @@ class FloatRange:
 Dist = Choice | IntRange | FloatRange
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an int and not a bool (YAML's ``true`` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or a float and not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -226,10 +228,10 @@ def parse_dist(raw: Any, key: str) -> Dist | None:
     if not isinstance(log, bool):
         raise ValueError(f"{key}: log must be true or false, got {log!r}")
     if kind == "int":
-        if not (_is_int(low) and _is_int(high)):
+        if not (is_int(low) and is_int(high)):
             raise ValueError(f"{key}: int range bounds must be integers, got {list(bounds)!r}")
         step = raw.get("step", 1)
-        if not _is_int(step) or step < 1:
+        if not is_int(step) or step < 1:
             raise ValueError(f"{key}: step must be a positive integer, got step={step!r}")
         if log and step != 1:
             raise ValueError(f"{key}: a log int range cannot have step={step} (use step 1)")
@@ -237,7 +239,7 @@ def parse_dist(raw: Any, key: str) -> Dist | None:
             raise ValueError(f"{key}: high - low must be a multiple of step={step}, got {list(bounds)!r}")
         dist: Dist = IntRange(int(low), int(high), int(step), log)
     else:
-        if not (_is_number(low) and _is_number(high)):
+        if not (is_number(low) and is_number(high)):
             raise ValueError(f"{key}: float range bounds must be numbers, got {list(bounds)!r}")
         dist = FloatRange(float(low), float(high), log)
     if dist.low > dist.high:
@@ -262,4 +264,5 @@ def dist_to_dict(dist: Dist) -> dict:
     return out
 
 
-__all__ = ["Choice", "Dist", "FloatRange", "IntRange", "LocalSuggester", "RandomSuggester", "Suggester", "dist_to_dict", "parse_dist"]
+__all__ = ["Choice", "Dist", "FloatRange", "IntRange", "LocalSuggester", "RandomSuggester", "Suggester", "dist_to_dict", "is_int", "is_number",
+           "parse_dist"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .distributions import Choice, Dist, FloatRange, IntRange, _is_int, _is_number, parse_dist
+from .distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
 
 SECTIONS = ("data", "model", "train")
 TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
@@ -80,7 +80,7 @@ def check_space(raw: Any, source: str = "<dict>") -> dict[str, Any]:
     for key, value in budget.items():
         if key not in BUDGET_KEYS:
             raise fail(f"budget.{key}", f"unknown key (allowed: {', '.join(BUDGET_KEYS)})")
-        if value is not None and (not _is_number(value) or value <= 0 or int(value) != value):
+        if value is not None and (not is_number(value) or value <= 0 or int(value) != value):
             raise fail(f"budget.{key}", f"must be a positive integer, got {value!r}")
         limits[key] = None if value is None else int(value)
 
@@ -135,7 +135,7 @@ def check_space(raw: Any, source: str = "<dict>") -> dict[str, Any]:
         else:
             values = (fixed["model"][key],) if fixed["model"].get(key) is not None else ()
         for v in values:
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise fail(f"model.{key}", f"must be positive integers, got {v!r}")
 
     families_raw = raw.get("families") or {}
@@ -197,15 +197,15 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
             if v not in ROUTINGS:
                 raise fail(f"routing must be one of {', '.join(ROUTINGS)}, got {v!r}")
         elif key in ("rank", "groups", "num_cells", "gate_hidden"):
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise fail(f"must be positive integers, got {v!r}")
             if isinstance(spec, FloatRange):
                 raise fail("must be an int range or a choice of ints, not a float range")
         elif key == "share":
-            if not _is_number(v) or not 0.0 <= v <= 1.0:
+            if not is_number(v) or not 0.0 <= v <= 1.0:
                 raise fail(f"share must be in [0, 1], got {v!r}")
         elif key.endswith("_fraction"):
-            if not _is_number(v) or v <= 0:
+            if not is_number(v) or v <= 0:
                 raise fail(f"a fraction of hidden_size must be > 0, got {v!r}")
 
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from squeezelstm.spaces._recurrence import group_major, linear_recurrence
+from squeezelstm.spaces._recurrence import group_projection, linear_recurrence
 from squeezelstm.spaces.grouped import FUSED_X_MAX_WIDTH
 
 
@@ -38,8 +38,7 @@ def measure(n: int, batch: int, groups: int, bptt: int, rounds: int) -> dict:
         out.sum().backward()
 
     def window_wide() -> None:
-        xw = torch.bmm(group_major(x, groups), w_ih.transpose(1, 2)).view(groups, bptt, batch, -1)
-        out, _, _ = linear_recurrence(xw, h0, c0, (w_hh.transpose(1, 2),), bias=bias)
+        out, _, _ = linear_recurrence(group_projection(x, w_ih.transpose(1, 2)), h0, c0, (w_hh.transpose(1, 2),), bias=bias)
         out.sum().backward()
 
     reps = max(3, int(40 * (256 / n) ** 2))

@@ -137,7 +137,7 @@ class _LinearRecurrence(torch.autograd.Function):
                                                    x_weight)
         else:
             if x is not None:
-                xw = torch.bmm(group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
+                xw = group_projection(x, x_weight)
             # Group-major buffers (G, T, N, .): a step's slice [:, t] is a strided batch that bmm and the
             # element-wise ops take as it is, and the whole window of a group is one (T*N, .) matrix
             # for the weight gradients, so no layout copies are needed.
@@ -292,6 +292,13 @@ def bottleneck_recurrence(xz: Tensor, h0: Tensor, c0: Tensor, a_in: Tensor, b_ou
 def group_major(x: Tensor, groups: int) -> Tensor:
     """(T, N, G*m_g) as the strided view (G, T*N, m_g)."""
     return x.reshape(x.size(0) * x.size(1), groups, -1).transpose(0, 1)
+
+
+def group_projection(x: Tensor, x_weight: Tensor) -> Tensor:
+    """Each group's x side for the whole window in one bmm: x (T, N, G*m_g), ``x_weight`` (G, m_g, 4s)
+    -> (G, T, N, 4s), the ``xw`` that ``linear_recurrence`` takes."""
+    groups = x_weight.size(0)
+    return torch.bmm(group_major(x, groups), x_weight).view(groups, x.size(0), x.size(1), -1)
 
 
 def linear_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, factors: tuple[Tensor, ...] | list[Tensor],

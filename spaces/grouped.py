@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
-from ._recurrence import group_major, linear_recurrence
+from ._recurrence import group_projection, linear_recurrence
 from .lstm import lstm_pointwise
 
 # Widest input group (m/g) whose x side runs inside the compiled loop; wider groups take the window-wide
@@ -86,7 +86,7 @@ class GroupedLSTMLayer(RecurrentLayer):
         if self.input_size // g <= FUSED_X_MAX_WIDTH:
             out, h_n, c_n = linear_recurrence(x, hg, cg, w_hh, bias=bias, x_weight=self.weight_ih.transpose(1, 2))
         else:
-            xw = torch.bmm(group_major(x, g), self.weight_ih.transpose(1, 2)).view(g, x.size(0), batch, -1)
+            xw = group_projection(x, self.weight_ih.transpose(1, 2))  # (g, T, N, 4n/g)
             out, h_n, c_n = linear_recurrence(xw, hg, cg, w_hh, bias=bias)
 
         def ungroup(s: Tensor) -> Tensor:

@@ -459,12 +459,3 @@ def hypervolume_history(client, parent_run_id: str) -> list[dict[str, float]]:
         out.append({"finished": int(m.step), "hypervolume": float(m.value),
                     "wall_s": max(0.0, m.timestamp / 1000.0 - start)})
     return out
-
-
-def __getattr__(name: str):
-    """``load_search`` lives in ``tracking_read`` (which imports this module); still reachable from here."""
-    if name == "load_search":
-        from .tracking_read import load_search
-
-        return load_search
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

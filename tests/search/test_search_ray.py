@@ -243,8 +243,8 @@ def test_pruned_trials_reach_the_sampler_as_pruned(search):
 @pytest.mark.slow
 def test_mlflow_store_agrees_with_the_controller(search):
     result, _, root = search
-    tracking = pytest.importorskip("squeezelstm.search.tracking")
-    _, records = tracking.load_search(f"sqlite:///{root}/mlflow.db", "tiny")
+    tracking_read = pytest.importorskip("squeezelstm.search.tracking_read")
+    _, records = tracking_read.load_search(f"sqlite:///{root}/mlflow.db", "tiny")
     got = {r.number: r.status for r in records}
     assert got == {r.number: r.status for r in result.records}
 

@@ -36,11 +36,12 @@ all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate m
 
 Execution: ``token`` and, on CPU, ``round_robin`` compact each sub-cell's steps and run them as one
 masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` elsewhere (GPU: cuDNN) run k
-fused LSTM calls on strided sub-sequences. Both compute only the chosen sub-cell's input projections. When sequences in a batch pick different
-sub-cells by ``hidden`` routing in eval, the code updates all ``k`` sub-cells (one ``bmm``) and keeps
-the chosen one, which executes ``4 n s`` multiply-adds instead of the counted ``4 s^2``: measured on CPU
-it is 2-20x faster than gathering each sequence's ``(s, 4s)`` weights, so there ``count_flops`` is the
-cell's intrinsic recurrent cost (what a per-cell kernel needs), not the batched implementation's.
+fused LSTM calls on strided sub-sequences. Both compute only the chosen sub-cell's input projections.
+When sequences in a batch pick different sub-cells by ``hidden`` routing in eval, the code updates all
+``k`` sub-cells (one ``bmm``) and keeps the chosen one, which executes ``4 n s`` multiply-adds instead
+of the counted ``4 s^2``: measured on CPU it is 2-20x faster than gathering each sequence's ``(s, 4s)``
+weights, so there ``count_flops`` is the cell's intrinsic recurrent cost (what a per-cell kernel
+needs), not the batched implementation's.
 """
 
 from __future__ import annotations
@@ -256,9 +257,10 @@ class RoutedLayer(RecurrentLayer):
 
     def _forward_compacted(self, x: Tensor, h: Tensor, c: Tensor, choice: Tensor) -> tuple[Tensor, State]:
         """``token`` and ``round_robin`` routing, ``choice`` (T*N,) the sub-cell of token t*N + b: the
-        choices are known for the whole window up front, so each sub-cell's steps are compacted per sequence (sub-cell j of sequence b sees only the steps routed to it,
-        padded to the longest such run L) and all sub-cells run as one masked recurrence node of L
-        steps (one matmul per sub-cell a step); the output is gathered back to the T steps.
+        choices are known for the whole window up front, so each sub-cell's steps are compacted per
+        sequence (sub-cell j of sequence b sees only the steps routed to it, padded to the longest such
+        run L) and all sub-cells run as one masked recurrence node of L steps (one matmul per sub-cell a
+        step); the output is gathered back to the T steps.
 
         Input projections are computed for the routed tokens only: sorted by sub-cell, one matmul per
         sub-cell over exactly its tokens (``_SegmentLinear``), then moved into the recurrence's padded

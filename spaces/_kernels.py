@@ -29,8 +29,17 @@ _state: dict[str, object] = {}
 
 
 def enabled() -> bool:
-    """Whether the compiled loops may be used in this process (``SQUEEZELSTM_KERNELS`` is not ``0``)."""
-    return os.environ.get(_ENV, "1").strip() not in ("0", "false", "no", "off")
+    """Whether the CPU compiled loops may be used (``SQUEEZELSTM_KERNELS`` is neither ``0`` nor ``gpu``)."""
+    return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off", "gpu")
+
+
+def gpu_path(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors take the CUDA code path: they live on a GPU, or ``SQUEEZELSTM_KERNELS=gpu``
+    (read at every call) sends CPU tensors down exactly that path, Triton kernels included (run by
+    Triton's interpreter under ``TRITON_INTERPRET=1``), never the CPU compiled loops."""
+    if any(t.is_cuda for t in tensors):
+        return True
+    return os.environ.get(_ENV, "").strip().lower() == "gpu"
 
 
 def kernels():

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from .distributions import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
-from .gp import GaussianProcess, fit_gp, fit_gp_ard
-from .pareto import pareto_mask
+from ..space import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
+from ._gp import GaussianProcess, fit_gp, fit_gp_ard
+from ..pareto import pareto_mask
 
 # The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
 # fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from squeezelstm.search.space import load_space
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)
-    epochs = int(space.fixed.get("train", {}).get("epochs", 1))
+    epochs = space.trial_epochs()
     ref = reference_point(space)
     best = CurveTable.from_csv(args.table).best_hypervolume(epochs, ref) if args.table else None
     print(f"reference {ref[0]:g} params, ppl {ref[1]:.1f}; best-known HV {best}", flush=True)

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)
     table = CurveTable.from_csv(args.table)
-    epochs = int(args.epochs or space.fixed.get("train", {}).get("epochs", 1))
+    epochs = space.trial_epochs(args.epochs)
     vocab = corpus_vocab_size(space)
     ref = reference_point(space, args.ref_ppl)
     best = table.best_hypervolume(epochs, ref)

@@ -273,7 +273,7 @@ def replay_search(
         raise ValueError(f"workers must be a positive integer, got workers={workers!r}")
     if not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"budget must be a positive number, got budget={budget!r}")
-    epochs = int(epochs or space.fixed.get("train", {}).get("epochs", 1))
+    epochs = space.trial_epochs(epochs)
     if vocab_size is None:
         from ..controller import corpus_vocab_size
 

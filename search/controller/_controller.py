@@ -175,7 +175,7 @@ class SearchController:
             dists, families = space_dists(self.space)
             self._ehvi = ExactSizeEHVI(
                 random_draw(self.space, self._measure, epochs), dists, families,
-                epochs=int(epochs or self.space.fixed.get("train", {}).get("epochs", 1)), smallest=self.smallest[0],
+                epochs=self.space.trial_epochs(epochs), smallest=self.smallest[0],
                 ref_params=self.space.max_params, seed=sampler_seed,
                 neighbour=local_draw(self.space, self._measure, epochs), **(sampler_kwargs or {}),
             )
@@ -243,12 +243,11 @@ class SearchController:
             record.history.sort(key=lambda h: h["epoch"])
             value = metrics.get("valid_ppl")
             decision = number in self._prune_decided
-            last = record.config.get("train", {}).get("epochs")
             if value is not None:
                 record.valid_ppl = float(value)
                 # At its last epoch a trial is fully trained: pruning it then saves no compute and would
                 # throw a final value away (told as PRUNED, it never reaches the sampler or the front).
-                if last is None or int(epoch) < int(last):
+                if int(epoch) < self.space.trial_epochs(self.epochs):
                     decision = self.bridge.report(number, int(epoch), float(value)) or decision
             if decision:
                 self._prune_decided.add(number)

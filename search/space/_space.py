@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from squeezelstm.trainers import Config, count_model_flops, count_model_parameters
+from squeezelstm.trainers.config import TrainConfig
+
 from ._distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
 from ._file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
 
@@ -120,6 +123,15 @@ class SearchSpace:
     max_flops: int | None = None
     description: str = ""
     source: str = "<dict>"
+
+    def trial_epochs(self, override: int | None = None) -> int:
+        """Epochs every trial trains: ``override``, else the space's ``train.epochs``, else the trainer's default.
+
+        The one place that resolves it, so the sampler's view of training progress and the trainer agree.
+        """
+        if override is not None:
+            return int(override)
+        return int(self.fixed.get("train", {}).get("epochs", TrainConfig.epochs))
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -297,8 +309,6 @@ def parse_space(raw: Any, source: str = "<dict>") -> SearchSpace:
     """Build a ``SearchSpace`` from a space-file dict; ValueError naming the key for anything wrong."""
     space = SearchSpace(**check_space(raw, source))
     try:
-        from squeezelstm.trainers import Config
-
         # every key and type of the trainer config, checked once on the space's first point
         Config.from_dict(space.sample(_ScriptedSuggester([])).config)
     except (ValueError, TypeError) as exc:
@@ -318,8 +328,6 @@ def load_space(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str
 
 def model_cost(config: dict, vocab_size: int) -> tuple[int, int]:
     """Exact ``(params, flops)`` of the trainer model a config dict builds, via the trainer's counters."""
-    from squeezelstm.trainers import Config, count_model_flops, count_model_parameters
-
     cfg = Config.from_dict(config)
     return int(count_model_parameters(cfg, vocab_size)), int(count_model_flops(cfg, vocab_size))
 

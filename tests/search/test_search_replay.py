@@ -196,3 +196,21 @@ def test_incremental_front_has_the_hypervolume_of_all_points():
         if i % 37 == 0 or i == len(points) - 1:
             assert log_hv(front, ref) == pytest.approx(log_hv(points[: i + 1], ref), rel=1e-12, abs=1e-15)
     assert all(not (q[0] <= p[0] and q[1] <= p[1]) for p in front for q in front if q != p)
+
+
+def test_a_space_without_train_epochs_trains_the_trainers_default(made_up):
+    # A space file may leave train.epochs out: its trials then train TrainConfig's default (4 epochs).
+    # The replay, the controller's pruning cut-off and the EHVI sampler must count the same epochs
+    # (they once assumed 1, so every replayed trial "finished" after its first epoch).
+    from squeezelstm.search.space import locate_space, parse_space
+    from squeezelstm.trainers.config import TrainConfig
+
+    raw, _ = locate_space("default")
+    del raw["train"]["epochs"]
+    space = parse_space(raw)
+    assert space.trial_epochs() == TrainConfig().epochs == EPOCHS
+    assert space.trial_epochs(2) == 2
+    _, table = made_up
+    res = replay_search(table, space, sampler="ehvi", pruner="none", seed=0, workers=2, budget=24, vocab_size=VOCAB)
+    assert res.trials and all(t["epochs"] == EPOCHS for t in res.trials if t["status"] == "finished")
+    assert res.compute == sum(t["epochs"] for t in res.trials) >= 24

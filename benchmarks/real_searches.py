@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from squeezelstm.search.export import load_records
     from squeezelstm.search.backends import CurveTable
     from squeezelstm.search.backends import resolve_paths, run_search
+    from squeezelstm.search.config import SearchConfig
     from squeezelstm.search.space import load_space
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)
@@ -86,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             done = records_file.is_file() and len(load_records(name, storage=args.storage)[1]) >= args.trials
             if not done:
                 start = time.perf_counter()
-                run_search(space, trials=args.trials, experiment=name, sampler=sampler, pruner=pruner,
-                           pruner_kwargs=pruner_kwargs, seed=seed, cpus_per_trial=1, max_concurrent=1,
-                           storage=args.storage, track=False, resume=records_file.is_file())
+                config = SearchConfig(space, trials=args.trials, experiment=name, sampler=sampler, pruner=pruner,
+                                      pruner_options=pruner_kwargs, seed=seed, cpus_per_trial=1, max_concurrent=1,
+                                      storage=args.storage, track=False)
+                run_search(config, resume=records_file.is_file())
                 print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
             records = load_records(name, storage=args.storage)[1]
             results[f"{strategy} seed {seed}"] = {"strategy": strategy, "seed": seed, **summarise(records, ref, best)}

@@ -76,6 +76,7 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
                  epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False) -> list[dict]:
     """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts)."""
     from squeezelstm.search.backends import replay_search
+    from squeezelstm.search.config import SearchConfig
 
     sampler, pruner, pruner_kwargs, asha, *rest = spec  # an optional fifth entry: the sampler's options
     sampler_kwargs = rest[0] if rest else None
@@ -85,9 +86,10 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = replay_search(table, space, sampler=sampler, pruner=pruner, seed=seed, workers=workers,
-                                budget=budget, epochs=epochs, cost=cost, stopper=stopper, vocab_size=vocab, ref=ref,
-                                fresh=fresh, sampler_kwargs=sampler_kwargs, **pruner_kwargs)
+            config = SearchConfig(space, sampler=sampler, pruner=pruner, seed=seed, epochs=epochs,
+                                  sampler_options=sampler_kwargs or {}, pruner_options=pruner_kwargs)
+            res = replay_search(table, config, workers=workers, budget=budget, cost=cost, stopper=stopper,
+                                vocab_size=vocab, ref=ref, fresh=fresh)
         out.append({"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
                     "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res})
     return out

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-from collections import Counter
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from squeezelstm.search.pareto import TrialRecord, pareto_front
+from squeezelstm.search.pareto import TrialRecord, pareto_front, status_counts
 
 from . import figures
-from .tables import COLUMNS, cell_text, front_rows
+from .tables import COLUMNS, cell_text, front_rows, json_safe, rows_to_csv
+
+REPORT_FILE = "pareto_report.html"
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -41,7 +43,7 @@ def _front_table_html(records: Sequence[TrialRecord]) -> str:
 
 
 def _summary(records: Sequence[TrialRecord]) -> str:
-    counts = Counter(r.status for r in records)
+    counts = status_counts(records)
     parts = [f"{len(records)} trials"] + [f"{n} {status}" for status, n in sorted(counts.items())]
     front = pareto_front(records)
     if front:
@@ -98,3 +100,22 @@ def write_report(records: Iterable[TrialRecord], path: str | Path, *, title: str
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def write_front_files(records: Iterable[TrialRecord], folder: str | Path, *, title: str,
+                      optimal_ppl: float | None = None, hypervolume_history: Sequence[dict] | None = None,
+                      report: bool = True) -> list[str]:
+    """Write the front's ``pareto_front.csv`` and ``.json`` (and, with ``report``, the HTML report) into ``folder``.
+
+    Returns the names written: what the search's tracking logs on its parent run after every finished trial.
+    """
+    records, folder = list(records), Path(folder)
+    rows = front_rows(pareto_front(records))
+    (folder / "pareto_front.csv").write_text(rows_to_csv(rows))
+    (folder / "pareto_front.json").write_text(json.dumps(json_safe(rows), indent=2, default=str))
+    names = ["pareto_front.csv", "pareto_front.json"]
+    if report:
+        write_report(records, folder / REPORT_FILE, title=title, optimal_ppl=optimal_ppl,
+                     hypervolume_history=hypervolume_history)
+        names.append(REPORT_FILE)
+    return names

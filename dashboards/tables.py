@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.trainers.files import json_safe  # noqa: F401  (the tables' JSON, re-exported)
 
 # Each family's own arguments (mirrors squeezelstm.spaces.FAMILY_ARGS, repeated here so that a
 # report never imports torch).
@@ -60,17 +61,6 @@ def cell_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if math.isfinite(value) else str(value)
     return str(value)
-
-
-def json_safe(value: Any) -> Any:
-    """A copy of ``value`` that ``json.dumps`` writes as valid JSON: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:

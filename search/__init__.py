@@ -1,12 +1,16 @@
 """Search for compact LSTM-family models: one sub-package per concept (see docs/ARCHITECTURE.md).
 
 ``pareto`` (trial records, objectives, Pareto maths), ``space`` (the search space and its files),
-``samplers`` and ``pruners`` (what to try, whether to go on), ``controller`` (the study behind
-both), ``backends`` (where trials run: Ray, or a replay), ``tracking`` (MLflow), ``export``, ``cli``.
+``config`` (``SearchConfig``, one search), ``samplers`` and ``pruners`` (what to try, whether to go
+on), ``controller`` (the study behind both), ``backends`` (where trials run: Ray, or a replay; the
+storage layout), ``tracking`` (MLflow), ``export``, ``cli`` (the command, which wires them together).
+Ray and MLflow load only when a search or a store is used.
 """
 
-import importlib
-
+from .backends import SearchResult, replay_search, run_search
+from .config import SearchConfig
+from .controller import SearchController, TrialSpec
+from .export import export_trial, knee_point, pick
 from .pareto import (
     OBJECTIVES,
     STATUSES,
@@ -20,30 +24,24 @@ from .pareto import (
     pareto_mask,
     to_minimization,
 )
+from .pruners import PRUNERS, ParetoAwarePruner, PruningBridge, pareto_should_prune
+from .samplers import SAMPLERS
 from .space import RandomSuggester, SearchSpace, load_space, parse_space, shipped_spaces
-
-# The Ray runner and export (notebook API): light to import, Ray itself loads only when a search runs.
-from .backends import SearchResult, run_search
-from .export import export_trial, knee_point, pick
-
-# The controller and pruners import Optuna: loaded on first use so `squeezelstm train` does not pay for it.
-_LAZY_SEARCH_CORE = {
-    "SearchController": "controller",
-    "TrialSpec": "controller",
-    "SAMPLERS": "controller",
-    "PRUNERS": "pruners",
-    "ParetoAwarePruner": "pruners",
-    "PruningBridge": "pruners",
-    "pareto_should_prune": "pruners",
-}
 
 __all__ = [
     "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
     "STATUSES",
+    "ParetoAwarePruner",
+    "PruningBridge",
     "RandomSuggester",
+    "SearchConfig",
+    "SearchController",
     "SearchResult",
     "SearchSpace",
     "TrialRecord",
+    "TrialSpec",
     "dominates",
     "export_trial",
     "finished",
@@ -55,15 +53,10 @@ __all__ = [
     "parse_space",
     "pareto_front",
     "pareto_mask",
+    "pareto_should_prune",
     "pick",
+    "replay_search",
     "run_search",
     "shipped_spaces",
     "to_minimization",
-    *_LAZY_SEARCH_CORE,
 ]
-
-
-def __getattr__(name: str):
-    if name in _LAZY_SEARCH_CORE:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY_SEARCH_CORE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .files import atomic_write
+
 FORMAT = "squeezelstm-checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.pt"
@@ -28,9 +30,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format marker) atomically: a temporary file, then a rename."""
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    os.replace(tmp, p)
+    atomic_write(p, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

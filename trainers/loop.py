@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .files import json_safe
 from .config import Config, validate
 from .corpus import Corpus, batchify, entropy_to_ppl, load_corpus
 from .device import autocast, resolve_device, thread_budget
@@ -56,17 +57,7 @@ class TrainResult:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+        return json_safe(asdict(self))
 
 
 class Diverged(Exception):

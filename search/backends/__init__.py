@@ -1,27 +1,27 @@
 """Where trials run: Ray Tune (the runner and its adapter), or a replay of recorded learning curves; the storage layout.
 
-The Ray adapter imports Ray: its names load on first use, so ``squeezelstm train`` does not pay for it.
+The Ray adapter imports Ray (about two seconds): its names load on first use, so the command's other
+jobs do not pay for it.
 """
 
 import importlib
 
 from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, log_hv, replay_search
-from ._runner import (
+from ._runner import SearchResult, quiet_libraries, run_search
+from ._storage import (
     DEFAULT_STORAGE,
     RECORDS_FILE,
     SearchPaths,
-    SearchResult,
     check_writable,
     has_state,
     is_uri,
     read_records,
     resolve_paths,
-    run_search,
     write_records,
 )
 
-_RAY = ("ControllerScheduler", "ControllerSearcher", "SearchEvent", "SearchSession", "register_session",
-        "release_session", "run_trial", "spec_to_dict")
+_RAY = ("ControllerScheduler", "ControllerSearcher", "SearchEvent", "SearchSession", "live_session",
+        "register_session", "release_session", "run_trial", "spec_to_dict")
 
 __all__ = [
     "COSTS",
@@ -37,6 +37,7 @@ __all__ = [
     "has_state",
     "is_uri",
     "log_hv",
+    "quiet_libraries",
     "read_records",
     "replay_search",
     "resolve_paths",

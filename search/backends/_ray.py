@@ -17,21 +17,26 @@ token that resolves to the driver's live ``SearchSession``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ..pareto import TrialRecord, log_hypervolume, pareto_front
+from squeezelstm.trainers import Config, train
+from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
+
+from ..pareto import TrialRecord, log_hypervolume, pareto_front, status_counts
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
@@ -94,9 +99,7 @@ class SearchSession:
         if self.progress is None:
             return
         records = self.controller.records()
-        counts: dict[str, int] = {}
-        for r in records:
-            counts[r.status] = counts.get(r.status, 0) + 1
+        counts = status_counts(records)
         hv = None
         if self.ref_params and self.ref_ppl:
             hv = log_hypervolume(records, self.ref_params, self.ref_ppl)
@@ -104,7 +107,19 @@ class SearchSession:
         self.progress(SearchEvent(kind, number, record, running, counts, len(pareto_front(records)), hv))
 
 
+# Ray pickles the searcher and the scheduler it is given, so they hold a token, not the session; the
+# token finds the session here, in the driver process, only while ``live_session`` holds it open.
 _SESSIONS: dict[str, SearchSession] = {}
+
+
+@contextlib.contextmanager
+def live_session(session: SearchSession) -> Iterator[str]:
+    """Make ``session`` reachable from pickled searchers/schedulers for the ``with`` block; yields its token."""
+    token = register_session(session)
+    try:
+        yield token
+    finally:
+        release_session(token)
 
 
 def register_session(session: SearchSession) -> str:
@@ -251,8 +266,6 @@ def _epoch_metrics(result: dict) -> dict:
 
 def _checkpoint_history(ckpt_dir: Path) -> list[dict]:
     """Per-epoch metrics stored in the trainer's checkpoint in ``ckpt_dir`` (empty when there is none)."""
-    from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
-
     path = checkpoint_path(ckpt_dir)
     if not path.exists():
         return []
@@ -275,10 +288,6 @@ def run_trial(config: dict) -> None:
     The last report carries ``final=True``, ``trial_status`` (finished / diverged / failed) and the
     final perplexities; an exception propagates to Ray, which records the trial as failed.
     """
-    import torch
-
-    from squeezelstm.trainers import Config, train
-
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     spec = config["spec"]
     number = int(spec["number"])

@@ -33,8 +33,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..config import SearchConfig
+from ..controller import SearchController, corpus_vocab_size
 from ..pareto import hypervolume, pareto_mask
-from ..space import SearchSpace, load_space, model_cost
+from ..space import SearchSpace, model_cost
 
 COSTS = ("epochs", "seconds")
 
@@ -229,27 +231,22 @@ class ReplayResult:
 
 def replay_search(
     table: CurveTable,
-    space: SearchSpace | str | Path,
+    config: SearchConfig,
     *,
-    sampler: str = "tpe",
-    pruner: str = "pareto",
-    seed: int = 0,
     workers: int = 4,
     budget: float = 200.0,
-    epochs: int | None = None,
     cost: str = "epochs",
     stopper: Stopper | None = None,
     vocab_size: int | None = None,
     ref: tuple[float, float] | None = None,
     measure: Callable[[dict], tuple[int, int]] | None = None,
-    sampler_kwargs: dict | None = None,
     max_trials: int = 10000,
     fresh: bool = False,
-    **pruner_kwargs: Any,
 ) -> ReplayResult:
-    """Simulate one search over ``table`` until ``budget`` compute is spent; returns its trace.
+    """Simulate the search ``config`` over ``table`` until ``budget`` compute is spent; returns its trace.
 
-    ``space`` is the space the table was recorded from; ``epochs`` defaults to its ``train.epochs``.
+    ``config.space`` is the space the table was recorded from (its sampler, pruner, seed and epochs
+    are the search's; where it runs is not read).
     ``workers`` trials run at once; each epoch costs 1 (``cost="epochs"``) or its recorded seconds.
     A trial is launched only while compute spent plus compute committed is below ``budget``, and
     trials in flight finish or are pruned as usual. ``ref`` is the hypervolume reference point
@@ -259,24 +256,21 @@ def replay_search(
     (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
     nearby new configuration, as it would in a real search, instead of repeating a known curve.
     """
-    from ..controller import SearchController  # optuna lives there
-
-    space = space if isinstance(space, SearchSpace) else load_space(space)
+    space = config.space
     recorded = tuple(f for f in space.families if f in table.by_family)
     if not recorded:
         raise ValueError(f"the table holds none of space {space.name!r}'s families {space.families}")
     if recorded != space.families:  # a family nothing was recorded for cannot be replayed: search the others
         space = dataclasses.replace(space, families=recorded)
+        config = config.replace(space=space)
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got cost={cost!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got workers={workers!r}")
     if not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"budget must be a positive number, got budget={budget!r}")
-    epochs = space.trial_epochs(epochs)
+    epochs = space.trial_epochs(config.epochs)
     if vocab_size is None:
-        from ..controller import corpus_vocab_size
-
         vocab_size = corpus_vocab_size(space)
     exact = measure or (lambda config: model_cost(config, int(vocab_size)))
     if ref is None:
@@ -296,9 +290,7 @@ def replay_search(
         mapped[_key(config)] = curve
         return curve.params, curve.flops
 
-    controller = SearchController(space, sampler=sampler, pruner=pruner, seed=seed, epochs=epochs,
-                                  vocab_size=vocab_size, measure=replay_measure, sampler_kwargs=sampler_kwargs,
-                                  study_name=f"replay-{seed}", **pruner_kwargs)
+    controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure)
     result = ReplayResult()
     events: list[tuple[float, int, int, int]] = []  # (time, tie-break, trial number, epoch)
     running: dict[int, Curve] = {}

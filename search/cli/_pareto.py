@@ -7,6 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from squeezelstm import dashboards
+from squeezelstm.dashboards.tables import format_table, front_rows, json_safe
+
+from ..pareto import log_hypervolume, pareto_front, status_counts
+from ..tracking import load_search
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``pareto`` sub-command."""
@@ -24,12 +30,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_pareto(args: argparse.Namespace) -> int:
     """Load the search, print its front, write the report if asked; returns the exit status."""
-    from ..pareto import log_hypervolume, pareto_front
-    from ..tracking import load_search
-
-    from squeezelstm.dashboards.report import write_report
-    from squeezelstm.dashboards.tables import format_table, front_rows, json_safe
-
     info, records = load_search(args.tracking_uri, args.experiment)
     front = pareto_front(records)
     rows = front_rows(front)
@@ -38,12 +38,10 @@ def run_pareto(args: argparse.Namespace) -> int:
     hv = log_hypervolume(records, *reference) if reference else None
     report = None
     if args.out is not None:
-        report = write_report(records, args.out, title=f"Pareto front of search {args.experiment}",
+        report = dashboards.write_report(records, args.out, title=f"Pareto front of search {args.experiment}",
                               optimal_ppl=info.get("optimal_ppl"),
                               hypervolume_history=info.get("hypervolume_history") or None, reference=reference)
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = status_counts(records)
     if args.json:
         print(json.dumps(json_safe({
             "experiment": args.experiment, "parent_run_id": info["run_id"], "tracking_uri": info["tracking_uri"],

@@ -10,8 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from squeezelstm import dashboards
+from squeezelstm.dashboards.tables import format_table, front_rows
+
+from ..backends import read_records, run_search
+from ..config import SearchConfig
+from ..export import export_trial, knee_point, load_records, pick, trial_checkpoint_dir
+from ..pareto import TrialRecord, status_counts
 from ..samplers import DEFAULT_SAMPLER
-from ..pareto import TrialRecord
+from ..space import load_space, override_items
+from ._main import UserError
 
 
 def add_parser(sub: Any) -> None:
@@ -58,7 +66,7 @@ def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = 
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
                    help="ehvi (exact-size expected hypervolume improvement, the default), or Optuna's tpe, nsga2, gp, random")
-    p.add_argument("--pruner", default=None, help="pruner: pareto (default), median, percentile, hyperband, none, ...")
+    p.add_argument("--pruner", default="pareto", help="pruner: pareto (default), median, percentile, hyperband, none, ...")
     p.add_argument("--pruner-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="pruner argument, e.g. --pruner-arg n_warmup_steps=1 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,20 +91,24 @@ def _progress(args: argparse.Namespace):
     return show
 
 
-def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, resume: bool):
-    from ..backends import run_search
-    from ..space import load_space
+def search_config(args: argparse.Namespace, *, space: str, trials: int, experiment: str) -> SearchConfig:
+    """The ``SearchConfig`` a ``search`` or ``demo`` command line describes (validated there, once)."""
+    return SearchConfig(
+        load_space(space, args.overrides or None), experiment=experiment, trials=trials, epochs=args.epochs,
+        sampler=args.sampler, pruner=args.pruner, pruner_options=_pruner_args(args.pruner_arg), seed=args.seed,
+        address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, storage=args.storage,
+        tracking_uri=args.tracking_uri, track=not args.no_tracking,
+    )
 
+
+def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, resume: bool):
     # stdout carries only the command's result (the table, or --json): what Ray prints while the
     # search runs (e.g. "(raylet) Raylet is terminated" when a node dies) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr), _tracking_outage_is_a_clean_stop(args, experiment):
-        return run_search(
-            load_space(space, args.overrides or None), trials=trials, experiment=experiment, epochs=args.epochs,
-            sampler=args.sampler, pruner=args.pruner, address=args.address, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-            storage=args.storage, tracking_uri=args.tracking_uri, track=not args.no_tracking, resume=resume,
-            seed=args.seed, progress=_progress(args), pruner_kwargs=_pruner_args(args.pruner_arg),
-        )
+        config = search_config(args, space=space, trials=trials, experiment=experiment)
+        # the composition root: the dashboards write the front's tables and report that tracking logs
+        return run_search(config, resume=resume, progress=_progress(args), front_files=dashboards.write_front_files)
 
 
 def _tracking_failure(exc: BaseException) -> BaseException | None:
@@ -124,8 +136,6 @@ def _tracking_outage_is_a_clean_stop(args: argparse.Namespace, experiment: str):
         cause = _tracking_failure(exc)
         if cause is None:
             raise
-        from ._main import UserError
-
         reason = " ".join(str(cause).split())[:200]
         raise UserError(
             f"the tracking server failed during search {experiment!r} ({type(cause).__name__}: {reason}); "
@@ -134,31 +144,16 @@ def _tracking_outage_is_a_clean_stop(args: argparse.Namespace, experiment: str):
 
 
 def _pruner_args(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, _ = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--pruner-arg must be KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    return dict(override_items(items))  # values read as YAML, as --set's
 
 
 def front_table(front: list[TrialRecord]) -> str:
-    """The Pareto front as a text table (the dashboards' table when installed)."""
-    try:
-        from squeezelstm.dashboards.tables import format_table, front_rows
-
-        return format_table(front_rows(front))
-    except ImportError:
-        pass
-    lines = [f"{'trial':>5}  {'family':<10} {'params':>10} {'valid ppl':>10} {'test ppl':>9}  sampled"]
-    for r in front:
-        test = "" if r.test_ppl is None else f"{r.test_ppl:.2f}"
-        args = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.sampled.items() if k != "model.cell")
-        lines.append(f"{r.number:>5}  {r.family:<10} {r.params:>10,} {r.valid_ppl:>10.2f} {test:>9}  {args}")
-    return "\n".join(lines)
+    """The Pareto front as the dashboards' text table."""
+    return format_table(front_rows(front))
 
 
 def _record_json(r: TrialRecord) -> dict:
@@ -167,9 +162,7 @@ def _record_json(r: TrialRecord) -> dict:
 
 
 def _summary(result: Any) -> str:
-    counts: dict[str, int] = {}
-    for r in result.records:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = status_counts(result.records)
     done = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     hv = "" if result.hypervolume is None else f", hypervolume {result.hypervolume:.4f}"
     return (f"search {result.experiment}: {len(result.records)} trials ({done}) in {result.elapsed_s:.0f} s; "
@@ -187,8 +180,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_trial, load_records, pick, trial_checkpoint_dir
-
     meta, records = load_records(args.experiment, storage=args.storage, tracking_uri=args.tracking_uri)
     record = pick(records, max_params=args.max_params, max_ppl=args.max_ppl, knee=args.knee)
     ckpt = trial_checkpoint_dir(meta, args.experiment, record.number, args.storage) if args.checkpoint else None
@@ -202,8 +193,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..export import export_trial, knee_point
-
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"--out-dir does not exist: {out_dir}")
@@ -214,16 +203,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not result.front:
         raise ValueError("no trial finished, so there is no front to report or export")
     report = out_dir / "pareto_report.html"
-    try:
-        from squeezelstm.dashboards import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        meta = _meta(result)
-        reference = (meta["ref_params"], meta["ref_ppl"]) if meta.get("ref_params") and meta.get("ref_ppl") else None
-        write_report(result.records, report, title=f"squeezelstm {experiment}",
-                     optimal_ppl=meta.get("optimal_ppl"), reference=reference)
-        print(f"report: {report}", file=sys.stderr)
+    meta = _meta(result)
+    reference = (meta["ref_params"], meta["ref_ppl"]) if meta.get("ref_params") and meta.get("ref_ppl") else None
+    dashboards.write_report(result.records, report, title=f"squeezelstm {experiment}",
+                            optimal_ppl=meta.get("optimal_ppl"), reference=reference)
+    print(f"report: {report}", file=sys.stderr)
     best = knee_point(result.front)
     export_trial(best, out_dir / "best.yaml", experiment=experiment)
     print(f"best (knee): trial {best.number}, {best.family}, {best.params:,} params, valid ppl "
@@ -232,8 +216,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _meta(result: Any) -> dict:
-    from ..backends import read_records
-
     try:
         meta, _ = read_records(result.paths.records_file)
     except (OSError, ValueError):

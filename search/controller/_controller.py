@@ -23,12 +23,12 @@ Bookkeeping rules (the traps measured with OptunaSearch + ASHA):
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +38,32 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, random_draw, space_dists
-from ..pruners import PruningBridge
-from ..pareto import TrialRecord, pareto_front
-from ..space import SearchSpace, load_space, model_cost
+from squeezelstm.trainers import Config, load_corpus
 
-SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
+from ..config import SearchConfig
+from ..pareto import TrialRecord, pareto_front
+from ..pruners import PruningBridge
+from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, random_draw, space_dists
+from ..space import SearchSpace, model_cost
+
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
-EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local")
+
+
+def quiet_optuna(method: Callable) -> Callable:
+    """Optuna at WARNING while ``method`` runs (one INFO line per tell would drown the progress output),
+    restored afterwards: the caller's own Optuna logging is left as it was."""
+
+    @functools.wraps(method)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        before = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))  # a quieter level is kept
+        try:
+            return method(*args, **kwargs)
+        finally:
+            optuna.logging.set_verbosity(before)
+
+    return quiet
 
 
 @dataclass(frozen=True)
@@ -61,96 +78,45 @@ class TrialSpec:
     flops: int
 
 
-def make_sampler(name: str, seed: int, **kwargs: Any) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler called ``name`` (one of ``SAMPLERS``).
-
-    Budget constraints reach every sampler through ``Trial.set_constraint`` (optuna 5 reads them
-    from the trials; the older ``constraints_func`` argument is deprecated there).
-    ``tpe`` is multivariate and grouped (the space is conditional) with the constant liar, so
-    parallel workers do not all sample the same point; ``nsga2`` uses a population of 16 unless
-    ``population_size`` is given; ``gp`` is Optuna's GP sampler (log-EHVI for two objectives).
-    """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got seed={seed!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            if name == "tpe":
-                options = {"multivariate": True, "group": True, "constant_liar": True}
-                options.update(kwargs)
-                return optuna.samplers.TPESampler(seed=seed, **options)
-            if name == "nsga2":
-                options = {"population_size": 16}
-                options.update(kwargs)
-                return optuna.samplers.NSGAIISampler(seed=seed, **options)
-            if name == "gp":
-                # the space is conditional: family arguments outside the shared space are sampled at random
-                options = {"warn_independent_sampling": False}
-                options.update(kwargs)
-                return optuna.samplers.GPSampler(seed=seed, **options)
-            if name == "random":
-                return optuna.samplers.RandomSampler(seed=seed, **kwargs)
-            if name == "ehvi":
-                unknown = sorted(set(kwargs) - set(EHVI_OPTIONS))
-                if unknown:
-                    raise TypeError(f"unexpected options {unknown}; ehvi takes {', '.join(EHVI_OPTIONS)}")
-                return optuna.samplers.RandomSampler(seed=seed)
-        except TypeError as exc:
-            raise ValueError(f"bad argument for sampler {name!r}: {exc}") from None
-    raise ValueError(f"unknown sampler={name!r}; valid samplers: {', '.join(SAMPLERS)}")
-
-
 class SearchController:
     """Samples in-budget configs, decides pruning, and keeps the study and the records honest.
 
-    ``space`` is a ``SearchSpace`` or a shipped name / file path. ``epochs`` overrides the space's
-    ``train.epochs``. ``vocab_size`` is read from the space's corpus (``load_corpus``) unless given;
-    ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters. Extra keyword
-    arguments go to the pruner (see ``squeezelstm.search.pruners.make_pruner``); ``sampler_kwargs``
-    to the sampler. ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw.
+    ``config`` names the space, sampler, pruner (with their options), seed, epochs and the study
+    (``config.experiment``). ``vocab_size`` is read from the space's corpus (``load_corpus``) unless
+    given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters.
+    ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
+    the study, the records and the config live there, and a new controller over it resumes.
     """
 
+    @quiet_optuna
     def __init__(
         self,
-        space: SearchSpace | str | Path,
+        config: SearchConfig,
         *,
-        sampler: str = DEFAULT_SAMPLER,
-        pruner: str = "pareto",
-        seed: int = 0,
-        epochs: int | None = None,
         state_dir: str | Path | None = None,
-        study_name: str = "search",
         vocab_size: int | None = None,
         measure: Callable[[dict], tuple[int, int]] | None = None,
-        sampler_kwargs: dict | None = None,
         max_retries: int = 200,
-        **pruner_kwargs: Any,
     ) -> None:
-        self.space = space if isinstance(space, SearchSpace) else load_space(space)
-        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
-            raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
+        if not isinstance(config, SearchConfig):
+            raise TypeError(f"config must be a SearchConfig, got config={config!r}")
         if not isinstance(max_retries, int) or max_retries < 1:
             raise ValueError(f"max_retries must be a positive integer, got max_retries={max_retries!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler={sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-        if not isinstance(study_name, str) or not study_name:
-            raise ValueError(f"study_name must be a non-empty string, got study_name={study_name!r}")
-        self.epochs = epochs
-        self.seed = seed
-        self.sampler_name = sampler
-        self.pruner_name = pruner
-        self.study_name = study_name
+        self.config = config
+        self.space = config.space
+        self.epochs = config.epochs
+        self.study_name = config.experiment
         self.max_retries = max_retries
         if vocab_size is None and measure is None:
             vocab_size = corpus_vocab_size(self.space)
         self.vocab_size = vocab_size
-        self._measure = measure or (lambda config: model_cost(config, int(vocab_size)))
+        self._measure = measure or (lambda c: model_cost(c, int(vocab_size)))
         # what an over-budget configuration is told: a model that learned nothing scores the vocabulary size
         self._placeholder_ppl = float(vocab_size) if vocab_size else 1e6
         self.smallest = self.space.check_budget(self._measure)
         # bad pruner or sampler arguments fail here, before anything is written to state_dir
-        self.bridge = PruningBridge(pruner, study_name=f"{study_name}-pruning", **pruner_kwargs)
-        make_sampler(sampler, seed, **(sampler_kwargs or {}))
+        self.bridge = PruningBridge(config.pruner, study_name=f"{self.study_name}-pruning", **config.pruner_options)
+        make_sampler(config.sampler, config.seed, **config.sampler_options)
 
         self._lock = threading.RLock()
         self._corpus: Any = None
@@ -158,7 +124,6 @@ class SearchController:
         self._prune_decided: set[int] = set()
         self.rejected = 0
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per tell would drown the progress output
         storage: Any = optuna.storages.InMemoryStorage()
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -166,21 +131,23 @@ class SearchController:
             self._load_records()
             backend = optuna.storages.journal.JournalFileBackend(str(self.state_dir / "optuna.journal"))
             storage = optuna.storages.JournalStorage(backend)
-        n_before = _count_trials(storage, study_name)
+        n_before = _count_trials(storage, self.study_name)
         # a resumed search must not replay the first run's random draws: mix the trial count into the seed
+        seed = config.seed
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
-        self.sampler = make_sampler(sampler, sampler_seed, **(sampler_kwargs or {}))
+        self.sampler = make_sampler(config.sampler, sampler_seed, **config.sampler_options)
         self._ehvi: ExactSizeEHVI | None = None
-        if sampler == "ehvi":
+        epochs = config.epochs
+        if config.sampler == "ehvi":
             dists, families = space_dists(self.space)
             self._ehvi = ExactSizeEHVI(
                 random_draw(self.space, self._measure, epochs), dists, families,
                 epochs=self.space.trial_epochs(epochs), smallest=self.smallest[0],
                 ref_params=self.space.max_params, seed=sampler_seed,
-                neighbour=local_draw(self.space, self._measure, epochs), **(sampler_kwargs or {}),
+                neighbour=local_draw(self.space, self._measure, epochs), **config.sampler_options,
             )
         self.study = optuna.create_study(
-            study_name=study_name,
+            study_name=self.study_name,
             storage=storage,
             directions=["minimize", "minimize"],
             sampler=self.sampler,
@@ -190,6 +157,7 @@ class SearchController:
 
     # -- the three calls a runner makes ---------------------------------------------------------
 
+    @quiet_optuna
     def suggest(self) -> TrialSpec:
         """Sample a valid configuration within budget, register it as running and return its spec.
 
@@ -231,6 +199,7 @@ class SearchController:
                 f"after {self.max_retries} samples of space {self.space.name!r}; raise the budget or narrow the space"
             )
 
+    @quiet_optuna
     def report(self, number: int, epoch: int, metrics: dict) -> bool:
         """Record epoch ``epoch`` of trial ``number``; True means the trial should be pruned now."""
         with self._lock:
@@ -254,6 +223,7 @@ class SearchController:
             self._save()
             return decision
 
+    @quiet_optuna
     def complete(self, number: int, status: str, result: dict | None = None) -> TrialRecord:
         """Close trial ``number`` with its real outcome, tell the study, and return its record.
 
@@ -303,8 +273,6 @@ class SearchController:
     def corpus(self) -> Any:
         """The space's corpus (loaded once through the trainer's per-process cache): vocabulary, unigram and optimal perplexity."""
         if self._corpus is None:
-            from squeezelstm.trainers import Config, load_corpus
-
             self._corpus = load_corpus(Config.from_dict({"data": copy.deepcopy(self.space.fixed.get("data", {}))}).data)
         return self._corpus
 
@@ -382,7 +350,10 @@ class SearchController:
                 self.bridge.finish(number, record.status, record.valid_ppl)
 
     def _meta(self) -> dict:
-        return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name, "epochs": self.epochs}
+        # the config of the latest session rebuilds the search (SearchConfig.from_dict); the three keys
+        # before it must not change between sessions
+        return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
+                "epochs": self.epochs, "config": self.config.to_dict()}
 
     def _check_meta(self) -> None:
         path = self.state_dir / "controller.json"
@@ -398,8 +369,7 @@ class SearchController:
                         f"state_dir {self.state_dir} holds a search with a different {key}; "
                         "use a new experiment name or the same settings to resume"
                     )
-        else:
-            _atomic_write(path, json.dumps(meta, indent=1))
+        _atomic_write(path, json.dumps(meta, indent=1))
 
     def _load_records(self) -> None:
         path = self.state_dir / "records.json"
@@ -427,8 +397,6 @@ class SearchController:
 
 def corpus_vocab_size(space: SearchSpace) -> int:
     """Vocabulary size of the space's corpus, loaded once through the trainer (it caches per process)."""
-    from squeezelstm.trainers import Config, load_corpus
-
     data = Config.from_dict({"data": copy.deepcopy(space.fixed.get("data", {}))}).data
     if data.corpus == "synthetic":
         return int(data.vocab_size)  # known without generating the corpus
@@ -468,4 +436,4 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["SAMPLERS", "SearchController", "TrialSpec", "corpus_vocab_size", "make_sampler"]
+__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size"]

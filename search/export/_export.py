@@ -17,8 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pareto import TrialRecord, pareto_front
+from squeezelstm.trainers import Config
+from squeezelstm.trainers.config import save_config
+
 from ..backends import read_records, resolve_paths
+from ..pareto import TrialRecord, pareto_front
+from ..tracking import load_search
 
 
 def knee_point(front: Sequence[TrialRecord]) -> TrialRecord:
@@ -82,17 +86,12 @@ def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
     if tracking_uri is None and local.is_file():
         return read_records(local)
     try:
-        from ..tracking import load_search
-    except ImportError:
-        load_search = None
-    if load_search is not None:
-        try:
-            return load_search(tracking_uri, experiment)
-        except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
-            if tracking_uri is not None:
-                raise
-            if not local.is_file():
-                raise FileNotFoundError(f"no search named {experiment!r}: no {local} ({exc})") from None
+        return load_search(tracking_uri, experiment)
+    except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
+        if tracking_uri is not None:
+            raise
+        if not local.is_file():
+            raise FileNotFoundError(f"no search named {experiment!r}: no {local} ({exc})") from None
     if local.is_file():
         return read_records(local)
     raise FileNotFoundError(f"no search named {experiment!r}: no {local} and no MLflow record of it")
@@ -105,9 +104,6 @@ def export_trial(record: TrialRecord, out: str | os.PathLike, *, experiment: str
     Also writes ``<out>.metrics.json`` (the measured metrics) and, with ``checkpoint_from`` (the
     trial's checkpoint folder), copies it to ``<out stem>_checkpoint/``. Returns a summary dict.
     """
-    from squeezelstm.trainers import Config
-    from squeezelstm.trainers.config import save_config
-
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml", ".toml"):
         raise ValueError(f"--out must end in .yaml, .yml or .toml, got {out}")

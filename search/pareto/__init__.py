@@ -9,6 +9,7 @@ from ._records import (
     log_hypervolume,
     objective_matrix,
     pareto_front,
+    status_counts,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "objective_matrix",
     "pareto_front",
     "pareto_mask",
+    "status_counts",
     "to_minimization",
 ]

@@ -69,6 +69,14 @@ def finished(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     ]
 
 
+def status_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
+    """Number of trials per status, in the order the statuses first appear (only those that do)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
 def objective_matrix(records: Sequence[TrialRecord]) -> np.ndarray:
     """(n, 2) array of (params, valid_ppl), both minimised."""
     return np.array([[r.params, r.valid_ppl] for r in records], dtype=float).reshape(len(records), 2)

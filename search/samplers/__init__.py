@@ -1,4 +1,4 @@
-"""What to try next: the exact-size EHVI sampler and its Gaussian process (Optuna's samplers are named in ``controller``)."""
+"""What to try next: Optuna's samplers by name and, as their equal, the exact-size EHVI with its Gaussian process."""
 
 from ._ehvi import (
     DEFAULT_SAMPLER,
@@ -12,17 +12,21 @@ from ._ehvi import (
     staircase,
 )
 from ._gp import GaussianProcess, fit_gp, fit_gp_ard
+from ._optuna import EHVI_OPTIONS, SAMPLERS, make_sampler
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "EHVI_OPTIONS",
     "Encoder",
     "ExactSizeEHVI",
     "GaussianProcess",
     "Observation",
+    "SAMPLERS",
     "expected_hvi",
     "fit_gp",
     "fit_gp_ard",
     "local_draw",
+    "make_sampler",
     "random_draw",
     "space_dists",
     "staircase",

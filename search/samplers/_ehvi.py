@@ -143,9 +143,7 @@ def expected_hvi(a: np.ndarray, mu: np.ndarray, sd: np.ndarray, front: Sequence[
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
-    from math import erf
-
-    return 0.5 * (1.0 + np.vectorize(erf)(z / math.sqrt(2.0)))
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
 
 
 # ----------------------------------------------------------------------------------------------

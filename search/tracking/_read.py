@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 import math
 import sys
 from typing import Any
@@ -103,8 +104,6 @@ def load_search(tracking_uri: str | None, experiment: str) -> tuple[dict, list[T
     runs = [children[n] for n in sorted(children)]
     if uri.startswith(("http://", "https://")) and len(runs) > 1:
         # one metric-history request per key and trial: overlap the round trips to a server
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=8) as pool:
             records = list(pool.map(lambda run: _record_from_run(client, run), runs))
     else:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +48,14 @@ REF_TAGS = {"ref_params": "squeezelstm.ref_params", "ref_ppl": "squeezelstm.ref_
 # metrics that are not per-epoch learning-curve values
 STEP0_METRICS = ("params", "flops")
 FINAL_PREFIX = "final_"
-REPORT_FILE = "pareto_report.html"
+SEARCH_CONFIG_FILE = "search_config.json"
 
 _MAX_PARAM_VALUE = 6000      # MLflow's limit on a param value
 _MAX_TAG_VALUE = 8000        # ... and on a tag value
 _BATCH = 100                 # params / tags per log_batch call
+# Writes the front's files (tables, report) into a folder and returns their names; the CLI wires in the
+# dashboards' ``write_front_files``, so this adapter never imports the dashboards.
+FrontFiles = Callable[..., list[str]]
 _MLFLOW_RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
 
 
@@ -236,11 +242,14 @@ class TrialLogger:
 class SearchTracker:
     """Driver-side MLflow adapter of one search: the parent run, its children, and the Pareto front on it."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+    def __init__(self, tracking_uri: str | None, experiment: str, front_files: FrontFiles | None = None) -> None:
+        """``front_files(records, folder, *, title, optimal_ppl, hypervolume_history, report) -> [names]`` writes
+        the front's files that ``update_front`` logs on the parent run (none without it)."""
         if not isinstance(experiment, str) or not experiment.strip():
             raise ValueError(f"experiment must be a non-empty name, got experiment={experiment!r}")
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
+        self.front_files = front_files
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client = None
@@ -275,8 +284,11 @@ class SearchTracker:
                 self.experiment_id = found.experiment_id
         return self.experiment_id
 
-    def start_search(self, *, params: dict, tags: dict, resume: bool = False) -> str:
-        """Open the parent run and return its id; ``resume`` reopens the experiment's latest parent run."""
+    def start_search(self, *, params: dict, tags: dict, resume: bool = False, config: dict | None = None) -> str:
+        """Open the parent run and return its id; ``resume`` reopens the experiment's latest parent run.
+
+        ``config`` (a ``SearchConfig.to_dict()``) is kept on the run as ``search_config.json``: it rebuilds the search.
+        """
         experiment_id = self._experiment_id()
         run = None
         if resume:
@@ -298,6 +310,8 @@ class SearchTracker:
         changed = {f"resume.{k}": _param_value(v) for k, v in flatten(params or {}).items()
                    if str(k) in existing and existing[str(k)] != _param_value(v)}
         _log(self.client, self.parent_run_id, params=new, tags={**all_tags, **changed})
+        if config is not None:
+            self.client.log_dict(self.parent_run_id, config, SEARCH_CONFIG_FILE)
         self._pareto = None
         return self.parent_run_id
 
@@ -346,10 +360,10 @@ class SearchTracker:
 
     def update_front(self, records: list[TrialRecord], *, ref_params: float, ref_ppl: float,
                      optimal_ppl: float | None = None, report: bool = True) -> None:
-        """Bring the parent's front up to date: pareto tags, hypervolume steps, CSV/JSON and the HTML report.
+        """Bring the parent's front up to date: pareto tags, hypervolume steps, and ``front_files``' files.
 
-        Call it after every finished trial with all records so far; ``report=False`` skips the
-        HTML report (about a second of plotly work) when trials finish faster than that matters.
+        Call it after every finished trial with all records so far; ``report=False`` asks ``front_files``
+        to skip the HTML report (about a second of plotly work) when trials finish faster than that matters.
         """
         if ref_params <= 0 or ref_ppl <= 0:
             raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
@@ -360,21 +374,14 @@ class SearchTracker:
         self._retag_front(client, experiment_id, parent, {r.number for r in front})
         self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
         self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
-        from squeezelstm.dashboards.report import write_report
-        from squeezelstm.dashboards.tables import front_rows, json_safe, rows_to_csv
-
-        rows = front_rows(front)
+        if self.front_files is None:
+            return
         with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:
-            tmp_path = Path(tmp)
-            (tmp_path / "pareto_front.csv").write_text(rows_to_csv(rows))
-            (tmp_path / "pareto_front.json").write_text(json.dumps(json_safe(rows), indent=2, default=str))
-            names = ["pareto_front.csv", "pareto_front.json"]
-            if report:
-                write_report(records, tmp_path / REPORT_FILE, title=f"Pareto front of search {self.experiment}",
-                             optimal_ppl=optimal_ppl, hypervolume_history=hypervolume_history(client, parent))
-                names.append(REPORT_FILE)
+            names = self.front_files(records, Path(tmp), title=f"Pareto front of search {self.experiment}",
+                                     optimal_ppl=optimal_ppl, report=report,
+                                     hypervolume_history=hypervolume_history(client, parent) if report else None)
             for name in names:
-                client.log_artifact(parent, str(tmp_path / name))
+                client.log_artifact(parent, str(Path(tmp) / name))
 
     def _retag_front(self, client, experiment_id: str, parent: str, members: set[int]) -> None:
         children = child_runs(client, experiment_id, parent)
@@ -423,9 +430,6 @@ class SearchTracker:
 
 def code_version() -> dict[str, str]:
     """Tags naming the code that ran a search: the package version and, in a git checkout, the commit."""
-    import subprocess
-    from importlib.metadata import PackageNotFoundError, version
-
     tags = {}
     try:
         tags["squeezelstm.version"] = version("squeezelstm")

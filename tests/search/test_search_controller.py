@@ -8,7 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from squeezelstm.search.controller import SAMPLERS, SearchController, corpus_vocab_size, make_sampler
+from squeezelstm.search.config import SearchConfig
+from squeezelstm.search.controller import SearchController, corpus_vocab_size
+from squeezelstm.search.samplers import SAMPLERS, make_sampler
 from squeezelstm.search.space import load_space, model_cost, parse_space
 from squeezelstm.trainers import Config, validate
 
@@ -45,7 +47,7 @@ def run_trial(controller: SearchController, spec, status: str = "finished", epoc
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_suggestions_are_valid_and_never_over_budget_and_infeasible_samples_stay_out(sampler):
     space = load_space("default")
-    controller = SearchController(space, sampler=sampler, pruner="none", seed=1, vocab_size=VOCAB, epochs=2)
+    controller = SearchController(SearchConfig(space, sampler=sampler, pruner="none", seed=1, epochs=2), vocab_size=VOCAB)
     specs = []
     for _ in range(30):
         spec = controller.suggest()
@@ -72,9 +74,9 @@ def test_suggestions_are_valid_and_never_over_budget_and_infeasible_samples_stay
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_small_constrained_search(sampler):
     space = parse_space(toy_raw(max_params=40_000))
-    controller = SearchController(space, sampler=sampler, seed=0, vocab_size=VOCAB,
-                                  sampler_kwargs={"n_startup_trials": 3} if sampler in ("tpe", "gp")
-                                  else {"n_startup": 3, "pool_size": 32} if sampler == "ehvi" else None)
+    options = ({"n_startup_trials": 3} if sampler in ("tpe", "gp")
+               else {"n_startup": 3, "pool_size": 32} if sampler == "ehvi" else {})
+    controller = SearchController(SearchConfig(space, sampler=sampler, seed=0, sampler_options=options), vocab_size=VOCAB)
     for _ in range(4 if sampler == "gp" else 8):  # the GP sampler fits a model per suggestion: keep it short
         spec = controller.suggest()
         assert spec.params <= 40_000
@@ -85,8 +87,7 @@ def test_every_sampler_runs_a_small_constrained_search(sampler):
 
 def test_samplers_are_seeded():
     def configs(seed):
-        controller = SearchController(parse_space(toy_raw()), sampler="tpe", seed=seed, vocab_size=VOCAB,
-                                      sampler_kwargs={"n_startup_trials": 3})
+        controller = SearchController(SearchConfig(parse_space(toy_raw()), sampler="tpe", seed=seed, sampler_options={"n_startup_trials": 3}), vocab_size=VOCAB)
         out = []
         for _ in range(6):
             spec = controller.suggest()
@@ -99,7 +100,7 @@ def test_samplers_are_seeded():
 
 
 def test_bookkeeping_statuses_reach_the_study_honestly():
-    controller = SearchController(parse_space(toy_raw()), sampler="random", pruner="none", vocab_size=VOCAB)
+    controller = SearchController(SearchConfig(parse_space(toy_raw()), sampler="random", pruner="none"), vocab_size=VOCAB)
     specs = [controller.suggest() for _ in range(5)]
     for s in specs:
         controller.report(s.number, 1, {"valid_ppl": 50.0 + s.number})
@@ -131,7 +132,7 @@ def test_bookkeeping_statuses_reach_the_study_honestly():
 
 
 def test_finished_without_a_value_is_failed():
-    controller = SearchController(parse_space(toy_raw()), sampler="random", vocab_size=VOCAB)
+    controller = SearchController(SearchConfig(parse_space(toy_raw()), sampler="random"), vocab_size=VOCAB)
     spec = controller.suggest()
     record = controller.complete(spec.number, "finished", {"valid_ppl": None})
     assert record.status == "failed"
@@ -141,14 +142,14 @@ def test_finished_without_a_value_is_failed():
 def test_argument_errors():
     space = parse_space(toy_raw())
     with pytest.raises(ValueError, match="valid samplers: ehvi, tpe, nsga2, gp, random"):
-        SearchController(space, sampler="cmaes", vocab_size=VOCAB)
+        SearchController(SearchConfig(space, sampler="cmaes"), vocab_size=VOCAB)
     with pytest.raises(ValueError, match="valid pruners"):
-        SearchController(space, pruner="asha", vocab_size=VOCAB)
+        SearchController(SearchConfig(space, pruner="asha"), vocab_size=VOCAB)
     with pytest.raises(ValueError, match="epochs"):
-        SearchController(space, epochs=0, vocab_size=VOCAB)
+        SearchController(SearchConfig(space, epochs=0), vocab_size=VOCAB)
     with pytest.raises(ValueError, match="bad argument for sampler 'tpe'"):
         make_sampler("tpe", 0, population=3)
-    controller = SearchController(space, vocab_size=VOCAB)
+    controller = SearchController(SearchConfig(space), vocab_size=VOCAB)
     with pytest.raises(ValueError, match="unknown trial number=99"):
         controller.report(99, 1, {"valid_ppl": 1.0})
     with pytest.raises(ValueError, match="status must be one of"):
@@ -157,7 +158,7 @@ def test_argument_errors():
 
 def test_budget_below_the_cheapest_config_fails_at_construction():
     with pytest.raises(ValueError, match=r"budget max_params=1000 is below the smallest configuration of this space \(\d+ params\)"):
-        SearchController(parse_space(toy_raw(max_params=1000)), vocab_size=VOCAB)
+        SearchController(SearchConfig(parse_space(toy_raw(max_params=1000))), vocab_size=VOCAB)
 
 
 def test_bounded_retries_then_a_clear_error():
@@ -169,7 +170,7 @@ def test_bounded_retries_then_a_clear_error():
                                                           "embedding_size": 16}}, VOCAB)[0]
     raw["budget"] = {"max_params": cheapest}
     raw["families"] = {}
-    controller = SearchController(parse_space(raw), sampler="random", seed=0, vocab_size=VOCAB, max_retries=3)
+    controller = SearchController(SearchConfig(parse_space(raw), sampler="random", seed=0), vocab_size=VOCAB, max_retries=3)
     with pytest.raises(ValueError, match="no configuration within budget .* after 3 samples"):
         controller.suggest()
     assert controller.rejected == 3 and controller.records() == []
@@ -178,7 +179,7 @@ def test_bounded_retries_then_a_clear_error():
 def test_resume_keeps_records_history_numbers_and_sampler_history(tmp_path):
     state = tmp_path / "controller"
     space = parse_space(toy_raw(max_params=40_000))
-    first = SearchController(space, sampler="tpe", seed=5, state_dir=state, study_name="exp", vocab_size=VOCAB)
+    first = SearchController(SearchConfig(space, sampler="tpe", seed=5, experiment="exp"), state_dir=state, vocab_size=VOCAB)
     specs = [first.suggest() for _ in range(4)]
     run_trial(first, specs[0])
     run_trial(first, specs[1])
@@ -190,7 +191,7 @@ def test_resume_keeps_records_history_numbers_and_sampler_history(tmp_path):
     first.study.ask()  # the driver is killed right after asking Optuna: a RUNNING trial without a record
     del first
 
-    second = SearchController(space, sampler="tpe", seed=5, state_dir=state, study_name="exp", vocab_size=VOCAB)
+    second = SearchController(SearchConfig(space, sampler="tpe", seed=5, experiment="exp"), state_dir=state, vocab_size=VOCAB)
     assert [r.to_dict() for r in second.records()] == [r.to_dict() for r in before]
     assert [s.number for s in second.unfinished()] == [specs[3].number]
     assert second.unfinished()[0].config == specs[3].config
@@ -208,29 +209,27 @@ def test_resume_keeps_records_history_numbers_and_sampler_history(tmp_path):
     assert len(second.study.get_trials(deepcopy=False)) >= n_trials + 2
 
     with pytest.raises(ValueError, match="different space"):
-        SearchController(parse_space(toy_raw(max_params=50_000)), state_dir=state, study_name="exp", vocab_size=VOCAB)
+        SearchController(SearchConfig(parse_space(toy_raw(max_params=50_000)), experiment="exp"), state_dir=state, vocab_size=VOCAB)
 
 
 def test_resume_replays_the_pruning_decision(tmp_path):
     space = parse_space(toy_raw())
-    first = SearchController(space, sampler="random", pruner="median", state_dir=tmp_path, vocab_size=VOCAB,
-                             n_startup_trials=1, n_warmup_steps=0)
+    config = SearchConfig(space, sampler="random", pruner="median", pruner_options={"n_startup_trials": 1, "n_warmup_steps": 0})
+    first = SearchController(config, state_dir=tmp_path, vocab_size=VOCAB)
     good = first.suggest()
     first.report(good.number, 1, {"valid_ppl": 10.0})
     first.complete(good.number, "finished", {"valid_ppl": 10.0})
     bad = first.suggest()
     assert first.report(bad.number, 1, {"valid_ppl": 500.0}) is True
     del first  # killed before Ray stopped the trial
-    second = SearchController(space, sampler="random", pruner="median", state_dir=tmp_path, vocab_size=VOCAB,
-                              n_startup_trials=1, n_warmup_steps=0)
+    second = SearchController(config, state_dir=tmp_path, vocab_size=VOCAB)
     assert second.complete(bad.number, "finished", {"valid_ppl": 400.0}).status == "pruned"
     assert second.study.get_trials(deepcopy=False)[bad.number].state == TrialState.PRUNED
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
 def test_a_pruned_decision_does_not_hide_a_divergence():
-    controller = SearchController(parse_space(toy_raw()), sampler="random", pruner="median", vocab_size=VOCAB,
-                                  n_startup_trials=1, n_warmup_steps=0)
+    controller = SearchController(SearchConfig(parse_space(toy_raw()), sampler="random", pruner="median", pruner_options={"n_startup_trials": 1, "n_warmup_steps": 0}), vocab_size=VOCAB)
     run_trial(controller, controller.suggest())
     spec = controller.suggest()
     assert controller.report(spec.number, 1, {"valid_ppl": float("nan")}) is True
@@ -242,13 +241,13 @@ def test_vocabulary_comes_from_the_space_corpus():
     assert corpus_vocab_size(parse_space(toy_raw())) == VOCAB
     with pytest.raises(ValueError, match="data.path is required for data.corpus='ptb'"):
         corpus_vocab_size(load_space("ptb"))
-    controller = SearchController(parse_space(toy_raw()))
+    controller = SearchController(SearchConfig(parse_space(toy_raw())))
     assert controller.vocab_size == VOCAB
     assert math.isfinite(controller.corpus.unigram_ppl)
 
 
 def test_infeasible_trials_never_reach_optuna_best_trials():
-    controller = SearchController(parse_space(toy_raw(max_params=20_000)), sampler="random", seed=2, vocab_size=VOCAB)
+    controller = SearchController(SearchConfig(parse_space(toy_raw(max_params=20_000)), sampler="random", seed=2), vocab_size=VOCAB)
     for _ in range(10):
         run_trial(controller, controller.suggest())
     assert controller.rejected > 0
@@ -260,9 +259,9 @@ def test_infeasible_trials_never_reach_optuna_best_trials():
 def test_bad_arguments_write_nothing_to_state_dir(tmp_path):
     state = tmp_path / "controller"
     with pytest.raises(ValueError, match="valid pruners"):
-        SearchController(parse_space(toy_raw()), pruner="asha", state_dir=state, vocab_size=VOCAB)
+        SearchController(SearchConfig(parse_space(toy_raw()), pruner="asha"), state_dir=state, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="bad argument for sampler"):
-        SearchController(parse_space(toy_raw()), sampler_kwargs={"bogus": 1}, state_dir=state, vocab_size=VOCAB)
+        SearchController(SearchConfig(parse_space(toy_raw()), sampler_options={"bogus": 1}), state_dir=state, vocab_size=VOCAB)
     assert not state.exists()
 
 
@@ -273,8 +272,7 @@ def test_controller_drives_the_real_trainer_without_ray():
     raw = toy_raw(max_params=20_000)
     raw["data"].update({"vocab_size": 30, "train_tokens": 1500, "valid_tokens": 300, "test_tokens": 300})
     raw["train"].update({"batch_size": 8, "bptt": 8, "device": "cpu", "threads": 1})
-    controller = SearchController(parse_space(raw), sampler="random", pruner="median", seed=0, epochs=2,
-                                  n_startup_trials=1, n_warmup_steps=0)
+    controller = SearchController(SearchConfig(parse_space(raw), sampler="random", pruner="median", seed=0, epochs=2, pruner_options={"n_startup_trials": 1, "n_warmup_steps": 0}))
     for _ in range(3):
         spec = controller.suggest()
         result = train(Config.from_dict(spec.config),
@@ -291,8 +289,7 @@ def test_a_trial_is_never_pruned_at_its_last_epoch():
     """A trial that reached its last epoch is fully trained: its value is final, so it is told as finished
     (and can reach the front) however bad it is; the same curve one epoch short of the end is pruned."""
     space = parse_space(toy_raw())  # 3 epochs a trial
-    controller = SearchController(space, sampler="random", pruner="median", vocab_size=VOCAB,
-                                  n_startup_trials=1, n_warmup_steps=0)
+    controller = SearchController(SearchConfig(space, sampler="random", pruner="median", pruner_options={"n_startup_trials": 1, "n_warmup_steps": 0}), vocab_size=VOCAB)
     good = controller.suggest()
     for epoch in (1, 2, 3):
         controller.report(good.number, epoch, {"valid_ppl": 10.0})

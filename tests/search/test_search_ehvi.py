@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
+from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.controller import SearchController
 from squeezelstm.search.space import Choice, FloatRange
 from squeezelstm.search.samplers import Encoder, ExactSizeEHVI, Observation, expected_hvi, staircase
@@ -252,9 +253,9 @@ def fake_curve(spec) -> list[float]:
 
 def test_controller_ehvi_suggests_in_budget_configs_the_study_records_and_resumes(tmp_path):
     space = parse_space(toy_raw())
-    kwargs = dict(sampler="ehvi", pruner="none", seed=2, vocab_size=VOCAB, state_dir=tmp_path, study_name="exp",
-                  sampler_kwargs={"n_startup": 3, "pool_size": 24})
-    controller = SearchController(space, **kwargs)
+    config = SearchConfig(space, sampler="ehvi", pruner="none", seed=2, experiment="exp",
+                          sampler_options={"n_startup": 3, "pool_size": 24})
+    controller = SearchController(config, vocab_size=VOCAB, state_dir=tmp_path)
     numbers = []
     for _ in range(7):
         spec = controller.suggest()
@@ -270,7 +271,7 @@ def test_controller_ehvi_suggests_in_budget_configs_the_study_records_and_resume
     configs = [r.config for r in controller.records()]
     assert len({repr(c) for c in configs}) == len(configs)  # no candidate is proposed twice
     del controller
-    resumed = SearchController(space, **kwargs)
+    resumed = SearchController(config, vocab_size=VOCAB, state_dir=tmp_path)
     spec = resumed.suggest()
     assert spec.number > max(numbers) and spec.params <= 40_000
     assert len(resumed.records()) == 8
@@ -278,6 +279,8 @@ def test_controller_ehvi_suggests_in_budget_configs_the_study_records_and_resume
 
 def test_controller_ehvi_rejects_unknown_options():
     with pytest.raises(ValueError, match="ehvi takes n_startup, pool_size, ref_margin"):
-        SearchController(parse_space(toy_raw()), sampler="ehvi", vocab_size=VOCAB, sampler_kwargs={"n_startup_trials": 3})
+        SearchController(SearchConfig(parse_space(toy_raw()), sampler="ehvi", sampler_options={"n_startup_trials": 3}),
+                         vocab_size=VOCAB)
     with pytest.raises(ValueError, match="pool_size must be an integer >= 1"):
-        SearchController(parse_space(toy_raw()), sampler="ehvi", vocab_size=VOCAB, sampler_kwargs={"pool_size": 0})
+        SearchController(SearchConfig(parse_space(toy_raw()), sampler="ehvi", sampler_options={"pool_size": 0}),
+                         vocab_size=VOCAB)

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.controller import SearchController
 from squeezelstm.search.pareto import pareto_mask
 from squeezelstm.search.pruners import PRUNERS, ParetoAwarePruner, PruningBridge, make_pruner, pareto_should_prune
@@ -100,7 +101,9 @@ def _toy_space(max_params=None):
         "data": {"corpus": "synthetic", "vocab_size": 50},
         "model": {"cell": {"choice": ["lstm", "grouped"]}, "hidden_size": {"int": [8, 64], "step": 8},
                   "num_layers": 1, "embedding_size": 16},
-        "train": {"lr": {"float": [1e-3, 1e-2], "log": True}},
+        # one epoch more than the scripted curves: the controller never prunes a trial's last epoch,
+        # plain Optuna would, so every scripted epoch must come before it for the two to agree
+        "train": {"lr": {"float": [1e-3, 1e-2], "log": True}, "epochs": EPOCHS + 1},
         "families": {"grouped": {"groups": {"choice": [2, 4]}}},
     }
     if max_params:
@@ -112,7 +115,8 @@ def _toy_space(max_params=None):
 def test_controller_prunes_as_optuna_and_tells_the_sampler_pruned(name, kwargs):
     """Through the controller: same decisions as plain Optuna, and pruned trials reach the study as PRUNED."""
     curves = noisy_curves(3)
-    controller = SearchController(_toy_space(), sampler="random", pruner=name, study_name="s", vocab_size=50, **kwargs)
+    config = SearchConfig(_toy_space(), sampler="random", pruner=name, experiment="s", pruner_options=kwargs)
+    controller = SearchController(config, vocab_size=50)
     used, decisions = [], []
     for params_hint, curve in curves:
         spec = controller.suggest()

@@ -178,7 +178,9 @@ families:
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
     ray = pytest.importorskip("ray")
+    from squeezelstm.dashboards import write_front_files
     from squeezelstm.search.backends import run_search
+    from squeezelstm.search.config import SearchConfig
 
     root = tmp_path_factory.mktemp("ray_search")
     space = root / "tiny.yaml"
@@ -190,12 +192,12 @@ def search(tmp_path_factory):
     try:
         # One trial at a time and a pruner that stops every trial worse than the best finished one
         # at the same epoch: with a fixed seed some trial is pruned, and the order is reproducible.
-        result = run_search(
+        config = SearchConfig(
             space, trials=4, experiment="tiny", sampler="random", pruner="percentile", seed=3,
-            pruner_kwargs={"percentile": 0.0, "n_startup_trials": 1, "n_warmup_steps": 0},
+            pruner_options={"percentile": 0.0, "n_startup_trials": 1, "n_warmup_steps": 0},
             max_concurrent=1, storage=root / "runs", tracking_uri=f"sqlite:///{root}/mlflow.db",
-            progress=events.append,
         )
+        result = run_search(config, progress=events.append, front_files=write_front_files)
     finally:
         if ours:
             ray.shutdown()

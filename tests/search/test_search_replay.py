@@ -12,6 +12,7 @@ import pytest
 
 from squeezelstm.search.space import RandomSuggester
 from squeezelstm.search.backends import Curve, CurveTable, log_hv, replay_search
+from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.space import load_space, model_cost
 
 VOCAB = 200
@@ -86,8 +87,8 @@ def test_true_front_and_best_hypervolume(made_up):
 @pytest.mark.parametrize("sampler,pruner", [("random", "none"), ("tpe", "pareto"), ("nsga2", "median")])
 def test_replay_counts_compute_and_never_beats_the_table(made_up, sampler, pruner):
     space, table = made_up
-    res = replay_search(table, space, sampler=sampler, pruner=pruner, seed=1, workers=3, budget=40, epochs=EPOCHS,
-                        vocab_size=VOCAB)
+    res = replay_search(table, SearchConfig(space, sampler=sampler, pruner=pruner, seed=1, epochs=EPOCHS),
+                        workers=3, budget=40, vocab_size=VOCAB)
     ref = (float(space.max_params), float(VOCAB))
     best = table.best_hypervolume(EPOCHS, ref)
     epochs_trained = sum(t["epochs"] for t in res.trials)
@@ -105,21 +106,21 @@ def test_replay_counts_compute_and_never_beats_the_table(made_up, sampler, prune
 
 def test_replay_is_deterministic_for_a_seed(made_up):
     space, table = made_up
-    kw = dict(sampler="tpe", pruner="pareto", workers=2, budget=30, epochs=EPOCHS, vocab_size=VOCAB)
-    a = replay_search(table, space, seed=3, **kw)
-    b = replay_search(table, space, seed=3, **kw)
+    config = SearchConfig(space, sampler="tpe", pruner="pareto", seed=3, epochs=EPOCHS)
+    a = replay_search(table, config, workers=2, budget=30, vocab_size=VOCAB)
+    b = replay_search(table, config, workers=2, budget=30, vocab_size=VOCAB)
     assert a.trace == b.trace and [t["curve"] for t in a.trials] == [t["curve"] for t in b.trials]
 
 
 def test_replay_seconds_cost_and_bad_arguments(made_up):
     space, table = made_up
-    res = replay_search(table, space, sampler="random", pruner="none", seed=0, workers=2, budget=10, epochs=2,
-                        cost="seconds", vocab_size=VOCAB)
+    res = replay_search(table, SearchConfig(space, sampler="random", pruner="none", seed=0, epochs=2),
+                        workers=2, budget=10, cost="seconds", vocab_size=VOCAB)
     assert res.compute == pytest.approx(sum(0.5 + 0.1 + 0.5 + 0.2 for t in res.trials))
     with pytest.raises(ValueError, match="cost"):
-        replay_search(table, space, cost="hours", vocab_size=VOCAB)
+        replay_search(table, SearchConfig(space), cost="hours", vocab_size=VOCAB)
     with pytest.raises(ValueError, match="workers"):
-        replay_search(table, space, workers=0, vocab_size=VOCAB)
+        replay_search(table, SearchConfig(space), workers=0, vocab_size=VOCAB)
 
 
 def _bench_module(name: str):
@@ -138,8 +139,8 @@ def test_ray_asha_stopper_stops_the_worse_half_at_a_rung(made_up):
     assert asha.result(1, 1, 150.0) is True
     assert asha.result(2, 1, 90.0) is False
     space, table = made_up
-    res = replay_search(table, space, sampler="random", pruner="none", seed=0, workers=2, budget=40, epochs=EPOCHS,
-                        vocab_size=VOCAB, stopper=_bench_module("replay").RayASHA(max_t=EPOCHS, reduction_factor=2))
+    res = replay_search(table, SearchConfig(space, sampler="random", pruner="none", seed=0, epochs=EPOCHS),
+                        workers=2, budget=40, vocab_size=VOCAB, stopper=_bench_module("replay").RayASHA(max_t=EPOCHS, reduction_factor=2))
     assert any(t["status"] == "pruned" for t in res.trials)
 
 
@@ -171,8 +172,8 @@ def test_search_efficiency_script_end_to_end(tmp_path, made_up, capsys):
 
 def test_fresh_mapping_never_repeats_a_curve_while_the_family_has_unused_ones(made_up):
     space, table = made_up
-    res = replay_search(table, space, sampler="tpe", pruner="none", seed=2, workers=2, budget=60, epochs=EPOCHS,
-                        vocab_size=VOCAB, fresh=True)
+    res = replay_search(table, SearchConfig(space, sampler="tpe", pruner="none", seed=2, epochs=EPOCHS),
+                        workers=2, budget=60, vocab_size=VOCAB, fresh=True)
     seen: dict[str, set] = {}
     for t in res.trials:
         family_left = {c.index for c in table.by_family[t["family"]]} - seen.get(t["family"], set())
@@ -211,6 +212,6 @@ def test_a_space_without_train_epochs_trains_the_trainers_default(made_up):
     assert space.trial_epochs() == TrainConfig().epochs == EPOCHS
     assert space.trial_epochs(2) == 2
     _, table = made_up
-    res = replay_search(table, space, sampler="ehvi", pruner="none", seed=0, workers=2, budget=24, vocab_size=VOCAB)
+    res = replay_search(table, SearchConfig(space, sampler="ehvi", pruner="none", seed=0), workers=2, budget=24, vocab_size=VOCAB)
     assert res.trials and all(t["epochs"] == EPOCHS for t in res.trials if t["status"] == "finished")
     assert res.compute == sum(t["epochs"] for t in res.trials) >= 24

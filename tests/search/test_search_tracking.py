@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from squeezelstm.dashboards import write_front_files
 from squeezelstm.search.cli import main as cli_main
+from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.pareto import TrialRecord, log_hypervolume, pareto_front
 from squeezelstm.search.tracking import (
     PARENT_TAG,
@@ -79,11 +81,11 @@ def by_trial(runs) -> dict[int, list]:
 
 
 def test_run_structure_metrics_tags_and_artifacts(store):
-    tracker = SearchTracker(store, "structure")
+    tracker = SearchTracker(store, "structure", write_front_files)
     tracker.check()
     parent = tracker.start_search(params={"space": "small.yaml", "sampler": "tpe", "pruner": "pareto",
                                           "budget": {"max_params": 100000}, "seed": 3},
-                                  tags={"code_version": "abc123"})
+                                  tags={"code_version": "abc123"}, config=SearchConfig("default", seed=3).to_dict())
     records = [record(0, 5000, 80.0), record(1, 9000, 60.0), record(2, 20000, 90.0, status="pruned", epochs=2),
                record(3, 3000, None, status="failed", epochs=0)]
     for r in records:
@@ -97,7 +99,9 @@ def test_run_structure_metrics_tags_and_artifacts(store):
     assert prun.data.params["sampler"] == "tpe" and prun.data.params["budget.max_params"] == "100000"
     assert float(prun.data.params["hypervolume.ref_params"]) == 1e7
     parent_artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert {"pareto_front.csv", "pareto_front.json", "pareto_report.html"} <= parent_artifacts
+    assert {"pareto_front.csv", "pareto_front.json", "pareto_report.html", "search_config.json"} <= parent_artifacts
+    stored = json.loads(Path(client.download_artifacts(parent, "search_config.json")).read_text())
+    assert SearchConfig.from_dict(stored) == SearchConfig("default", seed=3)  # the parent run rebuilds the search
     front_json = json.loads(Path(client.download_artifacts(parent, "pareto_front.json")).read_text())
     assert [row["trial"] for row in front_json] == [0, 1]
     hv = client.get_metric_history(parent, "hypervolume")
@@ -266,7 +270,7 @@ def test_mlflow_server_takes_runs_and_artifacts_without_a_shared_disk(store, tmp
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        tracker = SearchTracker(uri, "served")
+        tracker = SearchTracker(uri, "served", write_front_files)
         tracker.check()
         tracker.start_search(params={"seed": 0}, tags={})
         records = [record(0, 5000, 80.0), record(1, 9000, 60.0), record(2, 4000, 99.0, status="pruned", epochs=1)]

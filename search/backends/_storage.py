@@ -1,0 +1,98 @@
+"""Where a search keeps things on disk: the experiment folder, the controller journal, trial checkpoints,
+Ray's results (a folder or a URI), and the records file that ``export`` reads without MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from squeezelstm.trainers.files import atomic_write_text, json_safe
+
+from ..pareto import TrialRecord
+
+DEFAULT_STORAGE = "squeezelstm_runs"
+RECORDS_FILE = "records.json"
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """Where a search keeps things: ``experiment_dir`` (local), ``state_dir`` (controller journal),
+    ``trials_dir`` (trainer checkpoints per trial), ``ray_storage`` (Ray results: local or URI)."""
+
+    experiment_dir: Path
+    state_dir: Path
+    trials_dir: Path
+    ray_storage: str
+
+    @property
+    def records_file(self) -> Path:
+        return self.experiment_dir / RECORDS_FILE
+
+
+def is_uri(storage: str) -> bool:
+    """True for ``s3://``-style URIs (handed to Ray); plain and ``file://`` paths are local."""
+    return "://" in storage and not storage.startswith("file://")
+
+
+def resolve_paths(experiment: str, storage: str | os.PathLike | None = None) -> SearchPaths:
+    """Paths of ``experiment`` under ``storage`` (default ``./squeezelstm_runs``).
+
+    A URI storage keeps Ray's results there; the controller state and trial checkpoints then live
+    under ``./squeezelstm_runs/<experiment>`` on the driver (use a shared path, not a URI, when
+    trials run on several machines and must resume from checkpoints).
+    """
+    if not isinstance(experiment, str) or not experiment or "/" in experiment or experiment in (".", ".."):
+        raise ValueError(f"experiment must be a plain non-empty name, got experiment={experiment!r}")
+    storage = DEFAULT_STORAGE if storage is None else os.fspath(storage)
+    if is_uri(storage):
+        local = Path(DEFAULT_STORAGE).resolve() / experiment
+        return SearchPaths(local, local / "controller", local / "trials", storage.rstrip("/") + f"/{experiment}")
+    if storage.startswith("file://"):
+        storage = storage[len("file://"):]
+    local = Path(storage).expanduser().resolve() / experiment
+    return SearchPaths(local, local / "controller", local / "trials", str(local / "ray"))
+
+
+def check_writable(paths: SearchPaths) -> None:
+    """One-line PermissionError/ValueError before any trial when the storage cannot be written."""
+    for folder in (paths.experiment_dir, paths.state_dir, paths.trials_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{uuid.uuid4().hex}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise PermissionError(f"storage is not writable: {folder} ({exc.strerror or exc})") from None
+    if is_uri(paths.ray_storage):
+        import pyarrow.fs  # Ray's dependency, loaded only for a URI storage
+
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(paths.ray_storage)
+            fs.create_dir(path, recursive=True)
+        except Exception as exc:  # pyarrow raises a zoo of types for bad URIs and credentials
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"storage {paths.ray_storage} is not usable: {first}") from None
+
+
+def has_state(paths: SearchPaths) -> bool:
+    """Whether an earlier search left controller state under these paths."""
+    return paths.state_dir.is_dir() and any(paths.state_dir.iterdir())
+
+
+def write_records(path: Path, records: list[TrialRecord], meta: dict | None = None) -> None:
+    """Atomically write the records (and search metadata) as JSON: what ``export`` reads without MLflow."""
+    data = json_safe({"meta": meta or {}, "records": [r.to_dict() for r in records]})
+    atomic_write_text(path, json.dumps(data, default=str, allow_nan=False))
+
+
+def read_records(path: Path) -> tuple[dict, list[TrialRecord]]:
+    """``(meta, records)`` from a file written by ``write_records``."""
+    data = json.loads(Path(path).read_text())
+    return data.get("meta", {}), [TrialRecord.from_dict(r) for r in data["records"]]
+
+
+__all__ = ["DEFAULT_STORAGE", "RECORDS_FILE", "SearchPaths", "check_writable", "has_state", "is_uri", "read_records",
+           "resolve_paths", "write_records"]

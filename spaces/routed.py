@@ -57,7 +57,9 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
+from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
+from ._routed_hidden import hidden_routed_forward
 from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
@@ -208,6 +210,9 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
+        if k > 1 and self.routing in ("hidden", "soft") and gpu_path(x, h):
+            from ._triton_routed import routed_window  # triton is imported on the GPU path only
+            return routed_window(self, x, state)
         if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
@@ -219,6 +224,8 @@ class RoutedLayer(RecurrentLayer):
             return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
         if self.routing == "token":
             return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
+            return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:

@@ -174,3 +174,23 @@ def test_gpu_path_under_autocast(cell, args, dtype, gpu_env):
             continue
         assert low_grads[name] is not None and torch.isfinite(low_grads[name]).all(), name
         assert _rel(low_grads[name], g) < grad_tol, (name, _rel(low_grads[name], g))
+
+
+@pytest.mark.parametrize("cell,args,knob", [
+    ("grouped", {"groups": [4, 2]}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
+    ("grouped", {"groups": 2, "bias": False}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
+    ("factorized", {"rank": 5}, "PRODUCT_MAX_HIDDEN"),
+], ids=str)
+def test_gpu_path_wide_cell_formulations(cell, args, knob, gpu_env, monkeypatch):
+    """The formulations taken from hidden 1024 on (one fused LSTM per group; F-LSTM's bottleneck
+    recurrence), forced here at a small width by lowering the threshold."""
+    from squeezelstm.spaces import _fused
+
+    monkeypatch.setattr(_fused, knob, 0)
+    model = _model(cell, args).train()
+    fast, fast_grads = _two_windows(model, reference=False)
+    ref, ref_grads = _two_windows(model, reference=True)
+    for name, a, b in zip(("out1", "out2", "h_n", "c_n"), fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, rtol=1e-5, atol=1e-5, msg=name)

@@ -152,6 +152,9 @@ class RoutedLayer(RecurrentLayer):
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
         on_gpu = gpu_path(x, h)
+        if k > 1 and self.routing in ("hidden", "soft") and on_gpu:
+            from ._triton_routed import routed_window  # triton is imported on the GPU path only
+            return routed_window(self, x, state)
         if k == 1 or (self.routing == "round_robin" and (on_gpu or compiled_kernels(x) is None)):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only

@@ -1,14 +1,7 @@
 """Shared checks for the cell tests (a fixture, since importlib mode rules out importing a helper module)."""
 
-import os
-
 import pytest
 import torch
-
-# Without a GPU, Triton kernels (the CUDA path's, taken by CPU tensors under SQUEEZELSTM_KERNELS=gpu) run
-# through Triton's interpreter; it reads this when a kernel is defined, so it is set before any import.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _run_reference(model, x, hx):

@@ -1,5 +1,5 @@
 """The CUDA code path, run on CPU tensors (``SQUEEZELSTM_KERNELS=gpu``; Triton kernels through its
-interpreter, ``TRITON_INTERPRET=1``, set in ``conftest.py``), against the reference path.
+interpreter, ``TRITON_INTERPRET=1``, set in ``tests/conftest.py``), against the reference path.
 
 Every family and routing, whole (two layers), over two windows with the state carried from the first
 into the second, ``batch_first`` both ways: outputs, final states and every gradient (input, initial

@@ -38,7 +38,7 @@ CASES = [
 ]
 IDS = [f"{c}-{a}" for c, a in CASES]
 
-INPUT, HIDDEN, LAYERS, STEPS, BATCH = 8, 8, 2, (5, 4), 3
+INPUT, HIDDEN, LAYERS, STEPS, BATCH = 8, 8, 2, (4, 3), 3
 # Autocast tolerances, relative error in norm against the float32 reference (measured here: bf16 <= 0.5%
 # on outputs, <= 1.2% on gradients). H-LSTM's first-layer gradients pass ReLUs: a unit whose pre-activation
 # sits at the kink can flip in bf16 and move them by 10-25% (seed-dependent), so its gradients get 0.3.
@@ -125,8 +125,9 @@ def test_switch_is_read_at_every_call(monkeypatch):
     assert kernels() is None  # the CPU compiled loops never run on the GPU path
 
 
-@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+# Two of the four (mode, layout) pairs keep the Triton interpreter's time down; the layout is the shell's
+# (RecurrentStack transposes before the layers), so each pair still covers both modes and both layouts.
+@pytest.mark.parametrize("training,batch_first", [(True, False), (False, True)], ids=["train-seq_first", "eval-batch_first"])
 @pytest.mark.parametrize("cell,args", CASES, ids=IDS)
 def test_gpu_path_matches_reference_float32(cell, args, training, batch_first, gpu_env):
     model = _model(cell, args, batch_first=batch_first).train(training)

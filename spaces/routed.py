@@ -60,6 +60,7 @@ from ._family_args import check_sizes, layer_input_sizes
 from ._fused import packed_routing
 from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
+from ._routed_hidden import hidden_routed_forward
 from ._rows import PermuteRows, SegmentLinear
 from .lstm import lstm_pointwise
 
@@ -168,6 +169,8 @@ class RoutedLayer(RecurrentLayer):
             if on_gpu:  # one packed cuDNN call per sub-cell (_fused.py)
                 return packed_routing(x, state, self.token_choices(x).flatten(), self._cell_weights())
             return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
+            return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:

@@ -59,6 +59,7 @@ from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
 from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
+from ._routed_hidden import hidden_routed_forward
 from .lstm import lstm_pointwise
 
 ROUTINGS = ("hidden", "round_robin", "token", "soft")
@@ -223,6 +224,8 @@ class RoutedLayer(RecurrentLayer):
             return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
         if self.routing == "token":
             return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
+            return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:

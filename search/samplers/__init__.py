@@ -12,6 +12,7 @@ from ._ehvi import (
     staircase,
 )
 from ._gp import GaussianProcess, fit_gp, fit_gp_ard
+from ._proposals import one_thread
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -23,6 +24,7 @@ __all__ = [
     "fit_gp",
     "fit_gp_ard",
     "local_draw",
+    "one_thread",
     "random_draw",
     "space_dists",
     "staircase",

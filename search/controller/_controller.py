@@ -43,7 +43,7 @@ from squeezelstm.trainers import Config, load_corpus
 from ..config import SearchConfig
 from ..pareto import TrialRecord, pareto_front
 from ..pruners import PruningBridge
-from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, random_draw, space_dists
+from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, one_thread, random_draw, space_dists
 from ..space import SearchSpace, model_cost
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
@@ -167,7 +167,8 @@ class SearchController:
         with self._lock:
             for _ in range(self.max_retries):
                 if self._ehvi is not None:
-                    values, _, _ = self._ehvi.propose(self._observations())
+                    with one_thread():
+                        values, _, _ = self._ehvi.propose(self._observations())
                     self.study.enqueue_trial(values)
                 trial = self.study.ask()
                 try:
@@ -305,7 +306,7 @@ class SearchController:
             r = self._records[number]
             curve = [(int(h["epoch"]), float(h["valid_ppl"])) for h in r.history if h.get("valid_ppl") is not None]
             out.append(Observation(values=trials[number].params, family=r.family, params=r.params, status=r.status,
-                                   curve=curve))
+                                   curve=curve, number=number))
         return out
 
     def _get(self, number: int) -> TrialRecord:

@@ -13,6 +13,7 @@ from ._ehvi import (
 )
 from ._gp import GaussianProcess, fit_gp, fit_gp_ard
 from ._optuna import EHVI_OPTIONS, SAMPLERS, make_sampler
+from ._proposals import one_thread
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -27,6 +28,7 @@ __all__ = [
     "fit_gp_ard",
     "local_draw",
     "make_sampler",
+    "one_thread",
     "random_draw",
     "space_dists",
     "staircase",

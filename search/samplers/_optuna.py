@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
-EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local")
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local", "max_rows")
 
 
 def make_sampler(name: str, seed: int, **kwargs: Any) -> optuna.samplers.BaseSampler:

@@ -6,7 +6,7 @@ jobs do not pay for it.
 
 import importlib
 
-from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, log_hv, replay_search
+from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, replay_search
 from ._runner import SearchResult, quiet_libraries, run_search
 from ._storage import (
     DEFAULT_STORAGE,
@@ -36,7 +36,6 @@ __all__ = [
     "check_writable",
     "has_state",
     "is_uri",
-    "log_hv",
     "quiet_libraries",
     "read_records",
     "replay_search",

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import SearchConfig
 from ..controller import SearchController, corpus_vocab_size
-from ..pareto import hypervolume, pareto_mask
+from ..pareto import log_hypervolume_of, pareto_mask
 from ..space import SearchSpace, model_cost
 
 COSTS = ("epochs", "seconds")
@@ -164,17 +164,7 @@ class CurveTable:
 
     def best_hypervolume(self, epochs: int, ref: tuple[float, float]) -> float:
         """Hypervolume of the whole table's front: the best any search over this table can reach."""
-        return log_hv([(c.params, v) for c, v in self.points(epochs)], ref)
-
-
-def log_hv(points: Iterable[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Hypervolume in (log10 params, log perplexity) with reference ``ref`` = (params, ppl), as ``records.log_hypervolume``."""
-    pts = [(p, v) for p, v in points if v is not None and math.isfinite(v) and p < ref[0] and v < ref[1]]
-    if not pts:
-        return 0.0
-    arr = np.array(pts, dtype=float)
-    arr = np.column_stack([np.log10(arr[:, 0]), np.log(arr[:, 1])])
-    return float(hypervolume(arr, [math.log10(ref[0]), math.log(ref[1])]))
+        return log_hypervolume_of([(c.params, v) for c, v in self.points(epochs)], ref)
 
 
 def _add_to_front(front: list[tuple[float, float]], point: tuple[float, float]) -> list[tuple[float, float]]:
@@ -360,7 +350,7 @@ def replay_search(
         del running[number]
         if record.status == "finished":
             front_points = _add_to_front(front_points, (float(curve.params), float(record.valid_ppl)))
-        result.trace.append((spent, log_hv(front_points, ref)))
+        result.trace.append((spent, log_hypervolume_of(front_points, ref)))
         launch(now)
     result.compute = spent
     result.counts = controller.counts()
@@ -411,4 +401,4 @@ def _float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-__all__ = ["COSTS", "Curve", "CurveTable", "ReplayResult", "Stopper", "log_hv", "replay_search"]
+__all__ = ["COSTS", "Curve", "CurveTable", "ReplayResult", "Stopper", "replay_search"]

@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from squeezelstm.trainers import Config, load_corpus
 
 from ..config import SearchConfig
-from ..pareto import TrialRecord, pareto_front
+from ..pareto import OBJECTIVES, TrialRecord, objective_values, pareto_front
 from ..pruners import PruningBridge
 from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, one_thread, random_draw, space_dists
 from ..space import SearchSpace, model_cost
@@ -149,7 +149,7 @@ class SearchController:
         self.study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            directions=["minimize", "minimize"],
+            directions=[{"min": "minimize", "max": "maximize"}[direction] for _, direction in OBJECTIVES],
             sampler=self.sampler,
             load_if_exists=True,
         )
@@ -183,7 +183,8 @@ class SearchController:
                 for key, value in violation.items():
                     trial.set_constraint(key, value)  # <= 0 feasible; read by TPE, NSGA-II and GP alike
                 if self.space.exceeds_budget(params, flops):
-                    self.study.tell(trial, values=(float(params), self._placeholder_ppl))
+                    known = {"params": float(params), "flops": float(flops), "valid_ppl": self._placeholder_ppl}
+                    self.study.tell(trial, values=tuple(known[metric] for metric, _ in OBJECTIVES))
                     self.rejected += 1
                     self._save()
                     continue
@@ -326,7 +327,7 @@ class SearchController:
         if self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
             return
         if status == "finished":
-            self.study.tell(number, values=(float(record.params), float(record.valid_ppl)))
+            self.study.tell(number, values=tuple(float(v) for v in objective_values(record)))
         elif status == "pruned":
             self.study.tell(number, state=TrialState.PRUNED)
         else:

@@ -21,21 +21,22 @@ from squeezelstm.trainers import Config
 from squeezelstm.trainers.config import save_config
 
 from ..backends import read_records, resolve_paths
-from ..pareto import TrialRecord, pareto_front
+from ..pareto import TrialRecord, objective_values, pareto_front
 from ..tracking import load_search
 
 
 def knee_point(front: Sequence[TrialRecord]) -> TrialRecord:
-    """The front point with the largest distance to the line joining its ends in (log params, log ppl).
+    """The front point with the largest distance to the line joining its ends in log-log space of the
+    two objectives (``OBJECTIVES``: log params, log ppl).
 
-    With one or two points there is no bend; the most accurate one is returned.
+    With one or two points there is no bend; the best in the second objective (the most accurate) is returned.
     """
     if not front:
         raise ValueError("the Pareto front is empty: no finished trial to export")
-    pts = sorted(front, key=lambda r: r.params)
+    pts = sorted(front, key=lambda r: objective_values(r)[0])
     if len(pts) <= 2:
-        return min(pts, key=lambda r: (r.valid_ppl, r.params))
-    xy = [(math.log(r.params), math.log(r.valid_ppl)) for r in pts]
+        return min(pts, key=lambda r: objective_values(r)[::-1])
+    xy = [tuple(math.log(v) for v in objective_values(r)) for r in pts]
     (x0, y0), (x1, y1) = xy[0], xy[-1]
     norm = math.hypot(x1 - x0, y1 - y0)
     # Distance of each point to the chord through the two ends (cross product over chord length).

@@ -14,10 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ._maths import hypervolume, pareto_mask
+from ._maths import hypervolume, pareto_mask, to_minimization
 
 STATUSES = ("running", "finished", "pruned", "failed", "diverged")
-OBJECTIVES = (("params", "min"), ("valid_ppl", "min"))
+# What a search optimises, as data: (TrialRecord attribute, "min" | "max"). The objective matrix, the
+# front, the controller's study, the trackers and the knee point read it, so another size objective
+# (recurrent parameters, FLOPs) is a change here. The hypervolume's axes (log10 of the first, log of
+# the second) and the EHVI sampler, which knows the first exactly, are specific to (size, perplexity).
+OBJECTIVES: tuple[tuple[str, str], ...] = (("params", "min"), ("valid_ppl", "min"))
 
 
 @dataclass
@@ -77,18 +81,23 @@ def status_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
     return counts
 
 
+def objective_values(record: TrialRecord) -> tuple:
+    """The record's value of each objective, in ``OBJECTIVES`` order."""
+    return tuple(getattr(record, metric) for metric, _ in OBJECTIVES)
+
+
 def objective_matrix(records: Sequence[TrialRecord]) -> np.ndarray:
-    """(n, 2) array of (params, valid_ppl), both minimised."""
-    return np.array([[r.params, r.valid_ppl] for r in records], dtype=float).reshape(len(records), 2)
+    """(n, m) array of the objectives' values (``OBJECTIVES``), as they are (see ``to_minimization``)."""
+    return np.array([objective_values(r) for r in records], dtype=float).reshape(len(records), len(OBJECTIVES))
 
 
 def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
-    """Non-dominated finished trials, sorted by parameter count."""
+    """Non-dominated finished trials, sorted by the first objective (then the next)."""
     done = finished(records)
     if not done:
         return []
-    mask = pareto_mask(objective_matrix(done))
-    return sorted((r for r, keep in zip(done, mask) if keep), key=lambda r: (r.params, r.valid_ppl))
+    mask = pareto_mask(to_minimization(objective_matrix(done), OBJECTIVES))
+    return sorted((r for r, keep in zip(done, mask) if keep), key=objective_values)
 
 
 def log_hypervolume(records: Iterable[TrialRecord], ref_params: float, ref_ppl: float) -> float:
@@ -100,9 +109,15 @@ def log_hypervolume(records: Iterable[TrialRecord], ref_params: float, ref_ppl: 
     """
     if ref_params <= 0 or ref_ppl <= 0:
         raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
-    done = finished(records)
-    if not done:
+    return log_hypervolume_of(objective_matrix(finished(records)), (ref_params, ref_ppl))
+
+
+def log_hypervolume_of(points: Iterable[Sequence[float]], ref: Sequence[float]) -> float:
+    """Hypervolume of (params, perplexity) points in (log10 params, log perplexity) against ``ref``
+    (params, perplexity); points not below the reference in both, or not finite, count nothing."""
+    pts = [(p, v) for p, v in points if v is not None and math.isfinite(v) and p < ref[0] and v < ref[1]]
+    if not pts:
         return 0.0
-    pts = np.log(objective_matrix(done))
-    pts[:, 0] /= math.log(10.0)
-    return hypervolume(pts, [math.log10(ref_params), math.log(ref_ppl)])
+    arr = np.array(pts, dtype=float)
+    arr = np.column_stack([np.log10(arr[:, 0]), np.log(arr[:, 1])])
+    return float(hypervolume(arr, [math.log10(ref[0]), math.log(ref[1])]))

@@ -144,3 +144,17 @@ def test_records_front_holds_finished_trials_only():
     assert hv == pytest.approx(only) and hv > 0
     expected = brute_hypervolume([[math.log10(100), math.log(50)], [math.log10(200), math.log(40)]], [3.0, math.log(100)])
     assert hv == pytest.approx(expected)
+
+
+def test_the_front_reads_the_objectives_as_data(monkeypatch):
+    # FLOPs instead of parameters as the size objective: one change to OBJECTIVES moves the front
+    from squeezelstm.search.pareto import _records
+
+    recs = [TrialRecord(0, "lstm", params=100, flops=900, status="finished", valid_ppl=50.0),
+            TrialRecord(1, "lstm", params=200, flops=300, status="finished", valid_ppl=40.0),
+            TrialRecord(2, "lstm", params=150, flops=100, status="finished", valid_ppl=60.0)]
+    assert [r.number for r in pareto_front(recs)] == [0, 1]  # trial 2 is larger and worse than trial 0
+    monkeypatch.setattr(_records, "OBJECTIVES", (("flops", "min"), ("valid_ppl", "min")))
+    assert [r.number for r in pareto_front(recs)] == [2, 1]
+    monkeypatch.setattr(_records, "OBJECTIVES", (("params", "min"), ("valid_ppl", "max")))
+    assert [r.number for r in pareto_front(recs)] == [0, 2]

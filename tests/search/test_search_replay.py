@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from squeezelstm.search.space import RandomSuggester
-from squeezelstm.search.backends import Curve, CurveTable, log_hv, replay_search
+from squeezelstm.search.backends import Curve, CurveTable, replay_search
 from squeezelstm.search.config import SearchConfig
+from squeezelstm.search.pareto import log_hypervolume_of
 from squeezelstm.search.space import load_space, model_cost
 
 VOCAB = 200
@@ -80,8 +81,8 @@ def test_true_front_and_best_hypervolume(made_up):
     assert front and all(a.params < b.params and a.final(EPOCHS) > b.final(EPOCHS) for a, b in zip(front, front[1:]))
     ref = (100000.0, float(VOCAB))
     best = table.best_hypervolume(EPOCHS, ref)
-    assert best == pytest.approx(log_hv([(c.params, c.final(EPOCHS)) for c in front], ref))
-    assert best > log_hv([(front[0].params, front[0].final(EPOCHS))], ref) > 0
+    assert best == pytest.approx(log_hypervolume_of([(c.params, c.final(EPOCHS)) for c in front], ref))
+    assert best > log_hypervolume_of([(front[0].params, front[0].final(EPOCHS))], ref) > 0
 
 
 @pytest.mark.parametrize("sampler,pruner", [("random", "none"), ("tpe", "pareto"), ("nsga2", "median")])
@@ -195,7 +196,7 @@ def test_incremental_front_has_the_hypervolume_of_all_points():
     for i, pt in enumerate(points):
         front = _add_to_front(front, pt)
         if i % 37 == 0 or i == len(points) - 1:
-            assert log_hv(front, ref) == pytest.approx(log_hv(points[: i + 1], ref), rel=1e-12, abs=1e-15)
+            assert log_hypervolume_of(front, ref) == pytest.approx(log_hypervolume_of(points[: i + 1], ref), rel=1e-12, abs=1e-15)
     assert all(not (q[0] <= p[0] and q[1] <= p[1]) for p in front for q in front if q != p)
 
 

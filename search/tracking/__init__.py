@@ -1,4 +1,5 @@
-"""The MLflow adapter: a search's parent run and one child run per trial (writer), reading a search back, the store."""
+"""The MLflow adapter: a search's parent run and one child run per trial (``_tracker``), their tags and
+lookups (``_runs``), reading a search back (``_read``), the store (``_store``). It never imports the dashboards."""
 
 from ._read import load_search
 from ._store import (
@@ -10,7 +11,7 @@ from ._store import (
     resolve_tracking_uri,
     sqlite_path,
 )
-from ._tracker import (
+from ._runs import (
     CONFIG_TAG,
     FAMILY_TAG,
     FINAL_PREFIX,
@@ -24,16 +25,13 @@ from ._tracker import (
     STATUS_TAG,
     STEP0_METRICS,
     TRIAL_TAG,
-    FrontFiles,
-    SearchTracker,
-    TrialLogger,
     child_runs,
-    code_version,
     flatten,
     hypervolume_history,
     quote_filter_value,
     search_all_runs,
 )
+from ._tracker import FrontFiles, SearchTracker, TrialLogger, code_version
 
 __all__ = [
     "CONFIG_TAG",

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..pareto import STATUSES, TrialRecord
-from ._tracker import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
+from ._runs import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
                        STEP0_METRICS, TRIAL_TAG, child_runs, hypervolume_history, quote_filter_value, search_all_runs)
 from ._store import check_tracking_uri, mlflow_client, sqlite_path
 

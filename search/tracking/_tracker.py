@@ -29,34 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
-from ._runs import (  # noqa: F401  (the tags, re-exported for callers of this module)
-    _MAX_TAG_VALUE,
-    CONFIG_TAG,
-    FAMILY_TAG,
-    FINAL_PREFIX,
-    PARENT_TAG,
-    PARETO_TAG,
-    REF_TAGS,
-    ROLE_TAG,
-    SAMPLED_TAG,
-    SEARCH_CONFIG_FILE,
-    SEARCH_TAG,
-    STATUS_TAG,
-    STEP0_METRICS,
-    TRIAL_TAG,
-    _find_child,
-    _log,
-    _param_value,
-    _scalar_metrics,
-    child_runs,
-    flatten,
-    hypervolume_history,
-    quote_filter_value,
-    search_all_runs,
-)
-from ._store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
-    TrackingUnavailable, check_tracking_uri, default_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri,
-    sqlite_path)
+from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, PARETO_TAG, REF_TAGS, ROLE_TAG,
+                     SAMPLED_TAG, SEARCH_CONFIG_FILE, SEARCH_TAG, STATUS_TAG, STEP0_METRICS, TRIAL_TAG, _find_child,
+                     _log, _param_value, _scalar_metrics, child_runs, flatten, hypervolume_history,
+                     quote_filter_value, search_all_runs)
+from ._store import TrackingUnavailable, check_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri, sqlite_path
 
 # Writes the front's files (tables, report) into a folder and returns their names; the CLI wires in the
 # dashboards' ``write_front_files``, so this adapter never imports the dashboards.

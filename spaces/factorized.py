@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _fused
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from ._kernels import gpu_path
 from ._recurrence import bottleneck_recurrence
 from .lstm import lstm_pointwise
 
@@ -60,6 +62,9 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         m = self.input_size
+        if gpu_path(x, h) and self.hidden_size < _fused.PRODUCT_MAX_HIDDEN:
+            # cuDNN on the product W2 W1, formed once a window (_fused.py); wider cells keep the bottleneck
+            return _fused.factorized_fused(x, state, self.weight_in, self.weight_out, self.bias)
         # The x half of the bottleneck for the whole window in one matmul: (T, N, r). Per step only
         # z = xz_t + h W1h^T and gates = z W2^T + b remain (two small matmuls, exactly the counted
         # multiply-adds), run by one autograd node with a hand-written backward.

@@ -22,7 +22,7 @@ import inspect
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from squeezelstm.spaces import _triton_hidden as H, _triton_routed as R
+from squeezelstm.spaces import _triton_factorized as F, _triton_hidden as H, _triton_routed as R
 
 def compile_(fn, scalars, consts):
     params = list(inspect.signature(fn).parameters)
@@ -40,6 +40,10 @@ for n, d in ((6, 3),):
     compile_(H._hidden_forward, {"T": "i32", "N": "i32"}, dict(NH=n, D=d, HAS_B2=True, PREC="ieee", **bl))
     bl.update(BK=H.block(n, 64), BKD=H.block(4 * d, 64))
     compile_(H._hidden_backward, {"T": "i32", "N": "i32"}, dict(NH=n, D=d, PREC="ieee", **bl))
+steps = {"t": "i32", "T": "i32", "N": "i32"}
+bl = F._blocks(72, 6)
+compile_(F._bottleneck_step, steps, dict(NH=72, R=6, HAS_BIAS=True, PREC="ieee", **bl))
+compile_(F._bottleneck_step_backward, steps, dict(NH=72, R=6, PREC="ieee", **bl))
 print("compiled")
 '''
 

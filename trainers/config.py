@@ -21,13 +21,15 @@ from typing import Any, Union
 
 import yaml
 
+from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_TABLE
+
 CORPORA = ("synthetic", "ptb", "wikitext2", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "epoch", "plateau")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LEVELS = ("word", "char")
-# Family arguments live directly in ``model``; each may be one value or one value per layer.
-FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
+# Family arguments (FAMILY_ARG_NAMES, from the family table) live directly in ``model``; each may be
+# one value or one value per layer.
 # Spellings of "no value" accepted for optional fields in overrides (``--set data.path=null``).
 NULLS = ("null", "none", "~")
 
@@ -413,7 +415,7 @@ def validate(config: Config) -> Config:
     lists of the wrong length, family arguments the cell does not take or rejects, a tied decoder
     whose embedding width differs from ``hidden_size``.
     """
-    from squeezelstm.spaces import FAMILY_ARGS, validate_family_args
+    from squeezelstm.spaces import validate_family_args
 
     d, m = config.data, config.model
     if d.corpus != "synthetic" and not d.path:
@@ -435,6 +437,7 @@ def validate(config: Config) -> Config:
         raise ValueError(f"model.tie_weights needs model.embedding_size == model.hidden_size, "
                          f"got {m.embedding_size} and {m.hidden_size}")
     t = config.train
-    if (t.grow_epochs or t.prune_epochs) and m.cell != "hidden":
-        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell='hidden', got model.cell={m.cell!r}")
+    if (t.grow_epochs or t.prune_epochs) and not FAMILY_TABLE[m.cell].grows_and_prunes:
+        prunable = " or ".join(repr(f.name) for f in FAMILY_TABLE.values() if f.grows_and_prunes)
+        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell={prunable}, got model.cell={m.cell!r}")
     return config

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from squeezelstm.spaces import build_cell, count_flops, count_parameters
+from squeezelstm.spaces.families import FAMILY_TABLE
 
 from .config import Config, ModelConfig
 from .dropout import dropout as masked_dropout
@@ -52,7 +53,8 @@ class LanguageModel(nn.Module):
         self.decoder = nn.Linear(model.hidden_size, vocab_size)
         if model.tie_weights:
             self.decoder.weight = self.embedding.weight
-        self.routed = model.cell == "routed"
+        # the cell's forward also takes the stream position and a generator (routed cells)
+        self.stream_position = FAMILY_TABLE[model.cell].stream_position
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -77,7 +79,7 @@ class LanguageModel(nn.Module):
         x = masked_dropout(x, p, self.training, locked, generator)
         new_state = []
         for i, layer in enumerate(self.layers):
-            if self.routed:
+            if self.stream_position:
                 x, hc = layer(x, state[i], offset=offset, generator=generator if self.training else None)
             else:
                 x, hc = layer(x, state[i])

@@ -62,6 +62,9 @@ EXTRA: dict[str, tuple] = {
     "ehvi(ard)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard"}),  # one GP length per column
     "ehvi(no local)+pareto": ("ehvi", "pareto", {}, None, {"n_local": 0}),  # the default until session 5: pool only
     "ehvi(ard,no local)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard", "n_local": 0}),
+    "ehvi(unbounded)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": None}),  # every epoch of every trial
+    "ehvi(max_rows 64)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": 64}),  # an active set that binds early
+    "ehvi(max_rows 128)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": 128}),
 }
 
 

@@ -46,6 +46,11 @@ class RecurrentLayer(nn.Module):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """``(parameter name, 0/1 mask of the entries the recurrence reads, or None for all of it)``:
+        the hidden-to-hidden weights, which weight drop (DropConnect) masks."""
+        return "weight_hh", None
+
 
 class RecurrentStack(nn.Module):
     """A stack of ``num_layers`` family layers with the ``torch.nn.LSTM`` interface.

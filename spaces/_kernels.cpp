@@ -15,6 +15,10 @@
 //   bottleneck_forward(xz, h0, c0, a, b, bias?)             -> (hs, cs, tcs, acts, zs)
 //   bottleneck_backward(d_out?, d_hn?, d_cn?, hs, cs, tcs, acts, a, b, need_dh0, need_dbias)
 //                                                           -> (dgates, dzs, dh0, dc0, dbias or undefined)
+//   hidden_forward(xw, h0, c0, bias?, w, router_w, router_b?, noise?, tau)
+//                                                           -> (hs, cs, acts, tcs, cands, soft, choice)
+//   hidden_backward(d_out?, d_hn?, d_cn?, hs, cs, acts, tcs, cands, soft?, choice, dest, w, router_w, tau, need_dh0)
+//                                                           -> (dgates (compacted), dlogits or undefined, dh0, dc0)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -625,6 +629,277 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bottleneck_backward(const std
   return {dgates, dzs, dh, dc, need_dbias ? dbias_parts.sum(0) : Tensor()};
 }
 
+// ---- hidden-state routing (routed.py, routing "hidden"): the choice is made from h inside the loop --
+//
+// k sub-cells of width s (n = k s) share a sequence's state; at step t the router's logits
+// l = h_{t-1} R^T + r (R (k, n)) pick one sub-cell: in eval the first argmax of l; in training the first
+// argmax of soft = softmax((l + noise) / tau), the straight-through Gumbel-softmax, whose weights
+// y = (onehot - soft) + soft have the one-hot's value and soft's gradient. Every sub-cell computes its
+// candidate (h'_j, c'_j) (an LSTM step on its slice of the state, gates in columns [4s j, 4s (j+1)) of
+// xw); training mixes h_j <- y_j h'_j + (1 - y_j) h_j (c alike), eval keeps the chosen candidate. The
+// maths and its order are RoutedLayer._forward_mixed / _forward_selected's (their Python loops and
+// forward_reference are the specification). Threads split the batch (the router couples a sequence's
+// sub-cells), each running the whole window of its sequences.
+//
+// For a y that is exactly 0 (every sub-cell not chosen, also in training: (0 - soft) + soft == 0), the
+// candidate's gate gradients are y dh = 0: the backward runs the LSTM cell backward and the recurrent
+// matmul for the chosen sub-cell only, and returns the gate gradients compacted, one row (4s) a token.
+
+// One sequence's routing at one step: logits from h_{t-1}, then the choice (first maximum, a NaN
+// counting as the maximum as in torch.argmax) and, with noise, soft.
+template <typename T>
+inline int64_t route_row(const T* __restrict h, const T* __restrict rw, const T* __restrict rb, const T* noise,
+                         T tau, int64_t n, int64_t k, T* __restrict soft) {
+  T best = T(0);
+  int64_t choice = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    T acc = T(0);
+    const T* w = rw + j * n;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t e = 0; e < n; ++e) acc += h[e] * w[e];
+    soft[j] = noise ? (acc + rb[j] + noise[j]) / tau : acc + rb[j];
+  }
+  if (noise) {
+    T top = soft[0];
+    for (int64_t j = 1; j < k; ++j) top = std::max(top, soft[j]);
+    T sum = T(0);
+    for (int64_t j = 0; j < k; ++j) {
+      soft[j] = std::exp(soft[j] - top);
+      sum += soft[j];
+    }
+    for (int64_t j = 0; j < k; ++j) soft[j] = soft[j] / sum;
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const T v = soft[j];
+    if (j == 0 || (!std::isnan(best) && (v > best || std::isnan(v)))) {
+      best = v;
+      choice = j;
+    }
+  }
+  return choice;
+}
+
+template <typename T>
+inline T mix_weight(const T* soft, int64_t j, int64_t choice) {  // y_j as the Python code computes it
+  const T hard = j == choice ? T(1) : T(0);
+  return soft ? (hard - soft[j]) + soft[j] : hard;
+}
+
+// d loss / d y_j of one sequence's sub-cell j: <dh, h' - h> + <dc, c' - c>, with h' = o tanh(c').
+template <typename T>
+inline T mix_gradient(const T* __restrict dh, const T* __restrict dc, const T* __restrict o, const T* __restrict tc,
+                      const T* __restrict h, const T* __restrict cand, const T* __restrict c, int64_t s) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t e = 0; e < s; ++e) acc += dh[e] * (o[e] * tc[e] - h[e]) + dc[e] * (cand[e] - c[e]);
+  return acc;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> hidden_forward(
+    const Tensor& xw, const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& bias, const Tensor& w_in,
+    const Tensor& rw_in, const std::optional<Tensor>& rb_in, const std::optional<Tensor>& noise_in, double tau) {
+  check_float(xw, "xw");
+  const int64_t T = xw.size(0), N = xw.size(1), K = w_in.size(0), s = w_in.size(1), S4 = 4 * s, n = K * s, n4 = 4 * n;
+  TORCH_CHECK(xw.dim() == 3 && xw.size(2) == n4 && w_in.size(2) == S4 && rw_in.size(0) == K && rw_in.size(1) == n,
+              "hidden_forward: xw (T, N, 4n), w (k, s, 4s), router_w (k, n) expected");
+  at::NoGradGuard no_grad;
+  const bool mix = noise_in.has_value();
+  const Tensor w = w_in.detach().contiguous(), rw = rw_in.detach().contiguous();
+  const Tensor noise = mix ? noise_in->detach().contiguous() : Tensor();
+  const Tensor rb = rb_in.has_value() ? rb_in->detach().contiguous() : at::zeros({K}, xw.options());
+  const Tensor bias_c = bias.has_value() ? bias->detach().contiguous() : at::zeros({n4}, xw.options());
+  Tensor hs = at::empty({T + 1, N, n}, xw.options());
+  Tensor cs = at::empty_like(hs);
+  Tensor acts = at::empty({T, N, n4}, xw.options());
+  Tensor tcs = at::empty({T, N, n}, xw.options());
+  Tensor cands = at::empty({T, N, n}, xw.options());  // every sub-cell's candidate c'
+  Tensor soft = at::zeros({mix ? T : 0, N, K}, xw.options());
+  Tensor choice = at::empty({T, N}, xw.options().dtype(at::kLong));
+  hs.select(0, 0).copy_(h0);
+  cs.select(0, 0).copy_(c0);
+  int64_t* CH = choice.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "hidden_forward", [&] {
+    scalar_t* A = acts.data_ptr<scalar_t>();
+    scalar_t* H = hs.data_ptr<scalar_t>();
+    scalar_t* C = cs.data_ptr<scalar_t>();
+    scalar_t* TC = tcs.data_ptr<scalar_t>();
+    scalar_t* CN = cands.data_ptr<scalar_t>();
+    scalar_t* SO = mix ? soft.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* NZ = mix ? noise.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* X = xw.data_ptr<scalar_t>();
+    const scalar_t* BI = bias_c.data_ptr<scalar_t>();
+    const scalar_t* W = w.data_ptr<scalar_t>();
+    const scalar_t* RW = rw.data_ptr<scalar_t>();
+    const scalar_t* RB = rb.data_ptr<scalar_t>();
+    const scalar_t tau_t = static_cast<scalar_t>(tau);
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
+    for_each_chunk(plan_chunks(1, N, n4), [&](const Chunk& ch) {
+      const int64_t Nc = ch.n1 - ch.n0;
+      Tensor m = at::empty({K, Nc, S4}, xw.options());
+      scalar_t* M = m.data_ptr<scalar_t>();
+      std::vector<scalar_t> hn(s), logits(K);
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t b = ch.n0; b < ch.n1; ++b) {
+          const int64_t row = t * N + b;
+          CH[row] = route_row(H + row * n, RW, RB, NZ ? NZ + row * K : nullptr, tau_t, n, K,
+                              SO ? SO + row * K : logits.data());
+        }
+        for (int64_t j = 0; j < K; ++j) {
+          if (gemm) {
+            gemm_rows(gemm, Nc, S4, s, H + (t * N + ch.n0) * n + j * s, n, W + j * s * S4, S4, scalar_t(0),
+                      M + j * Nc * S4, S4);
+          } else {
+            Tensor mj = m.select(0, j);
+            at::mm_out(mj, hs.select(0, t).narrow(0, ch.n0, Nc).narrow(1, j * s, s), w.select(0, j));
+          }
+        }
+        for (int64_t b = ch.n0; b < ch.n1; ++b) {
+          const int64_t row = t * N + b, chosen = CH[row];
+          const scalar_t* so = SO ? SO + row * K : nullptr;
+          for (int64_t j = 0; j < K; ++j) {
+            const int64_t u = row * n + j * s;  // this sub-cell's slice of h_{t-1}, c_{t-1}, tc, c'
+            const int64_t v = u + N * n;         // ... of h_t, c_t
+            if (!mix && j != chosen) {           // eval: the other sub-cells keep their state
+              std::memcpy(H + v, H + u, s * sizeof(scalar_t));
+              std::memcpy(C + v, C + u, s * sizeof(scalar_t));
+              continue;
+            }
+            cell_forward_row(X + row * n4 + j * S4, BI + j * S4, M + (j * Nc + b - ch.n0) * S4, A + row * n4 + j * S4,
+                             C + u, H + u, CN + u, TC + u, hn.data(), s, true);
+            if (!mix) {
+              std::memcpy(H + v, hn.data(), s * sizeof(scalar_t));
+              std::memcpy(C + v, CN + u, s * sizeof(scalar_t));
+              continue;
+            }
+            const scalar_t y = mix_weight(so, j, chosen), y1 = scalar_t(1) - y;
+            for (int64_t e = 0; e < s; ++e) {
+              H[v + e] = y * hn[e] + y1 * H[u + e];
+              C[v + e] = y * CN[u + e] + y1 * C[u + e];
+            }
+          }
+        }
+      }
+    });
+  });
+  return {hs, cs, acts, tcs, cands, soft, choice};
+}
+
+// `dest` (T*N,): the row of token t*N + b in the compacted gate gradients, sorted by sub-cell and, within
+// one, by token (a stable sort of the choices): one step's rows of a sub-cell are consecutive, so its
+// recurrent matmul reads them in place, and the caller's per-sub-cell weight gradients are one matmul each.
+std::tuple<Tensor, Tensor, Tensor, Tensor> hidden_backward(
+    const std::optional<Tensor>& d_out, const std::optional<Tensor>& d_hn, const std::optional<Tensor>& d_cn,
+    const Tensor& hs, const Tensor& cs, const Tensor& acts, const Tensor& tcs, const Tensor& cands,
+    const std::optional<Tensor>& soft_in, const Tensor& choice_in, const Tensor& dest_in, const Tensor& w_in,
+    const Tensor& rw_in, double tau, bool need_dh0) {
+  const int64_t T = acts.size(0), N = acts.size(1), n4 = acts.size(2), n = n4 / 4, K = w_in.size(0), s = n / K,
+                S4 = 4 * s;
+  at::NoGradGuard no_grad;
+  const bool mix = soft_in.has_value();
+  Tensor dh = d_hn.has_value() ? d_hn->contiguous().clone() : at::zeros({N, n}, acts.options());
+  Tensor dc = d_cn.has_value() ? d_cn->contiguous().clone() : at::zeros({N, n}, acts.options());
+  Tensor dout = d_out.has_value() ? d_out->contiguous() : at::zeros({T, N, n}, acts.options());
+  const Tensor wt = w_in.detach().transpose(1, 2).contiguous();  // (k, 4s, s)
+  const Tensor rw = rw_in.detach().contiguous();
+  const Tensor soft = mix ? soft_in->contiguous() : Tensor();
+  const Tensor choice = choice_in.contiguous(), dest = dest_in.contiguous();
+  Tensor dgates = at::empty({T * N, S4}, acts.options());
+  Tensor dlogits = mix ? at::empty({T, N, K}, acts.options()) : Tensor();
+  const int64_t* CH = choice.data_ptr<int64_t>();
+  const int64_t* DS = dest.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "hidden_backward", [&] {
+    const scalar_t* A = acts.data_ptr<scalar_t>();
+    const scalar_t* H = hs.data_ptr<scalar_t>();
+    const scalar_t* C = cs.data_ptr<scalar_t>();
+    const scalar_t* TC = tcs.data_ptr<scalar_t>();
+    const scalar_t* CN = cands.data_ptr<scalar_t>();
+    const scalar_t* SO = mix ? soft.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* DO = dout.data_ptr<scalar_t>();
+    const scalar_t* WT = wt.data_ptr<scalar_t>();
+    const scalar_t* RW = rw.data_ptr<scalar_t>();
+    scalar_t* DG = dgates.data_ptr<scalar_t>();
+    scalar_t* DL = mix ? dlogits.data_ptr<scalar_t>() : nullptr;
+    const scalar_t tau_t = static_cast<scalar_t>(tau);
+    const gemm_fn<scalar_t> gemm = direct_gemm<scalar_t>();
+    for_each_chunk(plan_chunks(1, N, n4), [&](const Chunk& ch) {
+      const int64_t Nc = ch.n1 - ch.n0;
+      scalar_t* DH = dh.data_ptr<scalar_t>() + ch.n0 * n;  // this chunk's rows, updated in place
+      scalar_t* DC = dc.data_ptr<scalar_t>() + ch.n0 * n;
+      Tensor rec = at::empty({Nc, s}, acts.options());
+      scalar_t* RC = rec.data_ptr<scalar_t>();
+      std::vector<scalar_t> dy(K);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t b = ch.n0; b < ch.n1; ++b) {
+          const int64_t row = t * N + b, chosen = CH[row];
+          scalar_t* dhb = DH + (b - ch.n0) * n;
+          scalar_t* dcb = DC + (b - ch.n0) * n;
+          const scalar_t* dob = DO + row * n;
+          for (int64_t e = 0; e < n; ++e) dhb[e] += dob[e];
+          const scalar_t* so = SO ? SO + row * K : nullptr;
+          for (int64_t j = 0; j < K; ++j) {
+            const int64_t u = row * n + j * s;
+            const scalar_t* a = A + row * n4 + j * S4;
+            scalar_t* dhj = dhb + j * s;
+            scalar_t* dcj = dcb + j * s;
+            if (mix) {  // d y_j: the candidate's change of the state against the incoming gradient
+              dy[j] = mix_gradient(dhj, dcj, a + 3 * s, TC + u, H + u, CN + u, C + u, s);
+            }
+            if (j != chosen) continue;  // y_j == 0: the gradient passes to h_{t-1}, c_{t-1} unchanged
+            const scalar_t y = mix_weight(so, j, chosen), y1 = scalar_t(1) - y;
+            scalar_t* dg = DG + DS[row] * S4;
+            const scalar_t *ai = a, *af = a + s, *ag = a + 2 * s, *ao = a + 3 * s;
+            for (int64_t e = 0; e < s; ++e) {
+              const scalar_t dht = y * dhj[e], i = ai[e], f = af[e], g = ag[e], o = ao[e], tc = TC[u + e];
+              const scalar_t dct = y * dcj[e] + dht * (o * (scalar_t(1) - tc * tc));
+              dg[e] = dct * (g * (i - i * i));
+              dg[s + e] = dct * (C[u + e] * (f - f * f));
+              dg[2 * s + e] = dct * (i * (scalar_t(1) - g * g));
+              dg[3 * s + e] = dht * (tc * (o - o * o));
+              dcj[e] = y1 * dcj[e] + dct * f;
+              dhj[e] = y1 * dhj[e];
+            }
+          }
+          if (mix) {  // softmax, then the router's linear map, back to h_{t-1}
+            scalar_t dot = scalar_t(0);
+            for (int64_t j = 0; j < K; ++j) dot += so[j] * dy[j];
+            scalar_t* dl = DL + row * K;
+            for (int64_t j = 0; j < K; ++j) dl[j] = so[j] * (dy[j] - dot) / tau_t;
+            for (int64_t j = 0; j < K; ++j) {
+              const scalar_t lj = dl[j];
+              const scalar_t* wj = RW + j * n;
+              for (int64_t e = 0; e < n; ++e) dhb[e] += lj * wj[e];
+            }
+          }
+        }
+        if (t == 0 && !need_dh0) continue;
+        for (int64_t j = 0; j < K; ++j) {  // the chosen rows' recurrent gradient, one matmul per sub-cell
+          int64_t first = -1, rows = 0;
+          for (int64_t b = ch.n0; b < ch.n1; ++b) {
+            if (CH[t * N + b] != j) continue;
+            if (first < 0) first = DS[t * N + b];
+            ++rows;
+          }
+          if (rows == 0) continue;
+          if (gemm) {
+            gemm_rows(gemm, rows, s, S4, DG + first * S4, S4, WT + j * S4 * s, s, scalar_t(0), RC, s);
+          } else {
+            Tensor r = rec.narrow(0, 0, rows);
+            at::mm_out(r, dgates.narrow(0, first, rows), wt.select(0, j));
+          }
+          const scalar_t* r = RC;
+          for (int64_t b = ch.n0; b < ch.n1; ++b) {
+            if (CH[t * N + b] != j) continue;
+            scalar_t* dhj = DH + (b - ch.n0) * n + j * s;
+            for (int64_t e = 0; e < s; ++e) dhj[e] += r[e];
+            r += s;
+          }
+        }
+      }
+    });
+  });
+  return {dgates, mix ? dlogits : Tensor(), dh, dc};
+}
+
 }  // namespace
 TORCH_LIBRARY(squeezelstm_kernels, m) {
   m.def(
@@ -643,4 +918,13 @@ TORCH_LIBRARY(squeezelstm_kernels, m) {
   m.impl("linear_backward", c10::DispatchKey::CPU, TORCH_FN(linear_backward));
   m.impl("bottleneck_forward", c10::DispatchKey::CPU, TORCH_FN(bottleneck_forward));
   m.impl("bottleneck_backward", c10::DispatchKey::CPU, TORCH_FN(bottleneck_backward));
+  m.def(
+      "hidden_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? bias, Tensor w, Tensor router_w, Tensor? router_b, "
+      "Tensor? noise, float tau) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "hidden_backward(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor hs, Tensor cs, Tensor acts, Tensor tcs, "
+      "Tensor cands, Tensor? soft, Tensor choice, Tensor dest, Tensor w, Tensor router_w, float tau, bool need_dh0) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  m.impl("hidden_forward", c10::DispatchKey::CPU, TORCH_FN(hidden_forward));
+  m.impl("hidden_backward", c10::DispatchKey::CPU, TORCH_FN(hidden_backward));
 }

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _fused
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import per_layer_checked
+from ._kernels import gpu_path
 from ._recurrence import bottleneck_recurrence
 from .lstm import lstm_pointwise
 
@@ -49,6 +51,12 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, rank={self.rank}, bias={self.bias is not None}"
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The h half of the shared bottleneck: ``weight_in[:, m:]``."""
+        region = torch.zeros_like(self.weight_in, dtype=torch.bool)
+        region[:, self.input_size:] = True
+        return "weight_in", region
+
     def reset_parameters(self) -> None:
         # Each factor gets torch's fan-in bound, so the product starts at a sensible scale.
         nn.init.uniform_(self.weight_in, -1.0 / math.sqrt(self.weight_in.size(1)), 1.0 / math.sqrt(self.weight_in.size(1)))
@@ -60,6 +68,9 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         m = self.input_size
+        if gpu_path(x, h) and self.hidden_size < _fused.PRODUCT_MAX_HIDDEN:
+            # cuDNN on the product W2 W1, formed once a window (_fused.py); wider cells keep the bottleneck
+            return _fused.factorized_fused(x, state, self.weight_in, self.weight_out, self.bias)
         # The x half of the bottleneck for the whole window in one matmul: (T, N, r). Per step only
         # z = xz_t + h W1h^T and gates = z W2^T + b remain (two small matmuls, exactly the counted
         # multiply-adds), run by one autograd node with a hand-written backward.

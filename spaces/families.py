@@ -89,7 +89,8 @@ class Family:
     """One cell family: its name, where its class lives in ``squeezelstm.spaces``, its arguments.
 
     ``stream_position``: the stack's ``forward`` also takes ``offset=`` (the stream position of the
-    window) and ``generator=``; ``grows_and_prunes``: the trainer may grow and prune it.
+    window) and ``generator=``; ``grows_and_prunes``: the trainer may grow and prune it;
+    ``is_torch_lstm``: ``torch.nn.LSTM`` is this family (same maths, same parameters).
     """
 
     name: str
@@ -98,6 +99,7 @@ class Family:
     args: tuple[FamilyArg, ...] = ()
     stream_position: bool = False
     grows_and_prunes: bool = False
+    is_torch_lstm: bool = False
 
     @property
     def arg_names(self) -> tuple[str, ...]:
@@ -109,7 +111,7 @@ class Family:
 
 
 FAMILY_TABLE: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
-    Family("lstm", "lstm", "LSTM"),
+    Family("lstm", "lstm", "LSTM", is_torch_lstm=True),
     Family("factorized", "factorized", "FactorizedLSTM",
            (FamilyArg("rank", "int", _snap_rank, per_layer=True, fraction=True),)),
     Family("grouped", "grouped", "GroupedLSTM",

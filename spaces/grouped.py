@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
 from ._family_args import per_layer_checked
+from ._fused import grouped_fused
+from ._kernels import gpu_path
 from ._recurrence import group_projection, linear_recurrence
 from .lstm import lstm_pointwise
 
@@ -72,6 +74,10 @@ class GroupedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         g, n = self.groups, self.hidden_size
+        if gpu_path(x, h):
+            # cuDNN: one block-diagonal LSTM, or one LSTM per group from BLOCK_DIAGONAL_MAX_HIDDEN (_fused.py)
+            group_bias = None if self.bias is None else self._group_bias()
+            return grouped_fused(x, state, self.weight_ih, self.weight_hh, self.bias, group_bias)
         batch = x.size(1)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes
+from ._kernels import gpu_path
 
 MASKED = ("w1_ih", "w1_hh", "w2")
 GROW_FRACTION = 0.5  # grow() with no amount revives this fraction of the dormant weights
@@ -72,6 +73,10 @@ class HiddenLayer(RecurrentLayer):
         self.growth_grads: dict[str, Tensor] = {}
         self.reset_parameters()
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The h part of every gate's first layer, ``w1_hh`` (4d, n)."""
+        return "w1_hh", None
+
     def reset_parameters(self) -> None:
         # nn.Linear's default bound 1/sqrt(fan_in) for each of the two gate layers.
         b1 = 1.0 / math.sqrt(self.input_size + self.hidden_size)
@@ -103,6 +108,9 @@ class HiddenLayer(RecurrentLayer):
         w1_ih, w1_hh, w2 = (self.effective(name) for name in MASKED)
         # The x part of all four gates' first layers for the whole window in one matmul: (T, N, 4d).
         xw = F.linear(x, w1_ih, self.b1)
+        if gpu_path(x, h):
+            from ._triton_hidden import hidden_window  # triton is imported on the GPU path only
+            return hidden_window(xw, w1_hh, w2, self.b2, state)
         w1_hh_t = w1_hh.t()  # (n, 4d)
         w2_t = w2.transpose(1, 2)  # (4, d, n)
         b2 = self.b2.view(4, 1, n) if self.b2 is not None else None

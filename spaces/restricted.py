@@ -103,6 +103,12 @@ class RestrictedLSTMLayer(RecurrentLayer):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, share={self.share}, bias={self.bias is not None}"
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The pool rows the h side gathers, first n columns (rows the x side shares are the same entries)."""
+        region = torch.zeros_like(self.weight, dtype=torch.bool)
+        region[self.rows_h, : self.hidden_size] = True
+        return "weight", region
+
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():

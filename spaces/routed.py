@@ -34,9 +34,10 @@ FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode: th
 one whole-window matmul, cheaper than gathering), the chosen sub-cell's recurrent matmul (``4 s^2``;
 all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate maths is not counted.
 
-Execution: ``token`` and, on CPU, ``round_robin`` compact each sub-cell's steps and run them as one
-masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` elsewhere (GPU: cuDNN) run k
-fused LSTM calls on strided sub-sequences. Both compute only the chosen sub-cell's input projections.
+Execution: on CPU, ``token`` and ``round_robin`` compact each sub-cell's steps and run them as one
+masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` on the CUDA path (cuDNN) run k
+fused LSTM calls on strided sub-sequences, and ``token`` there one packed fused call per sub-cell
+(``_fused.packed_routing``). All compute only the chosen sub-cell's input projections.
 When sequences in a batch pick different sub-cells by ``hidden`` routing in eval, the code updates all
 ``k`` sub-cells (one ``bmm``) and keeps the chosen one, which executes ``4 n s`` multiply-adds instead
 of the counted ``4 s^2``: measured on CPU it is 2-20x faster than gathering each sequence's ``(s, 4s)``
@@ -52,12 +53,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes
+from ._fused import packed_routing
+from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
+from ._routed_hidden import hidden_routed_forward
+from ._rows import PermuteRows, SegmentLinear
 from .families import ROUTINGS
 from .lstm import lstm_pointwise
 
@@ -79,66 +83,6 @@ def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, famil
     if hidden_size % k:
         raise ValueError(f"num_cells={k} must divide hidden_size={hidden_size}")
     return {"num_cells": k, "routing": routing}
-
-
-class _PermuteRows(torch.autograd.Function):
-    """``out`` (size, d) with ``out[dest[i]] = src[i]``, and zeros in the rows no source reaches
-    (``mask`` (size,) marks the rows ``dest`` reaches; None: all of them).
-
-    ``dest`` is injective, so the backward is a gather (``grad[dest]``), not the accumulating scatter
-    that autograd records for advanced indexing.
-    """
-
-    @staticmethod
-    def forward(ctx, src: Tensor, dest: Tensor, size: int, mask: Tensor | None):
-        index = torch.zeros(size, dtype=torch.long, device=src.device)
-        index[dest] = torch.arange(src.size(0), device=src.device)
-        out = src.index_select(0, index)
-        if mask is not None:
-            out.mul_(mask.unsqueeze(1).to(out.dtype))
-        ctx.save_for_backward(dest)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        (dest,) = ctx.saved_tensors
-        return grad.index_select(0, dest), None, None, None
-
-
-class _SegmentLinear(torch.autograd.Function):
-    """``x`` (R, m) in k consecutive segments of ``counts`` rows; segment j times ``weight[j]^T``
-    (``weight`` (k, d, m)) -> (R, d). One matmul per segment, each exactly its rows: the input
-    projections of tokens sorted by sub-cell, however unevenly a batch spreads over the sub-cells."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, counts: list[int]):
-        out = x.new_empty(x.size(0), weight.size(1))
-        start = 0
-        for j, rows in enumerate(counts):
-            if rows:
-                torch.mm(x[start:start + rows], weight[j].t(), out=out[start:start + rows])
-            start += rows
-        ctx.save_for_backward(x, weight)
-        ctx.counts = counts
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        start = 0
-        for j, rows in enumerate(ctx.counts):
-            if rows:
-                g = grad[start:start + rows]
-                if dx is not None:
-                    torch.mm(g, weight[j], out=dx[start:start + rows])
-                if dw is not None:
-                    torch.mm(g.t(), x[start:start + rows], out=dw[j])
-            start += rows
-        return dx, dw, None
 
 
 class RoutedLayer(RecurrentLayer):
@@ -210,7 +154,11 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
-        if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
+        on_gpu = gpu_path(x, h)
+        if k > 1 and self.routing in ("hidden", "soft") and on_gpu:
+            from ._triton_routed import routed_window  # triton is imported on the GPU path only
+            return routed_window(self, x, state)
+        if k == 1 or (self.routing == "round_robin" and (on_gpu or compiled_kernels(x) is None)):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
             # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled
@@ -220,7 +168,11 @@ class RoutedLayer(RecurrentLayer):
             steps = (self.offset + torch.arange(T, device=x.device)) % k
             return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
         if self.routing == "token":
+            if on_gpu:  # one packed cuDNN call per sub-cell (_fused.py)
+                return packed_routing(x, state, self.token_choices(x).flatten(), self._cell_weights())
             return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
+            return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
         xw = F.linear(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:
@@ -265,8 +217,8 @@ class RoutedLayer(RecurrentLayer):
         step); the output is gathered back to the T steps.
 
         Input projections are computed for the routed tokens only: sorted by sub-cell, one matmul per
-        sub-cell over exactly its tokens (``_SegmentLinear``), then moved into the recurrence's padded
-        (k, L, N) layout. Both moves are row permutations with a known inverse (``_PermuteRows``): their
+        sub-cell over exactly its tokens (``SegmentLinear``), then moved into the recurrence's padded
+        (k, L, N) layout. Both moves are row permutations with a known inverse (``PermuteRows``): their
         backward is a gather too, not an accumulating scatter."""
         T, N = x.shape[0], x.shape[1]
         k, s, m = self.num_cells, self.cell_size, self.input_size
@@ -285,11 +237,11 @@ class RoutedLayer(RecurrentLayer):
         slot = (choice * L + u) * N + rank.view(-1)[choice * N + tokens % N]  # its row in the recurrence layout (k, L, N)
         order = torch.argsort(choice, stable=True)  # tokens grouped by sub-cell
         sorted_row = torch.empty_like(tokens).scatter_(0, order, tokens)  # the token's row in that order
-        xs = _PermuteRows.apply(x.reshape(T * N, m), sorted_row, T * N, None)
-        xw = _SegmentLinear.apply(xs, self.weight_ih.view(k, 4 * s, m), onehot.sum(0).tolist())
+        xs = PermuteRows.apply(x.reshape(T * N, m), sorted_row, T * N, None)
+        xw = SegmentLinear.apply(xs, self.weight_ih.view(k, 4 * s, m), onehot.sum(0).tolist())
         keep = torch.zeros(k * L * N, dtype=torch.bool, device=dev)
         keep[slot] = True
-        xw = _PermuteRows.apply(xw, slot[order], k * L * N, keep)
+        xw = PermuteRows.apply(xw, slot[order], k * L * N, keep)
         bias = None if self.bias_ih is None else (self.bias_ih + self.bias_hh).view(k, 4 * s)
         to_rank, to_seq = by_count.unsqueeze(-1).expand(k, N, s), rank.unsqueeze(-1).expand(k, N, s)
         hk = h.view(N, k, s).transpose(0, 1).gather(1, to_rank)  # (k, N, s), sequences in rank order

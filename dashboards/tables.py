@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from squeezelstm.search.records import TrialRecord
+from squeezelstm.search.pareto import TrialRecord
 from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
 
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")

@@ -90,7 +90,9 @@ class Family:
 
     ``stream_position``: the stack's ``forward`` also takes ``offset=`` (the stream position of the
     window) and ``generator=``; ``grows_and_prunes``: the trainer may grow and prune it;
-    ``is_torch_lstm``: ``torch.nn.LSTM`` is this family (same maths, same parameters).
+    ``is_torch_lstm``: ``torch.nn.LSTM`` is this family (same maths, same parameters);
+    ``schedule_keys``: further keys a space file may give for the family, which set its training
+    schedule rather than the cell (the grow-and-prune target sparsity and phases).
     """
 
     name: str
@@ -100,6 +102,7 @@ class Family:
     stream_position: bool = False
     grows_and_prunes: bool = False
     is_torch_lstm: bool = False
+    schedule_keys: tuple[str, ...] = ()
 
     @property
     def arg_names(self) -> tuple[str, ...]:
@@ -124,7 +127,7 @@ FAMILY_TABLE: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
            (FamilyArg("share", "float", _snap_float, per_layer=True, low=0, high=1),)),
     Family("hidden", "hidden", "HiddenLayerLSTM",
            (FamilyArg("gate_hidden", "int", _snap_positive, default=16, fraction=True),),
-           grows_and_prunes=True),
+           grows_and_prunes=True, schedule_keys=("prune_sparsity", "grow_phases", "prune_phases")),
 )})
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILY_TABLE)

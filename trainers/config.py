@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_TABLE
+from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_NAMES, FAMILY_TABLE
 
 CORPORA = ("synthetic", "ptb", "wikitext2", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -106,7 +106,7 @@ class ModelConfig:
     ``hidden_size`` a bias-free projection (hidden -> embedding width) feeds the tied decoder.
     """
 
-    cell: str = "lstm"
+    cell: str = FAMILY_NAMES[0]  # the reference LSTM
     hidden_size: int = 128
     num_layers: int = 2
     embedding_size: int | None = None

@@ -16,16 +16,17 @@ from squeezelstm.spaces.families import (
 )
 
 # Modules that read the table and load no torch of their own (a report, the space-file checks). The
-# subprocess imports each with the ``__init__`` of ``search`` and ``dashboards`` skipped (their eager
-# imports of the Ray runner are another matter), so only the module and what it imports count.
+# subprocess imports each with the package ``__init__`` of ``search``, ``search.space`` and
+# ``dashboards`` skipped (their eager imports, such as the search runner's, are another matter), so
+# only the module and what it imports count.
 TORCH_FREE = (
     "squeezelstm.spaces.families",
-    "squeezelstm.search.space_file",
+    "squeezelstm.search.space._file",
     "squeezelstm.dashboards.tables",
 )
 _IMPORT_ALONE = """
 import importlib.util, sys, types
-for name in ("squeezelstm.search", "squeezelstm.dashboards"):
+for name in ("squeezelstm.search", "squeezelstm.search.space", "squeezelstm.dashboards"):
     package = types.ModuleType(name)
     package.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
     sys.modules[name] = package
@@ -73,12 +74,13 @@ def test_trainer_config_has_a_typed_field_for_every_family_argument():
 
 
 def test_space_file_keys_follow_the_table():
-    from squeezelstm.search.space_file import FAMILY_KEYS, FAMILY_REQUIRED, KNOWN_FAMILIES
+    from squeezelstm.search.space._file import FAMILY_KEYS, FAMILY_REQUIRED, KNOWN_FAMILIES
 
     assert KNOWN_FAMILIES == FAMILY_NAMES
     assert FAMILY_KEYS["routed"] == ("num_cells", "num_cells_fraction", "routing")
     assert FAMILY_REQUIRED["factorized"] == (("rank", ("rank", "rank_fraction")),)
     assert FAMILY_KEYS["lstm"] == () and FAMILY_KEYS["restricted"] == ("share",)
+    assert FAMILY_KEYS["hidden"] == ("gate_hidden", "gate_hidden_fraction", "prune_sparsity", "grow_phases", "prune_phases")
 
 
 def test_dashboards_read_the_table():

@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from .distributions import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
-from .gp import GaussianProcess, fit_gp, fit_gp_ard
-from .pareto import pareto_mask
+from ..pareto import pareto_mask
+from ..space import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
+from ._active_set import TrialRows, front_gaps, select_rows
+from ._gp import GaussianProcess, fit_gp, fit_gp_ard
 
 # The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
 # fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").
@@ -161,6 +162,7 @@ class Observation:
     params: int
     status: str  # running / finished / pruned / failed / diverged
     curve: Sequence[tuple[int, float]]  # (epoch, valid perplexity)
+    number: int | None = None  # the trial's number: its encoding is then computed once
 
 
 class ExactSizeEHVI:
@@ -175,7 +177,9 @@ class ExactSizeEHVI:
     best four are scored too, and the best of pool and mutations wins (local search: it found the
     front 1.8x and 2.1x sooner in the replays, benchmarks/README.md "Session 5"). ``kernel`` is
     ``iso`` (one length for all configuration columns, picked from a grid) or ``ard`` (one per
-    column, fitted by L-BFGS; slower, and no better in the replays).
+    column, fitted by L-BFGS; slower, and no better in the replays). The GP is fitted on at most ``max_rows``
+    observations (``active_set``: the front's neighbourhood, the latest trials, a random rest, thinned curves;
+    None: every epoch of every closed trial, O(n^3) a fit), so a proposal's cost stays bounded as the search grows.
     """
 
     def __init__(self, sample: Callable[[int], tuple[dict, str, int] | None], dists: Mapping[str, Any],
@@ -183,7 +187,13 @@ class ExactSizeEHVI:
                  seed: int = 0, n_startup: int = 8, pool_size: int = 256, ref_margin: float = 0.1,
                  refit_growth: float = 1.25, kernel: str = "iso", n_local: int = 64,
                  neighbour: Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None] | None = None,
-                 max_draws: int = 100000) -> None:
+                 max_draws: int = 100000, max_rows: int | None = 512) -> None:
+        if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1):
+            raise ValueError(f"max_rows must be an integer >= 1 or None, got max_rows={max_rows!r}")
+        self.max_rows = max_rows
+        self._seed = seed
+        self._codes: dict[int, tuple] = {}  # trial number -> (state, encoding, values key, TrialRows or None)
+        self._worst = math.nan
         if not isinstance(n_local, int) or isinstance(n_local, bool) or n_local < 0:
             raise ValueError(f"n_local must be an integer >= 0, got n_local={n_local!r}")
         self.n_local = n_local if neighbour is not None else 0
@@ -246,39 +256,24 @@ class ExactSizeEHVI:
         if len(done) < self.n_startup:
             self.last = {"mode": "startup"}
             return self._take(int(self._rng.integers(len(self._pool))))
-        X, y, finals = [], [], []
-        finished: list[Observation] = []  # the trials behind ``finals``, in the same order
-        for o in done:
-            base = self.encoder.encode(o.values, o.family, o.params)
-            for epoch, ppl in o.curve:
-                if ppl is not None and math.isfinite(ppl) and ppl > 0:
-                    X.append(np.append(base, epoch / self.epochs))
-                    y.append(math.log(ppl))
-            if o.status == "finished" and o.curve and math.isfinite(o.curve[-1][1]):
-                finals.append((math.log10(o.params), math.log(o.curve[-1][1])))
-                finished.append(o)
-        if not y:
+        X, y, finals, finished, n_rows = self._active(done)
+        if not len(y):
             self.last = {"mode": "random (no curve yet)"}
             return self._take(int(self._rng.integers(len(self._pool))))
-        worst = max(y) if not finals else max(f[1] for f in finals)
-        for o in done:  # failed / diverged: the worst final value seen, so their region is avoided
-            if o.status in ("failed", "diverged") and not any(math.isfinite(p) for _, p in o.curve if p is not None):
-                X.append(self._at_end(o.values, o.family, o.params))
-                y.append(worst)
-        gp, refit = self._fit(np.asarray(X), np.asarray(y))
-        ref = (self.ref_x, worst + math.log1p(self.ref_margin))
-        front = list(finals)
+        gp, refit = self._fit(X, y, n_rows)
+        ref = (self.ref_x, self._worst + math.log1p(self.ref_margin))
+        front = [tuple(f) for f in finals]
         running = [o for o in observations if o.status == "running"]
         if running:  # kriging believer: a running trial ends at its predicted mean
-            R = np.asarray([self._at_end(o.values, o.family, o.params) for o in running])
-            mu_r, _ = gp.predict(R)
+            R = np.asarray([np.append(self._code(o), 1.0) for o in running])
+            mu_r, _ = gp.predict(R, mean_only=True)
             front += [(math.log10(o.params), float(m)) for o, m in zip(running, mu_r)]
         mu, sd = gp.predict(np.asarray(self._pool_x))
         a = np.log10(np.asarray([p for _, _, p in self._pool], dtype=float))
         score = expected_hvi(a, mu, sd, front, ref)
         best = int(np.argmax(score))
         self.last = {"mode": "ehvi", "ehvi": float(score[best]), "mu": float(mu[best]), "sd": float(sd[best]),
-                     "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit}
+                     "length": gp.length, "length_t": gp.length_t, "noise": gp.noise, "refit": refit, "rows": len(y)}
         if self.n_local:
             on_front = [o.values for o, keep in zip(finished, pareto_mask(np.asarray(finals).reshape(-1, 2))) if keep]
             local = self._local(on_front + [self._pool[i][0] for i in np.argsort(-score)[:4]], observations)
@@ -302,7 +297,7 @@ class ExactSizeEHVI:
         fraction of a percent of it); mutating the incumbents puts candidates there, and EHVI still
         decides between them and the pool.
         """
-        seen = {_values_key(o.values) for o in observations}
+        seen = {self._key(o) for o in observations}
         out = []
         for i in range(self.n_local):
             got = self._neighbour(bases[i % len(bases)], int(self._rng.integers(2**63 - 1)))
@@ -310,26 +305,73 @@ class ExactSizeEHVI:
                 out.append(got)
         return out
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> tuple[GaussianProcess, bool]:
-        """The GP on (X, y), and whether its hyperparameters were fitted again (grid search, or ARD's L-BFGS)."""
-        if self._hyper is not None and len(y) < self.refit_growth * self._grid_n:
+    def _trial(self, o: Observation) -> tuple:
+        """``(encoding without progress, values key, TrialRows or None while running)`` of ``o``, computed once
+        per trial number and state (an observation without a number is computed every time)."""
+        sig = (o.family, o.params, o.status, len(o.curve), o.curve[-1] if o.curve else None)
+        hit = self._codes.get(o.number) if o.number is not None else None
+        if hit is None or hit[0] != sig:
+            code = hit[1] if hit is not None and hit[0][:2] == sig[:2] else self.encoder.encode(o.values, o.family, o.params)
+            key = hit[2] if hit is not None and hit[0][:2] == sig[:2] else _values_key(o.values)
+            hit = (sig, code, key, None if o.status == "running" else TrialRows.of(o, self.epochs))
+            if o.number is not None:
+                self._codes[o.number] = hit
+        return hit[1:]
+
+    def _code(self, o: Observation) -> np.ndarray:
+        return self._trial(o)[0]
+
+    def _key(self, o: Observation) -> str:
+        return self._trial(o)[1]
+
+    def _active(self, done: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray, list, list, int]:
+        """The GP's training set from the closed trials ``done``: (X, y, front candidates (log10 params, log ppl),
+        their observations, how many rows there were before the active set bounded them (``active_set``))."""
+        trials = [self._trial(o)[2] for o in done]
+        rows = [t.rows for t in trials]
+        if not any(rows):
+            return np.zeros((0, 0)), np.zeros(0), [], [], 0
+        fin = np.asarray([t.final or (math.nan, math.nan) for t in trials], dtype=float).reshape(-1, 2)
+        ok = ~np.isnan(fin[:, 0])
+        self._worst = float(fin[ok, 1].max()) if ok.any() else max(v for r in rows for _, v in r)
+        thinned = [t.thinned for t in trials]
+        worst_ids = set()
+        for i, t in enumerate(trials):  # failed / diverged: the worst final value seen, so their region is avoided
+            if t.no_value:
+                rows[i] = thinned[i] = [(1.0, self._worst)]
+                worst_ids.add(i)
+        gaps = front_gaps(fin)
+        picked = select_rows(rows, gaps, self.max_rows, np.random.default_rng([self._seed, len(done)]),
+                             thinned=thinned)
+        # the curves first and the failed trials' rows last, the order the unbounded sampler always used
+        picked = [p for p in picked if p[0] not in worst_ids] + [p for p in picked if p[0] in worst_ids]
+        X = np.concatenate([np.column_stack([np.repeat(self._code(done[i])[None, :], len(r), 0), [t for t, _ in r]])
+                            for i, r in picked])
+        y = np.asarray([v for _, r in picked for _, v in r])
+        cand = np.flatnonzero(gaps == 0.0)  # a superset of the front, in launch order: the staircase is the same
+        return X, y, fin[cand].tolist(), [done[i] for i in cand], sum(len(r) for r in rows)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, n_rows: int) -> tuple[GaussianProcess, bool]:
+        """The GP on (X, y), and whether its hyperparameters were fitted again (grid search, or ARD's L-BFGS).
+        The schedule follows ``n_rows``, all the observations, so a bounded active set still refits as the search grows."""
+        if self._hyper is not None and n_rows < self.refit_growth * self._grid_n:
             try:  # keep the last full fit's setting: only refactorise
                 if self.kernel == "ard":
                     return fit_gp_ard(X, y, self._hyper, steps=0), False
                 length, length_t, noise = self._hyper
                 return fit_gp(X, y, (length,), (length_t,), (noise,)), False
             except ValueError:  # not positive definite with the kept setting: fit again (ARD: from the prior)
-                return self._fit_full(X, y, warm=False), True
-        return self._fit_full(X, y, warm=True), True
+                return self._fit_full(X, y, n_rows, warm=False), True
+        return self._fit_full(X, y, n_rows, warm=True), True
 
-    def _fit_full(self, X: np.ndarray, y: np.ndarray, warm: bool) -> GaussianProcess:
+    def _fit_full(self, X: np.ndarray, y: np.ndarray, n_rows: int, warm: bool) -> GaussianProcess:
         if self.kernel == "ard":
             gp = fit_gp_ard(X, y, self._hyper if warm else None)
             self._hyper = (gp.lengths, gp.length_t, gp.noise)
         else:
             gp = fit_gp(X, y)
             self._hyper = gp.grid_point
-        self._grid_n = len(y)
+        self._grid_n = n_rows
         return gp
 
 

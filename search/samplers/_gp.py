@@ -46,12 +46,15 @@ class GaussianProcess:
     grid_point: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # (length, length_t, noise) before scaling
     lengths: np.ndarray | None = None  # ARD: one length per configuration column (then ``length`` is 1 and X is pre-scaled)
 
-    def predict(self, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation (of the latent function, no noise) in the target's units."""
+    def predict(self, Xq: np.ndarray, mean_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean and standard deviation (of the latent function, no noise) in the target's units; with
+        ``mean_only`` the standard deviation (the O(n^2)-a-point part) is not computed and is None."""
         if self.lengths is not None:
             Xq = _ard_scale(Xq, self.lengths)
         K = _kernel(*_sq_dists(Xq, self.X), self.length, self.length_t)
         mean = K @ self.alpha
+        if mean_only:
+            return self.y_mean + self.y_std * mean, None
         v = _solve_lower(self.chol, K.T) if len(self.X) else np.zeros((0, len(Xq)))
         var = np.maximum(1.0 - (v * v).sum(0), 1e-12)
         return self.y_mean + self.y_std * mean, self.y_std * np.sqrt(var)

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
-from .space_file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
+from ._distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
+from ._file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
 
 # model keys that do not change the parameter count: the cheapest-config search leaves them at one value
 _SIZE_FREE_MODEL_KEYS = ("dropout", "locked_dropout", "fast_lstm")
@@ -58,6 +58,15 @@ def nearest_divisor(n: int, target: float) -> int:
     """The divisor of ``n`` closest to ``target`` in log ratio (ties to the smaller): always valid."""
     target = max(float(target), 1e-9)
     return min(_divisors(n), key=lambda d: (abs(math.log(d / target)), d))
+
+
+def grow_prune_keys(raw: Mapping[str, Any], epochs: int) -> dict:
+    """The trainer's H-LSTM grow-and-prune keys from a space's ``prune_sparsity``, ``grow_phases``
+    (default 1) and ``prune_phases`` (default 1), the phases spread over ``epochs``."""
+    from squeezelstm.trainers.growprune import spread_schedule
+
+    grows, prunes = spread_schedule(epochs, int(raw.get("grow_phases", 1)), int(raw.get("prune_phases", 1)))
+    return {"prune_sparsity": float(raw["prune_sparsity"]), "grow_epochs": list(grows), "prune_epochs": list(prunes)}
 
 
 def derive_family_args(family: str, raw: Mapping[str, Any], input_size: int, hidden_size: int, num_layers: int) -> dict:
@@ -146,16 +155,17 @@ class SearchSpace:
             raw[key] = spec.sample(suggester, f"{family}.{key}") if isinstance(spec, (Choice, IntRange, FloatRange)) else spec
         hidden = int(model["hidden_size"])
         layers = int(model.get("num_layers", 1))
-        if model.get("tie_weights") is True and model.get("embedding_size") not in (None, hidden):
-            # a tied decoder needs embedding_size == hidden_size: derived, not sampled and thrown away
-            model["embedding_size"] = hidden
-            if "model.embedding_size" in sampled:
-                sampled["model.embedding_size"] = hidden
+        # a tied decoder of another width than hidden_size gets a projection (trainers.model)
         emb = model.get("embedding_size")
         input_size = int(emb) if emb else hidden
         for name, value in derive_family_args(family, raw, input_size, hidden, layers).items():
             model[name] = value
             sampled[f"model.{name}"] = value
+        if family == "hidden" and "prune_sparsity" in raw:
+            train = config.setdefault("train", {})
+            for name, value in grow_prune_keys(raw, int(epochs or train.get("epochs", 4))).items():
+                train[name] = value
+                sampled[f"train.{name}"] = value
         if epochs is not None:
             config.setdefault("train", {})["epochs"] = int(epochs)
         return SampledConfig(family, config, sampled)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
+from ._distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
 
 SECTIONS = ("data", "model", "train")
 TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
@@ -30,7 +30,9 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "grouped": ("groups", "groups_fraction"),
     "routed": ("num_cells", "num_cells_fraction", "routing"),
     "restricted": ("share",),
-    "hidden": ("gate_hidden", "gate_hidden_fraction"),
+    # H-LSTM's grow-and-prune: the target sparsity and the number of grow/prune phases (placed by
+    # trainers.growprune.spread_schedule over the trial's epochs); no prune_sparsity = dense H-LSTM
+    "hidden": ("gate_hidden", "gate_hidden_fraction", "prune_sparsity", "grow_phases", "prune_phases"),
 }
 # family -> its trainer argument and the space keys that set it (exactly one of them is required)
 FAMILY_REQUIRED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
@@ -204,6 +206,12 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
         elif key == "share":
             if not is_number(v) or not 0.0 <= v <= 1.0:
                 raise fail(f"share must be in [0, 1], got {v!r}")
+        elif key == "prune_sparsity":
+            if not is_number(v) or not 0.0 <= v < 1.0:
+                raise fail(f"prune_sparsity must be in [0, 1), got {v!r}")
+        elif key in ("grow_phases", "prune_phases"):
+            if not is_int(v) or v < 0 or isinstance(spec, FloatRange):
+                raise fail(f"{key} must be integers >= 0, got {v!r}")
         elif key.endswith("_fraction"):
             if not is_number(v) or v <= 0:
                 raise fail(f"a fraction of hidden_size must be > 0, got {v!r}")
@@ -211,7 +219,7 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
 
 def shipped_spaces() -> list[str]:
     """Names of the spaces that ship with the package (``default``, ``ptb``, ...)."""
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     return sorted(Path(p.name).stem for p in folder.iterdir() if p.name.endswith((".yaml", ".yml", ".toml")))
 
 
@@ -240,7 +248,7 @@ def locate_space(name_or_path: str | Path) -> tuple[dict, str]:
         return read_space_file(path), str(path)
     if path.suffix or "/" in text or "\\" in text:
         raise FileNotFoundError(f"space file not found: {text}")
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     for suffix in (".yaml", ".yml", ".toml"):
         entry = folder / f"{text}{suffix}"
         if entry.is_file():

@@ -38,15 +38,15 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .ehvi import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, random_draw, space_dists
-from .pruners import PruningBridge
-from .records import TrialRecord, pareto_front
-from .space import SearchSpace, load_space, model_cost
+from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, one_thread, random_draw, space_dists
+from ..pruners import PruningBridge
+from ..pareto import TrialRecord, pareto_front
+from ..space import SearchSpace, load_space, model_cost
 
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
-EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local")
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local", "max_rows")
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,8 @@ class SearchController:
         with self._lock:
             for _ in range(self.max_retries):
                 if self._ehvi is not None:
-                    values, _, _ = self._ehvi.propose(self._observations())
+                    with one_thread():
+                        values, _, _ = self._ehvi.propose(self._observations())
                     self.study.enqueue_trial(values)
                 trial = self.study.ask()
                 try:
@@ -338,7 +339,7 @@ class SearchController:
             r = self._records[number]
             curve = [(int(h["epoch"]), float(h["valid_ppl"])) for h in r.history if h.get("valid_ppl") is not None]
             out.append(Observation(values=trials[number].params, family=r.family, params=r.params, status=r.status,
-                                   curve=curve))
+                                   curve=curve, number=number))
         return out
 
     def _get(self, number: int) -> TrialRecord:

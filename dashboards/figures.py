@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from squeezelstm.search.records import TrialRecord, finished, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import TrialRecord, finished, log_hypervolume, pareto_front
 
 from .tables import format_args, key_args
 

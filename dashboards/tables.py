@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from squeezelstm.search.records import TrialRecord
+from squeezelstm.search.pareto import TrialRecord
 
 # Each family's own arguments (mirrors squeezelstm.spaces.FAMILY_ARGS, repeated here so that a
 # report never imports torch).

@@ -340,7 +340,7 @@ def test_random_spaces_only_ever_sample_valid_configs(raw, seed):
 
 
 def test_local_suggester_stays_near_its_base_and_on_the_space_grid():
-    from squeezelstm.search.distributions import LocalSuggester
+    from squeezelstm.search.space import LocalSuggester
 
     space = parse_space(small())
     dists = {**space.knobs, "model.cell": Choice(tuple(space.families))}

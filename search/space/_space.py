@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
-from .space_file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
+from ._distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
+from ._file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
 
 # model keys that do not change the parameter count: the cheapest-config search leaves them at one value
 _SIZE_FREE_MODEL_KEYS = ("dropout", "locked_dropout", "fast_lstm")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
+from ._distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
 
 SECTIONS = ("data", "model", "train")
 TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
@@ -219,7 +219,7 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
 
 def shipped_spaces() -> list[str]:
     """Names of the spaces that ship with the package (``default``, ``ptb``, ...)."""
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     return sorted(Path(p.name).stem for p in folder.iterdir() if p.name.endswith((".yaml", ".yml", ".toml")))
 
 
@@ -248,7 +248,7 @@ def locate_space(name_or_path: str | Path) -> tuple[dict, str]:
         return read_space_file(path), str(path)
     if path.suffix or "/" in text or "\\" in text:
         raise FileNotFoundError(f"space file not found: {text}")
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     for suffix in (".yaml", ".yml", ".toml"):
         entry = folder / f"{text}{suffix}"
         if entry.is_file():

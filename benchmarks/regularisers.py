@@ -61,7 +61,8 @@ def main() -> None:
         for setting in args.settings:
             r = train(config(args.data, family, setting, args.epochs, args.train_tokens, args.threads))
             row = {"family": family, "setting": setting, "status": r.status, "params": r.params,
-                   "valid_ppl": r.valid_ppl, "test_ppl": r.test_ppl, "tokens_per_s": r.tokens_per_s}
+                   "valid_ppl": r.valid_ppl, "test_ppl": r.test_ppl, "tokens_per_s": r.tokens_per_s,
+                   "averaged_epochs": sum(bool(h.get("averaged")) for h in r.history)}
             rows.append(row)
             print(f"{family:<11} {setting:<8} {r.params:>9,} {r.valid_ppl or float('nan'):>8.2f} "
                   f"{r.test_ppl or float('nan'):>8.2f} {r.tokens_per_s:>7.0f}", flush=True)

@@ -57,7 +57,7 @@ from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
 from ._family_args import check_sizes, layer_input_sizes
-from ._fused import packed_routing
+from ._fused import compacted_routing
 from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
 from ._routed_hidden import hidden_routed_forward
@@ -137,6 +137,12 @@ class RoutedLayer(RecurrentLayer):
         bits = (x @ self.hash_proj.to(x.dtype)) > 0
         return (bits.long() * self.hash_powers).sum(-1) % self.num_cells
 
+    def _choices(self, x: Tensor) -> Tensor:
+        """``round_robin`` and ``token``: the sub-cell of every token of the window (T*N,), row t*N + b."""
+        if self.routing == "token":
+            return self.token_choices(x).flatten()
+        return ((self.offset + torch.arange(x.size(0), device=x.device)) % self.num_cells).repeat_interleave(x.size(1))
+
     def _router_logits(self, h: Tensor) -> Tensor:
         return F.linear(h, self.router_weight, self.router_bias)
 
@@ -156,19 +162,17 @@ class RoutedLayer(RecurrentLayer):
         if k > 1 and self.routing in ("hidden", "soft") and on_gpu:
             from ._triton_routed import routed_window  # triton is imported on the GPU path only
             return routed_window(self, x, state)
-        if k == 1 or (self.routing == "round_robin" and (on_gpu or compiled_kernels(x) is None)):
+        if k > 1 and on_gpu and self.routing in ("round_robin", "token"):  # fused LSTM kernel (_fused.py)
+            return compacted_routing(x, state, self._choices(x), self.weight_ih.view(k, 4 * s, -1), self.weight_hh,
+                                     *(None if b is None else b.view(k, 4 * s) for b in (self.bias_ih, self.bias_hh)))
+        if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
             # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled
             # loops run (CPU), the compacted path below is faster: one node for all k sub-cells.
             return strided_lstms(x, state, self._cell_weights(), self.offset)
-        if self.routing == "round_robin":
-            steps = (self.offset + torch.arange(T, device=x.device)) % k
-            return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
-        if self.routing == "token":
-            if on_gpu:  # one packed cuDNN call per sub-cell (_fused.py)
-                return packed_routing(x, state, self.token_choices(x).flatten(), self._cell_weights())
-            return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing in ("round_robin", "token"):
+            return self._forward_compacted(x, h, c, self._choices(x))
         if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
             return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).

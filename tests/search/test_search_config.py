@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 
 import pytest
@@ -57,3 +58,28 @@ def test_the_controller_state_keeps_the_config_that_rebuilds_the_search(tmp_path
     SearchController(config, state_dir=tmp_path, vocab_size=VOCAB).suggest()
     stored = json.loads((tmp_path / "controller.json").read_text())["config"]
     assert SearchConfig.from_dict(stored) == config
+
+
+def test_a_search_leaves_the_process_settings_as_it_found_them(monkeypatch):
+    # the runner's quiet Ray/MLflow settings and the controller's quiet Optuna are scoped, not global
+    import logging
+
+    import optuna
+
+    from squeezelstm.search.backends import quiet_libraries
+
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "1")
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    logging.getLogger("mlflow").setLevel(logging.DEBUG)
+    with quiet_libraries():
+        assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" and os.environ["RAY_DEDUP_LOGS"] == "1"
+        assert logging.getLogger("mlflow").level == logging.WARNING
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ and os.environ["RAY_DEDUP_LOGS"] == "1"
+    assert logging.getLogger("mlflow").level == logging.DEBUG
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        controller = SearchController(SearchConfig("default", sampler="random", pruner="none"), vocab_size=VOCAB)
+        controller.complete(controller.suggest().number, "failed")
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)

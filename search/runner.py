@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .driver_lock import acquire as acquire_driver_lock
 from .ehvi import DEFAULT_SAMPLER
+from .interrupt import SearchInterrupted, StopSignals
 from .records import TrialRecord, pareto_front
 
 DEFAULT_STORAGE = "squeezelstm_runs"
@@ -225,7 +227,29 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_search(
+def run_search(space: Any, *, experiment: str, storage: str | os.PathLike | None = None, **kwargs: Any) -> SearchResult:
+    """Run ``trials`` trials of ``space`` on Ray Tune, as the only driver of ``experiment`` (the work is ``_run_search``'s).
+
+    A second driver of the same experiment (a plain start or ``resume``) is refused with
+    ``driver_lock.DriverRunning`` naming the first; a lock left by a killed driver is taken over.
+    """
+    paths = resolve_paths(experiment, storage)
+    try:
+        lock = acquire_driver_lock(paths.experiment_dir, experiment)
+    except OSError:
+        check_writable(paths)  # the one-line reason, where there is one
+        raise
+    try:
+        return _run_search(space, experiment=experiment, storage=storage, **kwargs)
+    finally:
+        lock.release()
+        if not any(p.is_file() and p != lock.path for p in paths.experiment_dir.rglob("*")):
+            lock.path.unlink(missing_ok=True)  # a search refused before it began leaves no file behind
+            if not any(paths.experiment_dir.iterdir()):
+                paths.experiment_dir.rmdir()
+
+
+def _run_search(
     space: Any,
     *,
     trials: int,
@@ -408,11 +432,16 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
-            tuner.fit()
+            with StopSignals() as stop:
+                tuner.fit()
+            if stop.signum is not None:  # Ray ended its loop on our signal; running trials keep their checkpoints
+                raise SearchInterrupted(stop.signum)
             if session.error is not None:
                 raise session.error
-    except BaseException:
+    except BaseException as exc:
         status = "KILLED"
+        if isinstance(exc, SearchInterrupted):
+            exc.counts = controller.counts()
         raise
     finally:
         release_session(token)

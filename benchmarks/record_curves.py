@@ -50,7 +50,7 @@ def recorded_indices(path: Path) -> set[int]:
 
 def sample_config(space, index: int, seed: int, epochs: int | None):
     """Configuration ``index`` of the recording: the same (space, seed, index) always gives the same one."""
-    from squeezelstm.search.distributions import RandomSuggester
+    from squeezelstm.search.space import RandomSuggester
 
     sub_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     return space.sample(RandomSuggester(sub_seed), epochs)

@@ -26,7 +26,7 @@ def synthetic_search(space, measure, n: int, epochs: int, seed: int):
     """``n`` closed observations of ``space`` (value dicts, family, size, status, curve) and a factory for more."""
     import numpy as np
 
-    from squeezelstm.search.ehvi import Observation, random_draw
+    from squeezelstm.search.samplers import Observation, random_draw
 
     draw = random_draw(space, measure, epochs)
     rng = np.random.default_rng(seed)
@@ -52,13 +52,13 @@ def measure_latency(space, measure, *, trials: int, epochs: int, running: int, p
     """Time ``proposals`` proposals after ``trials`` closed trials; returns the latency percentiles in seconds."""
     import numpy as np
 
-    from squeezelstm.search.ehvi import ExactSizeEHVI, Observation, local_draw, space_dists
-    from squeezelstm.search.proposals import one_thread
+    from squeezelstm.search.samplers import ExactSizeEHVI, Observation, local_draw, space_dists
+    from squeezelstm.search.samplers import one_thread
 
     obs, one = synthetic_search(space, measure, trials + running, epochs, seed)
     obs = obs[:trials] + [Observation(o.values, o.family, o.params, "running", [], o.number) for o in obs[trials:]]
     dists, families = space_dists(space)
-    from squeezelstm.search.ehvi import random_draw
+    from squeezelstm.search.samplers import random_draw
 
     sampler = ExactSizeEHVI(random_draw(space, measure, epochs), dists, families, epochs=epochs,
                             smallest=space.check_budget(measure)[0], ref_params=space.max_params, seed=seed,

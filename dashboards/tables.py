@@ -8,18 +8,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from squeezelstm.search.records import TrialRecord
+from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
 
-# Each family's own arguments (mirrors squeezelstm.spaces.FAMILY_ARGS, repeated here so that a
-# report never imports torch).
-FAMILY_ARGS: dict[str, tuple[str, ...]] = {
-    "lstm": (),
-    "factorized": ("rank",),
-    "grouped": ("groups",),
-    "routed": ("num_cells", "routing"),
-    "restricted": ("share",),
-    "hidden": ("gate_hidden",),
-}
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")
 COLUMNS = ("trial", "family", "key_args", "params", "valid_ppl", "test_ppl")
 

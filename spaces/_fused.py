@@ -15,15 +15,14 @@ launches per window do not grow with the window's length (except where said):
   call. That executes the dense LSTM's 4n(m+n) multiply-adds a token instead of r(m+n) + 4nr, so it is
   used below ``PRODUCT_MAX_HIDDEN`` only; wider F-LSTMs keep the bottleneck recurrence
   (``_recurrence.bottleneck_recurrence``, the saved multiply-adds kept, launches a few per step).
-- ``packed_routing`` (routed ``token``): the choices are known before the window, so each sub-cell
-  sees a packed batch of variable-length sequences (the steps routed to it, compacted per sequence,
-  sequences sorted by length): one packed cuDNN call per sub-cell, computing only its own input
-  projections. (``round_robin`` on this path is ``_recurrence.strided_lstms``: k calls on strided slices.)
+- ``compacted_routing`` (routed ``token`` and ``round_robin``): the choices are known before the window,
+  so each sub-cell is an LSTM over the steps routed to it, compacted and padded with exact no-op steps;
+  one block-diagonal fused call for all k sub-cells (or, from ``BLOCK_DIAGONAL_MAX_HIDDEN``, one per
+  sub-cell, each computing only its own multiply-adds).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -81,66 +80,129 @@ def factorized_fused(x: Tensor, state: State, weight_in: Tensor, weight_out: Ten
     return fused_lstm(x, state, [weight[:, :m], weight[:, m:], *_two_biases(bias)])
 
 
-def packed_routing(x: Tensor, state: State, choice: Tensor, cell_weights: list[list[Tensor]]) -> tuple[Tensor, State]:
-    """Hard routing with choices known up front (``choice`` (T*N,) the sub-cell of token t*N + b), as one
-    packed fused-LSTM call per sub-cell; ``cell_weights[j]`` is sub-cell j's ``fused_lstm`` weights.
+# Added to the pre-activations of a padding step: sigmoid(-PAD) == 0 and sigmoid(PAD) == 1 exactly in
+# float32, bf16 and fp16, so the input gate shuts, the forget gate passes c through unchanged, and no gradient
+# reaches the step's weights, input or previous state.
+PAD = 1.0e4
+_CONSTANTS: dict = {}  # (what, shapes..., device[, dtype]) -> tensor, built once per process
 
-    Sub-cell j of sequence b sees only the steps routed to it; those compacted sequences, sorted by length
-    (longest first), are a packed batch (``batch_sizes``), so one call runs all of sub-cell j's updates,
-    each sequence's final state being its state after its last one. Every output row (t, b, j) is then
-    gathered from the table [initial states; the packed outputs]. ``state`` is (h, c) each (N, k*s).
+
+def _pad_column(s: int, dtype, device) -> Tensor:
+    """The padding flag's weight column of one sub-cell (4s, 1): -PAD on the input gate's rows, PAD on the forget gate's."""
+    key = ("pad", s, dtype, str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor([-PAD, PAD, 0.0, 0.0], dtype=dtype).repeat_interleave(s).view(4 * s, 1).to(device)
+    return _CONSTANTS[key]
+
+
+def _block_index(k: int, s: int, m: int, bias: bool, device) -> Tensor:
+    """Where each entry of the block-diagonal weights of ``_block_weights`` comes from in their flat source."""
+    key = ("block", k, s, m, bias, str(device))
+    if key in _CONSTANTS:
+        return _CONSTANTS[key]
+    n, w = k * s, m + 1
+    q, j, v = (t.reshape(-1) for t in torch.meshgrid(torch.arange(4), torch.arange(k), torch.arange(s), indexing="ij"))
+    own = (j * 4 + q) * s + v  # (4n,) each LSTM row's row in the sub-cells' (k, 4s) layout, gate-major order
+    ih, hh = k * 4 * s * m, k * 4 * s * s  # sizes of the flat sources
+    tail = ih + hh + (8 * n if bias else 0)  # [0, -PAD, PAD] come last
+    zero = tail
+    col = torch.arange(k * w)
+    same = (col // w).unsqueeze(0) == j.unsqueeze(1)  # (4n, k w): the row's own block
+    x_part = torch.where((col % w < m).unsqueeze(0), own.unsqueeze(1) * m + (col % w).unsqueeze(0),
+                         (tail + torch.where(q == 0, 1, torch.where(q == 1, 2, 0))).unsqueeze(1))
+    parts = [torch.where(same, x_part, zero).flatten()]
+    col = torch.arange(n)
+    same = (col // s).unsqueeze(0) == j.unsqueeze(1)
+    parts.append(torch.where(same, ih + own.unsqueeze(1) * s + (col % s).unsqueeze(0), zero).flatten())
+    if bias:
+        parts += [ih + hh + own, ih + hh + 4 * n + own]
+    _CONSTANTS[key] = index = torch.cat(parts).to(device)
+    return index
+
+
+def _block_weights(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None) -> list[Tensor]:
+    """The k sub-cells as ONE LSTM of width n = k s on inputs [x_1, flag_1, ..., x_k, flag_k] (widths m + 1):
+    block-diagonal W_ih (4n, k(m+1)) with the padding flag's column, block-diagonal W_hh (4n, n) and the
+    biases, rows in gate-major order; all gathered from the parameters by one index (a single op and its
+    backward, where slicing and reordering them would be a dozen)."""
+    k, four_s, m = weight_ih.shape
+    s, n = four_s // 4, k * four_s // 4
+    key = ("tail", weight_ih.dtype, str(weight_ih.device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor([0.0, -PAD, PAD], dtype=weight_ih.dtype).to(weight_ih.device)
+    flat = [t.reshape(-1) for t in (weight_ih, weight_hh, bias_ih, bias_hh) if t is not None]
+    full = torch.cat(flat + [_CONSTANTS[key]]).index_select(0, _block_index(k, s, m, bias_ih is not None, weight_ih.device))
+    sizes = [4 * n * k * (m + 1), 4 * n * n] + ([] if bias_ih is None else [4 * n, 4 * n])
+    w_ih, w_hh, *biases = full.split(sizes)
+    return [w_ih.view(4 * n, k * (m + 1)), w_hh.view(4 * n, n), *biases]
+
+
+class _Compact(torch.autograd.Function):
+    """The window's tokens x (T*N, m) in their compacted rows ``slot`` of a (rows, m + 1) buffer, whose
+    last column is the padding flag (1 where no token lands); backward: one gather."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slot: Tensor, rows: int):
+        m = x.size(1)
+        out = x.new_zeros(rows, m + 1)
+        out.select(1, m).fill_(1.0)
+        out.index_copy_(0, slot, F.pad(x, (0, 1)))
+        ctx.save_for_backward(slot)
+        ctx.m = m
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (slot,) = ctx.saved_tensors
+        return grad.index_select(0, slot)[:, :ctx.m], None, None
+
+
+def compacted_routing(x: Tensor, state: State, choice: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                      bias_ih: Tensor | None, bias_hh: Tensor | None) -> tuple[Tensor, State]:
+    """Hard routing with choices known up front (``choice`` (T*N,) the sub-cell of token t*N + b), through
+    the fused LSTM kernel over the compacted window; exact.
+
+    Sub-cell j of sequence b sees only the steps routed to it, so it is an LSTM over those steps: they
+    are compacted (update u of sub-cell j of b goes to step u), padded to the longest run L (about T/k).
+    A padding step must leave the sub-cell's state as it is: the input gets one more column, 1 at padding
+    steps and 0 at real ones, whose weight is -PAD on the input gate's rows and +PAD on the forget gate's,
+    which makes c_t = c_{t-1} exactly and blocks every gradient through the step (its h is never read:
+    outputs are gathered from the real steps). Below ``BLOCK_DIAGONAL_MAX_HIDDEN`` the k sub-cells are one
+    LSTM with block-diagonal weights, ONE fused call over L steps; from there on one call per sub-cell
+    keeps the multiply-adds at 4s(m + s) a token.
+
+    ``weight_ih`` (k, 4s, m), ``weight_hh`` (k, 4s, s), biases (k, 4s), sub-cell rows in gate order
+    i, f, g, o; ``state`` (h, c) each (N, k*s), sub-cell j in columns [j s, (j+1) s).
     """
     h, c = state
     T, N, m = x.shape
-    k = len(cell_weights)
-    s = h.size(-1) // k
-    dev = x.device
+    k, four_s, _ = weight_ih.shape
+    s = four_s // 4
+    n = k * s
     if T == 0:
-        return x.new_empty(0, N, k * s), (h, c)
-    updates = F.one_hot(choice, k).view(T, N, k).cumsum(0)  # (T, N, k): updates of sub-cell j of b by step t
-    counts = updates[-1]  # (N, k)
-    counts_host = counts.cpu().numpy()  # the packed batch sizes live on the host, as cuDNN wants them
-    L = int(counts_host.max())
-    by_count = torch.argsort(counts.t(), dim=1, descending=True, stable=True)  # (k, N): rank -> sequence
-    rank = torch.argsort(by_count, dim=1)  # (k, N): sequence -> rank
-    u = updates.view(T * N, k).gather(1, choice.unsqueeze(1)).squeeze(1) - 1  # the token's update index
-    tokens = torch.arange(T * N, device=dev)
-    # (sub-cell, update, rank): in this order, the used slots ARE the packed layout of all k sub-cells.
-    slot = (choice * L + u) * N + rank.reshape(-1)[choice * N + tokens % N]
-    keep = torch.zeros(k * L * N, dtype=torch.int32, device=dev).index_fill_(0, slot, 1)
-    packed_row = keep.cumsum(0) - 1  # slot -> row of the packed data (where the slot is used)
-    order = torch.argsort(slot)  # packed row -> token
-    data = x.reshape(T * N, m).index_select(0, order)
-    to_rank = by_count.unsqueeze(-1).expand(k, N, s)
-    hk = h.view(N, k, s).transpose(0, 1).gather(1, to_rank)  # (k, N, s), sequences in rank order
-    ck = c.view(N, k, s).transpose(0, 1).gather(1, to_rank)
-    # batch size of sub-cell j at update u: how many sequences made more than u updates of it
-    sizes = (counts_host[None] > np.arange(L)[:, None, None]).sum(1)  # (L, k)
-    train = torch.is_grad_enabled()
-    has_bias = len(cell_weights[0]) == 4
-    table, h_n, c_n, start = [hk.reshape(k * N, s)], [], [], 0
-    for j in range(k):
-        batch_sizes = sizes[:, j][sizes[:, j] > 0]
-        rows = int(batch_sizes.sum())
-        if rows == 0:
-            h_n.append(hk[j])
-            c_n.append(ck[j])
-            continue
-        first = int(batch_sizes[0])
-        hx = (hk[j, :first].unsqueeze(0).contiguous(), ck[j, :first].unsqueeze(0).contiguous())
-        weights = [w.contiguous() for w in cell_weights[j]]
-        out, hj, cj = torch._VF.lstm(data[start:start + rows], torch.from_numpy(np.ascontiguousarray(batch_sizes)),
-                                     hx, weights, has_bias, 1, 0.0, train, False)
-        table.append(out)
-        h_n.append(torch.cat([hj[0], hk[j, first:]]) if first < N else hj[0])
-        c_n.append(torch.cat([cj[0], ck[j, first:]]) if first < N else cj[0])
-        start += rows
-    # output row (t, b, j): the initial state if sub-cell j of b has not updated yet, else its packed output
-    cells = torch.arange(k, device=dev)
-    r = rank.t()  # (N, k)
-    used = (cells * L + (updates - 1).clamp(min=0)) * N + r  # (T, N, k)
-    src = torch.where(updates > 0, k * N + packed_row[used], cells * N + r)
-    output = torch.cat(table).index_select(0, src.flatten()).view(T, N, k * s)
-    to_seq = rank.unsqueeze(-1).expand(k, N, s)
-    h_n, c_n = torch.stack(h_n).gather(1, to_seq), torch.stack(c_n).gather(1, to_seq)  # back to sequence order
-    return output, (h_n.transpose(0, 1).reshape(N, k * s), c_n.transpose(0, 1).reshape(N, k * s))
+        return x.new_empty(0, N, n), (h, c)
+    onehot = F.one_hot(choice, k).view(T, N, k)
+    updates = onehot.cumsum(0)  # (T, N, k): updates of sub-cell j of b by step t
+    L = int(updates[-1].max())
+    # Rows ((u, b), j) of [h; the compacted steps' outputs] hold sub-cell j of b after u updates: output
+    # (t, b, j) is row src[t, b, j], and the token (t, b) itself goes to compacted step u - 1, its slot.
+    src = updates * (N * k) + torch.arange(N * k, device=x.device).view(N, k)
+    slot = (src - N * k).masked_select(onehot.bool())
+    data = _Compact.apply(x.reshape(T * N, m), slot, L * N * k).view(L, N, k, m + 1)
+    if n < BLOCK_DIAGONAL_MAX_HIDDEN:
+        out, (_, c_n) = fused_lstm(data.view(L, N, k * (m + 1)), state,
+                                   _block_weights(weight_ih, weight_hh, bias_ih, bias_hh))
+    else:
+        pad = _pad_column(s, weight_ih.dtype, weight_ih.device)
+        outs, cs = [], []
+        for j in range(k):
+            weights = [torch.cat([weight_ih[j], pad], 1), weight_hh[j]]
+            weights += [] if bias_ih is None else [bias_ih[j], bias_hh[j]]
+            cols = slice(j * s, (j + 1) * s)
+            out_j, (_, c_j) = fused_lstm(data[:, :, j], (h[:, cols], c[:, cols]), weights)
+            outs.append(out_j)
+            cs.append(c_j)
+        out, c_n = torch.cat(outs, -1), torch.cat(cs, -1)
+    seq = torch.cat([h.unsqueeze(0), out]).view((L + 1) * N * k, s)
+    output = seq.index_select(0, src.flatten()).view(T, N, n)
+    return output, (output[-1], c_n)

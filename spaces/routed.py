@@ -56,15 +56,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
-from ._family_args import check_sizes, layer_input_sizes
-from ._fused import packed_routing
+from ._family_args import check_sizes
+from ._fused import compacted_routing
 from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
 from ._routed_hidden import hidden_routed_forward
 from ._rows import PermuteRows, SegmentLinear
+from .families import ROUTINGS
 from .lstm import lstm_pointwise
 
-ROUTINGS = ("hidden", "round_robin", "token", "soft")
 HASH_BITS = 16
 HASH_SEED = 0x5EED
 
@@ -72,10 +72,12 @@ HASH_SEED = 0x5EED
 def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, family_args: dict) -> dict:
     unknown = sorted(set(family_args) - {"num_cells", "routing"})
     if unknown:
-        raise ValueError(f"routed: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes num_cells, routing")
+        raise ValueError(f"{RoutedLSTM.family}: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; "
+                         "it takes num_cells, routing")
     check_sizes(input_size, hidden_size, num_layers)
-    k = check_positive_int("num_cells", family_args.get("num_cells", 2))
-    routing = family_args.get("routing", "hidden")
+    family_args = RoutedLSTM.with_defaults(family_args)
+    k = check_positive_int("num_cells", family_args["num_cells"])
+    routing = family_args["routing"]
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {list(ROUTINGS)}, got routing={routing!r}")
     if hidden_size % k:
@@ -137,6 +139,12 @@ class RoutedLayer(RecurrentLayer):
         bits = (x @ self.hash_proj.to(x.dtype)) > 0
         return (bits.long() * self.hash_powers).sum(-1) % self.num_cells
 
+    def _choices(self, x: Tensor) -> Tensor:
+        """``round_robin`` and ``token``: the sub-cell of every token of the window (T*N,), row t*N + b."""
+        if self.routing == "token":
+            return self.token_choices(x).flatten()
+        return ((self.offset + torch.arange(x.size(0), device=x.device)) % self.num_cells).repeat_interleave(x.size(1))
+
     def _router_logits(self, h: Tensor) -> Tensor:
         return F.linear(h, self.router_weight, self.router_bias)
 
@@ -156,19 +164,17 @@ class RoutedLayer(RecurrentLayer):
         if k > 1 and self.routing in ("hidden", "soft") and on_gpu:
             from ._triton_routed import routed_window  # triton is imported on the GPU path only
             return routed_window(self, x, state)
-        if k == 1 or (self.routing == "round_robin" and (on_gpu or compiled_kernels(x) is None)):
+        if k > 1 and on_gpu and self.routing in ("round_robin", "token"):  # fused LSTM kernel (_fused.py)
+            return compacted_routing(x, state, self._choices(x), self.weight_ih.view(k, 4 * s, -1), self.weight_hh,
+                                     *(None if b is None else b.view(k, 4 * s) for b in (self.bias_ih, self.bias_hh)))
+        if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
             # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled
             # loops run (CPU), the compacted path below is faster: one node for all k sub-cells.
             return strided_lstms(x, state, self._cell_weights(), self.offset)
-        if self.routing == "round_robin":
-            steps = (self.offset + torch.arange(T, device=x.device)) % k
-            return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
-        if self.routing == "token":
-            if on_gpu:  # one packed cuDNN call per sub-cell (_fused.py)
-                return packed_routing(x, state, self.token_choices(x).flatten(), self._cell_weights())
-            return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing in ("round_robin", "token"):
+            return self._forward_compacted(x, h, c, self._choices(x))
         if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
             return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
@@ -352,17 +358,8 @@ class RoutedLSTM(RecurrentStack):
     noise for ``hidden`` routing in training mode; torch's default generator if None).
     """
 
-    family = "routed"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 device=None, dtype=None, *, num_cells: int = 2, routing: str = "hidden") -> None:
-        args = self.check_args(input_size, hidden_size, num_layers, num_cells=num_cells, routing=routing)
-        self.num_cells, self.routing = args["num_cells"], args["routing"]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return RoutedLayer(input_size, hidden_size, self.num_cells, self.routing, bias,
-                           hash_seed=HASH_SEED + index, **factory_kwargs)
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, num_cells, routing):
+        return RoutedLayer(input_size, hidden_size, num_cells, routing, bias, hash_seed=HASH_SEED + index, **factory_kwargs)
 
     def forward(self, input: Tensor, hx: State | None = None, offset: int = 0,
                 generator: torch.Generator | None = None) -> tuple[Tensor, State]:
@@ -383,33 +380,25 @@ class RoutedLSTM(RecurrentStack):
             for layer in self.layers:
                 layer.offset, layer.generator = 0, None
 
-    def family_repr(self) -> str:
-        return f"num_cells={self.num_cells}, routing={self.routing}"
-
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:
         """Validate the family arguments; returns ``{"num_cells": k, "routing": r}`` (defaults 2, "hidden")."""
         return _check_routed_args(input_size, hidden_size, num_layers, family_args)
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                         **family_args: Any) -> int:
-        """Exact parameter count of the stack (equals the module's ``numel`` sum)."""
-        a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        k, n = a["num_cells"], hidden_size
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, num_cells: int, routing: str) -> int:
+        """Exact parameter count of one layer: k (4s(m + s) + 8s), plus the router n k + k (hidden, soft)."""
+        k, n, m = num_cells, hidden_size, input_size
         s = n // k
-        router = (n * k + (k if bias else 0)) if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
-        return sum(k * (4 * s * (m + s) + (8 * s if bias else 0)) + router
-                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
+        router = (n * k + (k if bias else 0)) if (k > 1 and routing in ("hidden", "soft")) else 0
+        return k * (4 * s * (m + s) + (8 * s if bias else 0)) + router
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
-        """Matmul multiply-adds of one token through all layers in eval mode (see the module docstring)."""
-        a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        k, n = a["num_cells"], hidden_size
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, num_cells: int, routing: str) -> int:
+        """Matmul multiply-adds of one token through one layer in eval mode (see the module docstring)."""
+        k, n, m = num_cells, hidden_size, input_size
         s = n // k
-        recurrent = k * 4 * s * s if a["routing"] == "soft" else 4 * s * s
-        router = n * k if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
-        projected = s if a["routing"] in ("round_robin", "token") else n  # units whose input projection runs
-        return sum(4 * projected * m + recurrent + router
-                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
+        recurrent = k * 4 * s * s if routing == "soft" else 4 * s * s
+        router = n * k if (k > 1 and routing in ("hidden", "soft")) else 0
+        projected = s if routing in ("round_robin", "token") else n  # units whose input projection runs
+        return 4 * projected * m + recurrent + router

@@ -21,13 +21,17 @@ from typing import Any, Union
 
 import yaml
 
+from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_NAMES, FAMILY_TABLE
+
+from .toml_writer import to_toml
+
 CORPORA = ("synthetic", "ptb", "wikitext2", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "epoch", "plateau")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LEVELS = ("word", "char")
-# Family arguments live directly in ``model``; each may be one value or one value per layer.
-FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
+# Family arguments (FAMILY_ARG_NAMES, from the family table) live directly in ``model``; each may be
+# one value or one value per layer.
 # Spellings of "no value" accepted for optional fields in overrides (``--set data.path=null``).
 NULLS = ("null", "none", "~")
 
@@ -104,7 +108,7 @@ class ModelConfig:
     ``hidden_size`` a bias-free projection (hidden -> embedding width) feeds the tied decoder.
     """
 
-    cell: str = "lstm"
+    cell: str = FAMILY_NAMES[0]  # the reference LSTM
     hidden_size: int = 128
     num_layers: int = 2
     embedding_size: int | None = None
@@ -370,34 +374,12 @@ def save_config(config: Config, path: str | pathlib.Path, header_comment: str | 
     header = "".join(f"# {line}\n" for line in header_comment.splitlines()) if header_comment else ""
     data = config.to_dict()
     if suffix == ".toml":
-        body = _to_toml(data)
+        body = to_toml(data)
     elif suffix in (".yaml", ".yml"):
         body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     else:
         raise ValueError(f"config file {p} must end in .yaml, .yml or .toml")
     p.write_text(header + body, encoding="utf-8")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")  # pragma: no cover - config bug
-
-
-def _to_toml(data: dict[str, dict[str, Any]]) -> str:
-    # TOML has no null: keys left at None are omitted and read back as their default None.
-    out = []
-    for section, values in data.items():
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
-        out.append("")
-    return "\n".join(out)
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str] | tuple[str, ...]) -> Config:
@@ -432,7 +414,7 @@ def validate(config: Config) -> Config:
     Raises ValueError naming the key: a corpus that needs ``data.path`` without one, per-layer
     lists of the wrong length, family arguments the cell does not take or rejects.
     """
-    from squeezelstm.spaces import FAMILY_ARGS, validate_family_args
+    from squeezelstm.spaces import validate_family_args
 
     d, m = config.data, config.model
     if d.corpus != "synthetic" and not d.path:
@@ -451,6 +433,7 @@ def validate(config: Config) -> Config:
         in_size = m.input_size if i == 0 else m.hidden_size
         validate_family_args(m.cell, in_size, m.hidden_size, 1, **m.layer_family_args(i))
     t = config.train
-    if (t.grow_epochs or t.prune_epochs) and m.cell != "hidden":
-        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell='hidden', got model.cell={m.cell!r}")
+    if (t.grow_epochs or t.prune_epochs) and not FAMILY_TABLE[m.cell].grows_and_prunes:
+        prunable = " or ".join(repr(f.name) for f in FAMILY_TABLE.values() if f.grows_and_prunes)
+        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell={prunable}, got model.cell={m.cell!r}")
     return config

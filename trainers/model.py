@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from squeezelstm.spaces import build_cell, count_flops, count_parameters
+from squeezelstm.spaces.families import FAMILY_TABLE
 
 from .config import Config, ModelConfig
 from .dropout import dropout as masked_dropout
@@ -35,7 +36,7 @@ def _layer_sizes(m: ModelConfig) -> list[tuple[int, int]]:
 
 
 def _uses_torch_lstm(m: ModelConfig) -> bool:
-    return m.cell == "lstm" and m.fast_lstm
+    return FAMILY_TABLE[m.cell].is_torch_lstm and m.fast_lstm
 
 
 def _projects(m: ModelConfig) -> bool:
@@ -70,7 +71,8 @@ class LanguageModel(nn.Module):
         self.decoder = nn.Linear(_decoder_width(model), vocab_size)
         if model.tie_weights:
             self.decoder.weight = self.embedding.weight
-        self.routed = model.cell == "routed"
+        # the cell's forward also takes the stream position and a generator (routed cells)
+        self.stream_position = FAMILY_TABLE[model.cell].stream_position
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -101,7 +103,8 @@ class LanguageModel(nn.Module):
         new_state = []
         raw = x
         for i, layer in enumerate(self.layers):
-            kwargs = {"offset": offset, "generator": generator if self.training else None} if self.routed else {}
+            kwargs = ({"offset": offset, "generator": generator if self.training else None}
+                      if self.stream_position else {})
             if drop_weights:
                 raw, hc = call_with_weight_drop(layer, m.cell, m.weight_drop, generator, (x, state[i]), kwargs)
             else:

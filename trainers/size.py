@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from squeezelstm.spaces import count_parameters
+from squeezelstm.spaces.families import FAMILY_TABLE
 
 from .config import Config
 from .growprune import phase_for_epoch
@@ -73,8 +74,9 @@ def model_sizes(config: Config, vocab_size: int) -> ModelSizes:
     for i, (in_size, hidden) in enumerate(_layer_sizes(m)):
         args = m.layer_family_args(i)
         recurrent += count_parameters(m.cell, in_size, hidden, 1, m.bias, **args)
-        if m.cell == "hidden":
-            masked += live_masked(config, prunable_weights(in_size, hidden, args.get("gate_hidden", 16)))
+        family = FAMILY_TABLE[m.cell]
+        if family.grows_and_prunes:
+            masked += live_masked(config, prunable_weights(in_size, hidden, {**family.defaults, **args}["gate_hidden"]))
     params = count_model_parameters(config, vocab_size)
     flops = count_model_flops(config, vocab_size)
     return ModelSizes(params=params, recurrent_params=recurrent, flops=flops, live_params=params - masked,

@@ -5,8 +5,8 @@ Merity, Keskar & Socher (2017) drop entries of the recurrent matrix ``W_hh`` wit
 time step of a BPTT window, so the recurrence itself stays the same function across the window
 and the fused kernels still run. Evaluation uses the weights as they are.
 
-Each family keeps its recurrent weights differently; ``recurrent_region`` names, per family, the
-parameter and the entries of it that the recurrence reads:
+Each family keeps its recurrent weights differently; each family layer's ``recurrent_weight`` names
+the parameter and the entries of it that the recurrence reads (``recurrent_region`` asks it):
 
     lstm, grouped, routed   weight_hh, all of it ((4n, n), (g, 4n/g, n/g), (k, 4s, s))
     nn.LSTM (fast_lstm)     weight_hh_l0, all of it
@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from squeezelstm.spaces.lstm import fused_lstm
+
 
 def recurrent_region(cell: str, layer: nn.Module) -> tuple[str, Tensor | None]:
     """``(parameter name in layer, 0/1 mask of its recurrent entries or None for all)`` of one layer.
@@ -35,20 +37,10 @@ def recurrent_region(cell: str, layer: nn.Module) -> tuple[str, Tensor | None]:
     """
     if isinstance(layer, nn.LSTM):
         return "weight_hh_l0", None
-    inner = layer.layers[0]
-    if cell in ("lstm", "grouped", "routed"):
-        return "layers.0.weight_hh", None
-    if cell == "hidden":
-        return "layers.0.w1_hh", None
-    if cell == "factorized":
-        region = torch.zeros_like(inner.weight_in, dtype=torch.bool)
-        region[:, inner.input_size:] = True
-        return "layers.0.weight_in", region
-    if cell == "restricted":
-        region = torch.zeros_like(inner.weight, dtype=torch.bool)
-        region[inner.rows_h, : inner.hidden_size] = True
-        return "layers.0.weight", region
-    raise ValueError(f"weight drop: no recurrent weights known for model.cell={cell!r}")
+    if not hasattr(layer, "layers") or not hasattr(layer.layers[0], "recurrent_weight"):
+        raise ValueError(f"weight drop: no recurrent weights known for model.cell={cell!r}")
+    name, region = layer.layers[0].recurrent_weight()  # each family's layer knows its own
+    return f"layers.0.{name}", region
 
 
 def drop_connect(weight: Tensor, p: float, generator: torch.Generator | None,
@@ -67,4 +59,11 @@ def call_with_weight_drop(layer: nn.Module, cell: str, p: float, generator: torc
     name, region = recurrent_region(cell, layer)
     weight = layer.get_parameter(name)
     dropped = drop_connect(weight, p, generator, region)
+    if isinstance(layer, nn.LSTM):
+        # torch's own kernel on the four tensors directly: swapping a parameter of nn.LSTM makes it
+        # rebuild its flat weight list on every call (and cuDNN warn that they are not contiguous).
+        x, (h, c) = args
+        weights = [layer.weight_ih_l0, dropped] + ([layer.bias_ih_l0, layer.bias_hh_l0] if layer.bias else [])
+        out, (h, c) = fused_lstm(x, (h[0], c[0]), weights)
+        return out, (h.unsqueeze(0), c.unsqueeze(0))
     return functional_call(layer, {name: dropped}, args, kwargs or {}, strict=False)

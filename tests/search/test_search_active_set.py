@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from squeezelstm.search.active_set import TrialRows, curve_rows, front_gaps, select_rows, thin
-from squeezelstm.search.distributions import Choice, FloatRange
-from squeezelstm.search.ehvi import ExactSizeEHVI, Observation
+from squeezelstm.search.samplers._active_set import TrialRows, curve_rows, front_gaps, select_rows, thin
+from squeezelstm.search.space import Choice, FloatRange
+from squeezelstm.search.samplers import ExactSizeEHVI, Observation
 
 
 def test_front_gaps_are_the_distance_to_the_best_of_everything_no_larger():

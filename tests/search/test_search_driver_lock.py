@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from squeezelstm.search import driver_lock
+from squeezelstm.search.backends import _driver_lock as driver_lock
 from squeezelstm.search.cli import main
-from squeezelstm.search.driver_lock import DriverRunning, acquire
+from squeezelstm.search.backends import DriverRunning
+from squeezelstm.search.backends import acquire_driver_lock as acquire
 
 HOLD = """
 import sys, time
-from squeezelstm.search.driver_lock import acquire
+from squeezelstm.search.backends import acquire_driver_lock as acquire
 lock = acquire(sys.argv[1], "dup")
 print("held", flush=True)
 time.sleep(600)

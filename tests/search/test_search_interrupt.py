@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from squeezelstm.search.commands import continue_command, interrupted_line
-from squeezelstm.search.interrupt import SearchInterrupted, StopSignals
+from squeezelstm.search.backends import SearchInterrupted, StopSignals
+from squeezelstm.search.cli._search import continue_command, interrupted_line
 
 
 def test_first_signal_ends_ray_tunes_loop_and_a_second_raises_at_once():

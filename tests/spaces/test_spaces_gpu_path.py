@@ -181,10 +181,12 @@ def test_gpu_path_under_autocast(cell, args, dtype, gpu_env):
     ("grouped", {"groups": [4, 2]}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
     ("grouped", {"groups": 2, "bias": False}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
     ("factorized", {"rank": 5}, "PRODUCT_MAX_HIDDEN"),
+    ("routed", {"num_cells": 4, "routing": "token"}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
+    ("routed", {"num_cells": 2, "routing": "round_robin", "bias": False}, "BLOCK_DIAGONAL_MAX_HIDDEN"),
 ], ids=str)
 def test_gpu_path_wide_cell_formulations(cell, args, knob, gpu_env, monkeypatch):
-    """The formulations taken from hidden 1024 on (one fused LSTM per group; F-LSTM's bottleneck
-    recurrence), forced here at a small width by lowering the threshold."""
+    """The formulations taken from hidden 1024 on (one fused LSTM per group or sub-cell; F-LSTM's
+    bottleneck recurrence), forced here at a small width by lowering the threshold."""
     from squeezelstm.spaces import _fused
 
     monkeypatch.setattr(_fused, knob, 0)

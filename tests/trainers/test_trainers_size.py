@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from squeezelstm.search.export import export_trial
-from squeezelstm.search.records import TrialRecord
+from squeezelstm.search.pareto import TrialRecord
 from squeezelstm.spaces import hidden as hidden_family
 from squeezelstm.trainers import (Config, apply_overrides, build_model, count_model_flops, count_model_parameters,
                                   model_sizes, train, validate)

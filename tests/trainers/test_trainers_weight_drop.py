@@ -25,7 +25,7 @@ def config(name, **extra):
 
 
 def layer_call(model, layer, x, state, seed):
-    kwargs = {"offset": 0, "generator": torch.Generator().manual_seed(99)} if model.routed else {}
+    kwargs = {"offset": 0, "generator": torch.Generator().manual_seed(99)} if model.stream_position else {}
     return layer, (x, state), kwargs
 
 

@@ -23,7 +23,8 @@ Validity by construction: the sampled family argument is mapped deterministicall
 nearest valid value for the sampled sizes (``groups`` onto the nearest divisor of
 ``gcd(embedding_size, hidden_size)``, ``num_cells`` onto the nearest divisor of ``hidden_size``,
 ``rank`` clipped to ``[1, min(4n, m + n)]``), so a sampled config is never invalid and nothing is
-thrown away. ``sampled`` (and the trainer config) hold the values actually used.
+thrown away (``derive_family_args``, from each argument's rule in the family table, ``spaces/families.py``).
+``sampled`` (and the trainer config) hold the values actually used.
 
 This module is core: it imports no Optuna. Sampling goes through the small ``Suggester``
 protocol, which an ``optuna.Trial`` satisfies as it is and ``RandomSuggester`` satisfies for tests.
@@ -33,59 +34,31 @@ Reading files, the schema checks and overrides live in ``space_file``.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
-from .space_file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
+from squeezelstm.spaces.families import FAMILY_TABLE, derive_family_args, nearest_divisor
+
+from ._distributions import Choice, FloatRange, IntRange, RandomSuggester, Suggester, dist_to_dict, parse_dist
+from ._file import FAMILY_ARG_NAMES, SECTIONS, apply_overrides, check_space, locate_space, shipped_spaces
 
 # model keys that do not change the parameter count: the cheapest-config search leaves them at one value
 _SIZE_FREE_MODEL_KEYS = ("dropout", "locked_dropout", "fast_lstm")
 
 
 # ----------------------------------------------------------------------------------------------
-# deterministic mapping of a sampled family argument onto a valid one
+# the H-LSTM grow-and-prune keys of a space
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def grow_prune_keys(raw: Mapping[str, Any], epochs: int) -> dict:
+    """The trainer's H-LSTM grow-and-prune keys from a space's ``prune_sparsity``, ``grow_phases``
+    (default 1) and ``prune_phases`` (default 1), the phases spread over ``epochs``."""
+    from squeezelstm.trainers.growprune import spread_schedule
 
-
-def nearest_divisor(n: int, target: float) -> int:
-    """The divisor of ``n`` closest to ``target`` in log ratio (ties to the smaller): always valid."""
-    target = max(float(target), 1e-9)
-    return min(_divisors(n), key=lambda d: (abs(math.log(d / target)), d))
-
-
-def derive_family_args(family: str, raw: Mapping[str, Any], input_size: int, hidden_size: int, num_layers: int) -> dict:
-    """Turn a family's sampled space values into valid trainer arguments for these sizes.
-
-    ``raw`` maps space keys (``groups`` or ``groups_fraction``, ...) to sampled values; the result
-    maps trainer argument names (``groups``, ...) to values that satisfy the family's validity
-    rules by construction.
-    """
-    inputs = [input_size] + [hidden_size] * (num_layers - 1)
-    args: dict[str, Any] = {}
-    if family == "factorized":
-        rank = raw["rank"] if "rank" in raw else raw["rank_fraction"] * hidden_size
-        top = min(min(4 * hidden_size, m + hidden_size) for m in inputs)
-        args["rank"] = int(min(max(round(rank), 1), top))
-    elif family == "grouped":
-        groups = raw["groups"] if "groups" in raw else raw["groups_fraction"] * hidden_size
-        args["groups"] = nearest_divisor(math.gcd(hidden_size, *inputs), groups)
-    elif family == "routed":
-        cells = raw["num_cells"] if "num_cells" in raw else raw["num_cells_fraction"] * hidden_size
-        args["num_cells"] = nearest_divisor(hidden_size, cells)
-        args["routing"] = raw["routing"]
-    elif family == "restricted":
-        args["share"] = float(raw["share"])
-    elif family == "hidden":
-        width = raw["gate_hidden"] if "gate_hidden" in raw else raw["gate_hidden_fraction"] * hidden_size
-        args["gate_hidden"] = int(max(round(width), 1))
-    return args
+    grows, prunes = spread_schedule(epochs, int(raw.get("grow_phases", 1)), int(raw.get("prune_phases", 1)))
+    return {"prune_sparsity": float(raw["prune_sparsity"]), "grow_epochs": list(grows), "prune_epochs": list(prunes)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,16 +119,17 @@ class SearchSpace:
             raw[key] = spec.sample(suggester, f"{family}.{key}") if isinstance(spec, (Choice, IntRange, FloatRange)) else spec
         hidden = int(model["hidden_size"])
         layers = int(model.get("num_layers", 1))
-        if model.get("tie_weights") is True and model.get("embedding_size") not in (None, hidden):
-            # a tied decoder needs embedding_size == hidden_size: derived, not sampled and thrown away
-            model["embedding_size"] = hidden
-            if "model.embedding_size" in sampled:
-                sampled["model.embedding_size"] = hidden
+        # a tied decoder of another width than hidden_size gets a projection (trainers.model)
         emb = model.get("embedding_size")
         input_size = int(emb) if emb else hidden
         for name, value in derive_family_args(family, raw, input_size, hidden, layers).items():
             model[name] = value
             sampled[f"model.{name}"] = value
+        if FAMILY_TABLE[family].grows_and_prunes and "prune_sparsity" in raw:
+            train = config.setdefault("train", {})
+            for name, value in grow_prune_keys(raw, int(epochs or train.get("epochs", 4))).items():
+                train[name] = value
+                sampled[f"train.{name}"] = value
         if epochs is not None:
             config.setdefault("train", {})["epochs"] = int(epochs)
         return SampledConfig(family, config, sampled)

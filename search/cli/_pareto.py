@@ -24,11 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_pareto(args: argparse.Namespace) -> int:
     """Load the search, print its front, write the report if asked; returns the exit status."""
-    from squeezelstm.search.records import log_hypervolume, pareto_front
-    from squeezelstm.search.tracking_read import load_search
+    from ..pareto import log_hypervolume, pareto_front
+    from ..tracking import load_search
 
-    from .report import write_report
-    from .tables import format_table, front_rows, json_safe
+    from squeezelstm.dashboards.report import write_report
+    from squeezelstm.dashboards.tables import format_table, front_rows, json_safe
 
     info, records = load_search(args.tracking_uri, args.experiment)
     front = pareto_front(records)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .ehvi import DEFAULT_SAMPLER
-from .interrupt import SearchInterrupted
-from .records import TrialRecord
+from ..samplers import DEFAULT_SAMPLER
+from ..backends import SearchInterrupted
+from ..pareto import TrialRecord
 
 
 def add_parser(sub: Any) -> None:
@@ -86,8 +86,8 @@ def _progress(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, *, space: str, trials: int, experiment: str, resume: bool):
-    from .runner import run_search
-    from .space import load_space
+    from ..backends import run_search
+    from ..space import load_space
 
     # stdout carries only the command's result (the table, or --json): what Ray prints while the
     # search runs (e.g. "(raylet) Raylet is terminated" when a node dies) goes to stderr.
@@ -126,7 +126,7 @@ def _tracking_outage_is_a_clean_stop(args: argparse.Namespace, experiment: str):
         cause = _tracking_failure(exc)
         if cause is None:
             raise
-        from .cli import UserError
+        from ._main import UserError
 
         reason = " ".join(str(cause).split())[:200]
         raise UserError(
@@ -223,7 +223,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_trial, load_records, pick, trial_checkpoint_dir
+    from ..export import export_trial, load_records, pick, trial_checkpoint_dir
 
     meta, records = load_records(args.experiment, storage=args.storage, tracking_uri=args.tracking_uri)
     record = pick(records, max_params=args.max_params, max_ppl=args.max_ppl, knee=args.knee)
@@ -238,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .export import export_trial, knee_point
+    from ..export import export_trial, knee_point
 
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
@@ -273,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _meta(result: Any) -> dict:
-    from .runner import read_records
+    from ..backends import read_records
 
     try:
         meta, _ = read_records(result.paths.records_file)

@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from .distributions import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
-from .active_set import TrialRows, front_gaps, select_rows
-from .gp import GaussianProcess, fit_gp, fit_gp_ard
-from .pareto import pareto_mask
+from ..pareto import pareto_mask
+from ..space import Choice, FloatRange, IntRange, LocalSuggester, RandomSuggester
+from ._active_set import TrialRows, front_gaps, select_rows
+from ._gp import GaussianProcess, fit_gp, fit_gp_ard
 
 # The search's default sampler (``squeezelstm search``, ``run_search``, ``SearchController``): the
 # fastest to the front in the replay and real benchmarks (benchmarks/README.md, "Search efficiency").

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .pareto import hypervolume, pareto_mask
+from ._maths import hypervolume, pareto_mask
 
 STATUSES = ("running", "finished", "pruned", "failed", "diverged")
 OBJECTIVES = (("params", "min"), ("valid_ppl", "min"))

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import TrialRecord, pareto_front
-from .runner import read_records, resolve_paths
+from ..pareto import TrialRecord, pareto_front
+from ..backends import read_records, resolve_paths
 
 
 def knee_point(front: Sequence[TrialRecord]) -> TrialRecord:
@@ -82,7 +82,7 @@ def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
     if tracking_uri is None and local.is_file():
         return read_records(local)
     try:
-        from .tracking_read import load_search
+        from ..tracking import load_search
     except ImportError:
         load_search = None
     if load_search is not None:

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .records import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
-from .tracking_store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
+from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
+from ._store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
     TrackingUnavailable, check_tracking_uri, default_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri,
     sqlite_path)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .driver_lock import acquire as acquire_driver_lock
-from .ehvi import DEFAULT_SAMPLER
-from .interrupt import SearchInterrupted, StopSignals
-from .records import TrialRecord, pareto_front
+from ..samplers import DEFAULT_SAMPLER
+from ..pareto import TrialRecord, pareto_front
+from ._driver_lock import acquire as acquire_driver_lock
+from ._interrupt import SearchInterrupted, StopSignals
 
 DEFAULT_STORAGE = "squeezelstm_runs"
 RECORDS_FILE = "records.json"
@@ -280,9 +280,9 @@ def _run_search(
     pruner (``squeezelstm.search.pruners.make_pruner``).
     """
     _validate(trials, cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, epochs)
-    from .controller import SAMPLERS, SearchController
-    from .pruners import PRUNERS
-    from .space import SearchSpace, load_space
+    from ..controller import SAMPLERS, SearchController
+    from ..pruners import PRUNERS
+    from ..space import SearchSpace, load_space
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler={sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
@@ -357,7 +357,7 @@ def _make_tracker(track: bool, tracking_uri: str | None, experiment: str) -> Any
     if not track:
         return None
     try:
-        from .tracking import SearchTracker
+        from ..tracking import SearchTracker
     except ImportError:
         return None
     return SearchTracker(tracking_uri, experiment)
@@ -374,7 +374,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     import ray
     from ray import tune
 
-    from .ray_adapter import (
+    from ._ray import (
         ControllerScheduler,
         ControllerSearcher,
         SearchSession,
@@ -453,7 +453,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     records = controller.records()
     hv = None
     if ref_params and ref_ppl:
-        from .records import log_hypervolume
+        from ..pareto import log_hypervolume
 
         hv = log_hypervolume(records, ref_params, ref_ppl)
     return SearchResult(experiment, records, pareto_front(records), paths, hv, time.time() - t0)

@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .pareto import hypervolume, pareto_mask
-from .space import SearchSpace, load_space, model_cost
+from ..pareto import hypervolume, pareto_mask
+from ..space import SearchSpace, load_space, model_cost
 
 COSTS = ("epochs", "seconds")
 
@@ -259,7 +259,7 @@ def replay_search(
     (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
     nearby new configuration, as it would in a real search, instead of repeating a known curve.
     """
-    from .controller import SearchController  # optuna lives there
+    from ..controller import SearchController  # optuna lives there
 
     space = space if isinstance(space, SearchSpace) else load_space(space)
     recorded = tuple(f for f in space.families if f in table.by_family)
@@ -275,7 +275,7 @@ def replay_search(
         raise ValueError(f"budget must be a positive number, got budget={budget!r}")
     epochs = int(epochs or space.fixed.get("train", {}).get("epochs", 1))
     if vocab_size is None:
-        from .controller import corpus_vocab_size
+        from ..controller import corpus_vocab_size
 
         vocab_size = corpus_vocab_size(space)
     exact = measure or (lambda config: model_cost(config, int(vocab_size)))

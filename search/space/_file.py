@@ -17,31 +17,22 @@ from typing import Any
 
 import yaml
 
-from .distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
+from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_NAMES, FAMILY_TABLE
+
+from ._distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
 
 SECTIONS = ("data", "model", "train")
 TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
 BUDGET_KEYS = ("max_params", "max_flops")
-KNOWN_FAMILIES = ("lstm", "factorized", "grouped", "routed", "restricted", "hidden")
+KNOWN_FAMILIES = FAMILY_NAMES
 # family -> the argument names a space file may give for it (absolute or as a fraction of hidden_size)
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
-    "lstm": (),
-    "factorized": ("rank", "rank_fraction"),
-    "grouped": ("groups", "groups_fraction"),
-    "routed": ("num_cells", "num_cells_fraction", "routing"),
-    "restricted": ("share",),
-    "hidden": ("gate_hidden", "gate_hidden_fraction"),
+    f.name: tuple(key for arg in f.args for key in arg.space_keys) + f.schedule_keys for f in FAMILY_TABLE.values()
 }
 # family -> its trainer argument and the space keys that set it (exactly one of them is required)
 FAMILY_REQUIRED: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "lstm": (),
-    "factorized": (("rank", ("rank", "rank_fraction")),),
-    "grouped": (("groups", ("groups", "groups_fraction")),),
-    "routed": (("num_cells", ("num_cells", "num_cells_fraction")), ("routing", ("routing",))),
-    "restricted": (("share", ("share",)),),
-    "hidden": (("gate_hidden", ("gate_hidden", "gate_hidden_fraction")),),
+    f.name: tuple((arg.name, arg.space_keys) for arg in f.args) for f in FAMILY_TABLE.values()
 }
-FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
 
 
 def check_space(raw: Any, source: str = "<dict>") -> dict[str, Any]:
@@ -190,20 +181,25 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
         values = (spec.low, spec.high)
     else:
         values = (spec,)
+    arg = next((a for a in FAMILY_TABLE[family].args if key == a.name), None)
     for v in values:
-        if key == "routing":
-            from squeezelstm.spaces.routed import ROUTINGS
-
-            if v not in ROUTINGS:
-                raise fail(f"routing must be one of {', '.join(ROUTINGS)}, got {v!r}")
-        elif key in ("rank", "groups", "num_cells", "gate_hidden"):
+        if arg is not None and arg.kind == "choice":
+            if v not in arg.choices:
+                raise fail(f"{key} must be one of {', '.join(arg.choices)}, got {v!r}")
+        elif arg is not None and arg.kind == "int":
             if not is_int(v) or v < 1:
                 raise fail(f"must be positive integers, got {v!r}")
             if isinstance(spec, FloatRange):
                 raise fail("must be an int range or a choice of ints, not a float range")
-        elif key == "share":
-            if not is_number(v) or not 0.0 <= v <= 1.0:
-                raise fail(f"share must be in [0, 1], got {v!r}")
+        elif arg is not None and arg.kind == "float":
+            if not is_number(v) or not arg.low <= v <= arg.high:
+                raise fail(f"{key} must be in [{arg.low}, {arg.high}], got {v!r}")
+        elif key == "prune_sparsity":
+            if not is_number(v) or not 0.0 <= v < 1.0:
+                raise fail(f"prune_sparsity must be in [0, 1), got {v!r}")
+        elif key in ("grow_phases", "prune_phases"):
+            if not is_int(v) or v < 0 or isinstance(spec, FloatRange):
+                raise fail(f"{key} must be integers >= 0, got {v!r}")
         elif key.endswith("_fraction"):
             if not is_number(v) or v <= 0:
                 raise fail(f"a fraction of hidden_size must be > 0, got {v!r}")
@@ -211,7 +207,7 @@ def _check_family_value(family: str, key: str, spec: Any, fail: Callable[[str], 
 
 def shipped_spaces() -> list[str]:
     """Names of the spaces that ship with the package (``default``, ``ptb``, ...)."""
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     return sorted(Path(p.name).stem for p in folder.iterdir() if p.name.endswith((".yaml", ".yml", ".toml")))
 
 
@@ -240,7 +236,7 @@ def locate_space(name_or_path: str | Path) -> tuple[dict, str]:
         return read_space_file(path), str(path)
     if path.suffix or "/" in text or "\\" in text:
         raise FileNotFoundError(f"space file not found: {text}")
-    folder = resources.files("squeezelstm.search") / "space_files"
+    folder = resources.files("squeezelstm.search.space") / "files"
     for suffix in (".yaml", ".yml", ".toml"):
         entry = folder / f"{text}{suffix}"
         if entry.is_file():

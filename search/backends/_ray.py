@@ -31,7 +31,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from .records import TrialRecord, log_hypervolume, pareto_front
+from ..pareto import TrialRecord, log_hypervolume, pareto_front
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")

@@ -15,10 +15,10 @@ import sys
 # ``squeezelstm train`` never pays for importing Ray or MLflow.
 COMMANDS = {
     "train": "squeezelstm.trainers.cli",
-    "search": "squeezelstm.search.commands",
-    "export": "squeezelstm.search.commands",
-    "demo": "squeezelstm.search.commands",
-    "pareto": "squeezelstm.dashboards.commands",
+    "search": "squeezelstm.search.cli._search",
+    "export": "squeezelstm.search.cli._search",
+    "demo": "squeezelstm.search.cli._search",
+    "pareto": "squeezelstm.search.cli._pareto",
 }
 
 

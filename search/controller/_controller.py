@@ -38,11 +38,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .ehvi import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, random_draw, space_dists
-from .proposals import one_thread
-from .pruners import PruningBridge
-from .records import TrialRecord, pareto_front
-from .space import SearchSpace, load_space, model_cost
+from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, one_thread, random_draw, space_dists
+from ..pruners import PruningBridge
+from ..pareto import TrialRecord, pareto_front
+from ..space import SearchSpace, load_space, model_cost
 
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")

@@ -11,10 +11,10 @@ import math
 import sys
 from typing import Any
 
-from .records import STATUSES, TrialRecord
-from .tracking import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
+from ..pareto import STATUSES, TrialRecord
+from ._tracker import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
                        STEP0_METRICS, TRIAL_TAG, child_runs, hypervolume_history, quote_filter_value, search_all_runs)
-from .tracking_store import check_tracking_uri, mlflow_client, sqlite_path
+from ._store import check_tracking_uri, mlflow_client, sqlite_path
 
 
 def _unclamp(value: float | None) -> float | None:

@@ -19,6 +19,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,28 @@ def acquire(experiment_dir: str | os.PathLike, experiment: str = "") -> DriverLo
     return DriverLock(path, fd, info)
 
 
+@contextmanager
+def hold(experiment_dir: str | os.PathLike, experiment: str = "",
+         on_os_error: Callable[[], None] | None = None) -> Iterator[DriverLock]:
+    """Hold the search's driver lock inside the block (``acquire``); ``on_os_error`` runs when the folder cannot
+    be locked (to raise a clearer error). A search that wrote no file inside leaves none behind, lock included."""
+    folder = Path(experiment_dir)
+    try:
+        lock = acquire(folder, experiment)
+    except OSError:
+        if on_os_error is not None:
+            on_os_error()
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()
+        if not any(p.is_file() and p != lock.path for p in folder.rglob("*")):
+            lock.path.unlink(missing_ok=True)  # e.g. a search refused for a bad argument before it began
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def _refusal(experiment: str, info: dict, path: Path) -> str:
     name = f"search {experiment!r}" if experiment else "this search"
     return (f"{name} is already being run by another driver ({describe(info)}; lock {path}); "
@@ -125,4 +149,4 @@ def _boot_id() -> str | None:
         return None
 
 
-__all__ = ["DriverLock", "DriverRunning", "LOCK_FILE", "acquire", "describe"]
+__all__ = ["DriverLock", "DriverRunning", "LOCK_FILE", "acquire", "describe", "hold"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..samplers import DEFAULT_SAMPLER
 from ..pareto import TrialRecord, pareto_front
-from ._driver_lock import acquire as acquire_driver_lock
+from ._driver_lock import hold as hold_driver_lock
 from ._interrupt import SearchInterrupted, StopSignals
 
 DEFAULT_STORAGE = "squeezelstm_runs"
@@ -228,25 +228,13 @@ def _quiet_ray() -> None:
 
 
 def run_search(space: Any, *, experiment: str, storage: str | os.PathLike | None = None, **kwargs: Any) -> SearchResult:
-    """Run ``trials`` trials of ``space`` on Ray Tune, as the only driver of ``experiment`` (the work is ``_run_search``'s).
+    """Run ``trials`` trials of ``space`` on Ray Tune, as the only driver of ``experiment`` (``_run_search``).
 
-    A second driver of the same experiment (a plain start or ``resume``) is refused with
-    ``driver_lock.DriverRunning`` naming the first; a lock left by a killed driver is taken over.
+    A second driver of the same experiment (a plain start or ``resume``) is refused with ``DriverRunning``.
     """
     paths = resolve_paths(experiment, storage)
-    try:
-        lock = acquire_driver_lock(paths.experiment_dir, experiment)
-    except OSError:
-        check_writable(paths)  # the one-line reason, where there is one
-        raise
-    try:
+    with hold_driver_lock(paths.experiment_dir, experiment, on_os_error=lambda: check_writable(paths)):
         return _run_search(space, experiment=experiment, storage=storage, **kwargs)
-    finally:
-        lock.release()
-        if not any(p.is_file() and p != lock.path for p in paths.experiment_dir.rglob("*")):
-            lock.path.unlink(missing_ok=True)  # a search refused before it began leaves no file behind
-            if not any(paths.experiment_dir.iterdir()):
-                paths.experiment_dir.rmdir()
 
 
 def _run_search(

@@ -23,6 +23,8 @@ import yaml
 
 from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_NAMES, FAMILY_TABLE
 
+from .toml_writer import to_toml
+
 CORPORA = ("synthetic", "ptb", "wikitext2", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "epoch", "plateau")
@@ -372,34 +374,12 @@ def save_config(config: Config, path: str | pathlib.Path, header_comment: str | 
     header = "".join(f"# {line}\n" for line in header_comment.splitlines()) if header_comment else ""
     data = config.to_dict()
     if suffix == ".toml":
-        body = _to_toml(data)
+        body = to_toml(data)
     elif suffix in (".yaml", ".yml"):
         body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     else:
         raise ValueError(f"config file {p} must end in .yaml, .yml or .toml")
     p.write_text(header + body, encoding="utf-8")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")  # pragma: no cover - config bug
-
-
-def _to_toml(data: dict[str, dict[str, Any]]) -> str:
-    # TOML has no null: keys left at None are omitted and read back as their default None.
-    out = []
-    for section, values in data.items():
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
-        out.append("")
-    return "\n".join(out)
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str] | tuple[str, ...]) -> Config:

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from squeezelstm.spaces.lstm import fused_lstm
+
 
 def recurrent_region(cell: str, layer: nn.Module) -> tuple[str, Tensor | None]:
     """``(parameter name in layer, 0/1 mask of its recurrent entries or None for all)`` of one layer.
@@ -57,4 +59,11 @@ def call_with_weight_drop(layer: nn.Module, cell: str, p: float, generator: torc
     name, region = recurrent_region(cell, layer)
     weight = layer.get_parameter(name)
     dropped = drop_connect(weight, p, generator, region)
+    if isinstance(layer, nn.LSTM):
+        # torch's own kernel on the four tensors directly: swapping a parameter of nn.LSTM makes it
+        # rebuild its flat weight list on every call (and cuDNN warn that they are not contiguous).
+        x, (h, c) = args
+        weights = [layer.weight_ih_l0, dropped] + ([layer.bias_ih_l0, layer.bias_hh_l0] if layer.bias else [])
+        out, (h, c) = fused_lstm(x, (h[0], c[0]), weights)
+        return out, (h.unsqueeze(0), c.unsqueeze(0))
     return functional_call(layer, {name: dropped}, args, kwargs or {}, strict=False)

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..samplers import DEFAULT_SAMPLER
-from ..pareto import TrialRecord, pareto_front
+from ..pareto import TrialRecord, pareto_front, records_dataframe
 
 DEFAULT_STORAGE = "squeezelstm_runs"
 RECORDS_FILE = "records.json"
@@ -56,6 +58,10 @@ class SearchResult:
     paths: SearchPaths
     hypervolume: float | None = None
     elapsed_s: float = 0.0
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """Every trial as one row of a DataFrame (``pareto.records_dataframe``)."""
+        return records_dataframe(self.records)
 
 
 def is_uri(storage: str) -> bool:

@@ -376,6 +376,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         release_session,
         run_trial,
     )
+    from ._threads import ray_nodes, trial_threads
 
     available = ray.cluster_resources()
     if not address and not os.environ.get("RAY_ADDRESS"):
@@ -401,7 +402,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     unfinished = controller.unfinished()
     session = SearchSession(
         controller=controller, trials=trials, trials_dir=str(paths.trials_dir),
-        threads=max(1, int(cpus_per_trial)), tracker=tracker, progress=progress,
+        threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -85,4 +86,13 @@ class StopSignals:
         tune_handler(signal.SIGUSR1, frame)  # the loop ends at its next step; trials are stopped by Ray
 
 
-__all__ = ["SIGNALS", "SearchInterrupted", "StopSignals"]
+def fit_until_signal(fit: Callable[[], Any]) -> Any:
+    """``fit()`` (Ray Tune's) inside ``StopSignals``; ``SearchInterrupted`` if a signal ended it."""
+    with StopSignals() as stop:
+        out = fit()
+    if stop.signum is not None:
+        raise SearchInterrupted(stop.signum)
+    return out
+
+
+__all__ = ["SIGNALS", "SearchInterrupted", "StopSignals", "fit_until_signal"]

@@ -29,7 +29,7 @@ import pandas as pd
 from ..samplers import DEFAULT_SAMPLER
 from ..pareto import TrialRecord, pareto_front, records_dataframe
 from ._driver_lock import hold as hold_driver_lock
-from ._interrupt import SearchInterrupted, StopSignals
+from ._interrupt import SearchInterrupted, fit_until_signal
 
 DEFAULT_STORAGE = "squeezelstm_runs"
 RECORDS_FILE = "records.json"
@@ -234,10 +234,7 @@ def _quiet_ray() -> None:
 
 
 def run_search(space: Any, *, experiment: str, storage: str | os.PathLike | None = None, **kwargs: Any) -> SearchResult:
-    """Run ``trials`` trials of ``space`` on Ray Tune, as the only driver of ``experiment`` (``_run_search``).
-
-    A second driver of the same experiment (a plain start or ``resume``) is refused with ``DriverRunning``.
-    """
+    """``_run_search`` as the only driver of ``experiment``: a second one is refused with ``DriverRunning``."""
     paths = resolve_paths(experiment, storage)
     with hold_driver_lock(paths.experiment_dir, experiment, on_os_error=lambda: check_writable(paths)):
         return _run_search(space, experiment=experiment, storage=storage, **kwargs)
@@ -427,10 +424,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
-            with StopSignals() as stop:
-                tuner.fit()
-            if stop.signum is not None:  # Ray ended its loop on our signal; running trials keep their checkpoints
-                raise SearchInterrupted(stop.signum)
+            fit_until_signal(tuner.fit)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
             if session.error is not None:
                 raise session.error
     except BaseException as exc:

@@ -18,13 +18,14 @@ from .pareto import (
     non_dominated_sort,
     pareto_front,
     pareto_mask,
+    records_dataframe,
     to_minimization,
 )
 from .space import RandomSuggester, SearchSpace, load_space, parse_space, shipped_spaces
 
 # The Ray runner and export (notebook API): light to import, Ray itself loads only when a search runs.
 from .backends import SearchResult, run_search
-from .export import export_trial, knee_point, pick
+from .export import export_trial, knee_point, pick, trials_dataframe
 
 # The controller and pruners import Optuna: loaded on first use so `squeezelstm train` does not pay for it.
 _LAZY_SEARCH_CORE = {
@@ -56,9 +57,11 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "pick",
+    "records_dataframe",
     "run_search",
     "shipped_spaces",
     "to_minimization",
+    "trials_dataframe",
     *_LAZY_SEARCH_CORE,
 ]
 

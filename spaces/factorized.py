@@ -75,6 +75,9 @@ class FactorizedLSTMLayer(RecurrentLayer):
         # z = xz_t + h W1h^T and gates = z W2^T + b remain (two small matmuls, exactly the counted
         # multiply-adds), run by one autograd node with a hand-written backward.
         xz = x @ self.weight_in[:, :m].t()
+        if gpu_path(x, h):  # wide cells on the CUDA path: one Triton launch a step and direction
+            from ._triton_factorized import bottleneck_window
+            return bottleneck_window(xz, h, c, self.weight_in[:, m:].t(), self.weight_out.t(), self.bias)
         out, h_n, c_n = bottleneck_recurrence(xz, h, c, self.weight_in[:, m:].t(), self.weight_out.t(), self.bias)
         return out, (h_n, c_n)
 

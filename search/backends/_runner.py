@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..samplers import DEFAULT_SAMPLER
-from ..pareto import TrialRecord, pareto_front
+from ..pareto import TrialRecord, pareto_front, records_dataframe
 
 DEFAULT_STORAGE = "squeezelstm_runs"
 RECORDS_FILE = "records.json"
@@ -56,6 +58,10 @@ class SearchResult:
     paths: SearchPaths
     hypervolume: float | None = None
     elapsed_s: float = 0.0
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """Every trial as one row of a DataFrame (``pareto.records_dataframe``)."""
+        return records_dataframe(self.records)
 
 
 def is_uri(storage: str) -> bool:
@@ -358,6 +364,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         release_session,
         run_trial,
     )
+    from ._threads import ray_nodes, trial_threads
 
     available = ray.cluster_resources()
     if not address and not os.environ.get("RAY_ADDRESS"):
@@ -383,7 +390,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     unfinished = controller.unfinished()
     session = SearchSession(
         controller=controller, trials=trials, trials_dir=str(paths.trials_dir),
-        threads=max(1, int(cpus_per_trial)), tracker=tracker, progress=progress,
+        threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )

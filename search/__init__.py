@@ -10,7 +10,7 @@ Ray and MLflow load only when a search or a store is used.
 from .backends import SearchResult, replay_search, run_search
 from .config import SearchConfig
 from .controller import SearchController, TrialSpec
-from .export import export_trial, knee_point, pick
+from .export import export_trial, knee_point, pick, trials_dataframe
 from .pareto import (
     OBJECTIVES,
     STATUSES,
@@ -22,6 +22,7 @@ from .pareto import (
     non_dominated_sort,
     pareto_front,
     pareto_mask,
+    records_dataframe,
     to_minimization,
 )
 from .pruners import PRUNERS, ParetoAwarePruner, PruningBridge, pareto_should_prune
@@ -55,8 +56,10 @@ __all__ = [
     "pareto_mask",
     "pareto_should_prune",
     "pick",
+    "records_dataframe",
     "replay_search",
     "run_search",
     "shipped_spaces",
     "to_minimization",
+    "trials_dataframe",
 ]

@@ -26,7 +26,7 @@ SEARCH_LAYERS = {
 }
 # Frameworks: only these modules may import them (by path prefix under the repository root).
 FRAMEWORKS = {
-    "ray": ("search/backends/_ray.py", "search/backends/_runner.py", "search/backends/_storage.py"),
+    "ray": ("search/backends/",),
     "pyarrow": ("search/backends/_storage.py",),
     "mlflow": ("search/tracking/",),
     "optuna": ("search/controller/", "search/pruners/", "search/samplers/_optuna.py"),

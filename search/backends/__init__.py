@@ -6,6 +6,9 @@ jobs do not pay for it.
 
 import importlib
 
+from ._driver_lock import DriverLock, DriverRunning
+from ._driver_lock import acquire as acquire_driver_lock
+from ._interrupt import SearchInterrupted, StopSignals
 from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, replay_search
 from ._runner import SearchResult, quiet_libraries, run_search
 from ._storage import (
@@ -29,10 +32,15 @@ __all__ = [
     "RECORDS_FILE",
     "Curve",
     "CurveTable",
+    "DriverLock",
+    "DriverRunning",
     "ReplayResult",
+    "SearchInterrupted",
     "SearchPaths",
     "SearchResult",
+    "StopSignals",
     "Stopper",
+    "acquire_driver_lock",
     "check_writable",
     "has_state",
     "is_uri",

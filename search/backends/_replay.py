@@ -20,9 +20,7 @@ Core module: imports numpy, optuna (through the controller) and the standard lib
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import heapq
 import json
 import math
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from ..config import SearchConfig
 from ..controller import SearchController, corpus_vocab_size
@@ -101,9 +100,9 @@ class CurveTable:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no curve table at {path}")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", newline="") as f:
-            return cls.from_rows(list(csv.DictReader(f)))
+        # every field as the text the file holds ("" where empty), as from_rows expects
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+        return cls.from_rows(table.to_dict("records"))
 
     # -- lookup ---------------------------------------------------------------------------------
 

@@ -25,13 +25,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from squeezelstm.spaces._kernels import kernels
 
 from ..config import SearchConfig
 from ..controller import SearchController
-from ..pareto import TrialRecord, log_hypervolume, pareto_front
+from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_dataframe
 from ..tracking import FrontFiles, SearchTracker
+from ._driver_lock import hold as hold_driver_lock
+from ._interrupt import SearchInterrupted, fit_until_signal
 from ._storage import SearchPaths, check_writable, has_state, resolve_paths, write_records
+from ._threads import ray_nodes, trial_threads
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class SearchResult:
     paths: SearchPaths
     hypervolume: float | None = None
     elapsed_s: float = 0.0
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """Every trial as one row of a DataFrame (``pareto.records_dataframe``)."""
+        return records_dataframe(self.records)
 
 
 def _reference_point(config: SearchConfig, controller: SearchController) -> tuple[float | None, float | None, float | None]:
@@ -150,7 +159,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Callable
     """
     if not isinstance(config, SearchConfig):
         raise TypeError(f"config must be a SearchConfig, got config={config!r}")
-    with quiet_libraries() as quiet_again:
+    paths = resolve_paths(config.experiment, config.storage)
+    # the only driver of the experiment: a second one is refused with DriverRunning
+    with hold_driver_lock(paths.experiment_dir, config.experiment, on_os_error=lambda: check_writable(paths)), \
+            quiet_libraries() as quiet_again:
         return _run(config, resume, progress, front_files, quiet_again)
 
 
@@ -244,7 +256,7 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
     unfinished = controller.unfinished()
     session = SearchSession(
         controller=controller, trials=config.trials, trials_dir=str(paths.trials_dir),
-        threads=max(1, int(cpus_per_trial)), tracker=tracker, progress=progress,
+        threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )
@@ -268,11 +280,13 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
                         failure_config=tune.FailureConfig(max_failures=config.max_failures),
                     ),
                 )
-                tuner.fit()
+                fit_until_signal(tuner.fit)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
                 if session.error is not None:
                     raise session.error
-    except BaseException:
+    except BaseException as exc:
         status = "KILLED"
+        if isinstance(exc, SearchInterrupted):
+            exc.counts = controller.counts()
         raise
     finally:
         records = controller.records()

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from squeezelstm.trainers import Config
 from squeezelstm.trainers.config import save_config
 
 from ..backends import read_records, resolve_paths
-from ..pareto import TrialRecord, objective_values, pareto_front
+from ..pareto import TrialRecord, objective_values, pareto_front, records_dataframe
 from ..tracking import load_search
 
 
@@ -96,6 +98,16 @@ def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
     if local.is_file():
         return read_records(local)
     raise FileNotFoundError(f"no search named {experiment!r}: no {local} and no MLflow record of it")
+
+
+def trials_dataframe(experiment: str, *, storage: str | os.PathLike | None = None,
+                     tracking_uri: str | None = None) -> pd.DataFrame:
+    """A running or finished search's trials as a DataFrame, one row a trial (``records_dataframe``).
+
+    Reads what ``load_records`` reads: the records file the runner rewrites after every change
+    (under ``storage``), else the MLflow store; FileNotFoundError when neither knows the search.
+    """
+    return records_dataframe(load_records(experiment, storage=storage, tracking_uri=tracking_uri)[1])
 
 
 def export_trial(record: TrialRecord, out: str | os.PathLike, *, experiment: str = "",

@@ -1,5 +1,7 @@
-"""Trial records, the objectives they are judged on, and the Pareto maths over them (numpy only)."""
+"""Trial records, the objectives they are judged on, the Pareto maths over them (numpy), and the
+records as a pandas DataFrame (``records_dataframe``)."""
 
+from ._frame import records_dataframe
 from ._maths import dominates, hypervolume, non_dominated_sort, pareto_mask, to_minimization
 from ._records import (
     OBJECTIVES,
@@ -28,6 +30,7 @@ __all__ = [
     "objective_values",
     "pareto_front",
     "pareto_mask",
+    "records_dataframe",
     "status_counts",
     "to_minimization",
 ]

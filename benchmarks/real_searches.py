@@ -36,7 +36,7 @@ def experiment_name(space: str, strategy: str, seed: int, trials: int) -> str:
 
 def summarise(records: list, ref: tuple[float, float], best: float | None) -> dict:
     """Hypervolume (and its fraction of ``best``), epochs trained, trials per status, front size."""
-    from squeezelstm.search.records import log_hypervolume, pareto_front
+    from squeezelstm.search.pareto import log_hypervolume, pareto_front
 
     hv = log_hypervolume(records, *ref)
     front = pareto_front(records)
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; known: {list(REAL)}")
     from squeezelstm.search.export import load_records
-    from squeezelstm.search.replay import CurveTable
-    from squeezelstm.search.runner import resolve_paths, run_search
+    from squeezelstm.search.backends import CurveTable
+    from squeezelstm.search.backends import resolve_paths, run_search
     from squeezelstm.search.space import load_space
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)

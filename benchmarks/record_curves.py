@@ -20,7 +20,6 @@ perplexities). Over-budget samples are skipped (the real search never launches t
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import gzip
 import json
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 COLUMNS = ("index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "train_ppl", "epoch_s", "status")
 
@@ -44,13 +44,19 @@ def recorded_indices(path: Path) -> set[int]:
     """Indices already in the CSV at ``path`` (empty if it does not exist)."""
     if not path.exists():
         return set()
-    with _open(path, "r") as f:
-        return {int(row["index"]) for row in csv.DictReader(f)}
+    return set(pd.read_csv(path, usecols=["index"], compression="infer")["index"].astype(int))
+
+
+def write_curve_rows(f, rows: list[dict], header: bool) -> None:
+    """Append ``rows`` (dicts keyed by ``COLUMNS``; None for no value) to the open CSV ``f``, as the
+    recorded tables are written: ``\\r\\n`` line ends, every value as its ``str`` (floats exact)."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
+    frame.to_csv(f, header=header, index=False, lineterminator="\r\n")
 
 
 def sample_config(space, index: int, seed: int, epochs: int | None):
     """Configuration ``index`` of the recording: the same (space, seed, index) always gives the same one."""
-    from squeezelstm.search.distributions import RandomSuggester
+    from squeezelstm.search.space import RandomSuggester
 
     sub_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     return space.sample(RandomSuggester(sub_seed), epochs)
@@ -136,12 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         base = {"index": index, "family": point.family, "sampled": json.dumps(point.sampled, sort_keys=True),
                 "params": params, "flops": flops, "status": result.status}
         with _open(out, "a") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new_file:
-                writer.writeheader()
-                new_file = False
-            for row in rows:
-                writer.writerow({**base, **row})
+            write_curve_rows(f, [{**base, **row} for row in rows], header=new_file)
+        new_file = False
         final = rows[-1]["valid_ppl"]
         print(f"[{index}] {point.family} params={params} status={result.status} valid_ppl={final} "
               f"{durations[-1]:.1f}s", flush=True)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 
 class RayASHA:
-    """``squeezelstm.search.replay.Stopper`` backed by ``ray.tune.schedulers.AsyncHyperBandScheduler``."""
+    """``squeezelstm.search.backends.Stopper`` backed by ``ray.tune.schedulers.AsyncHyperBandScheduler``."""
 
     def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: float = 4, brackets: int = 1) -> None:
         from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler

@@ -1,6 +1,6 @@
 """Search efficiency: hypervolume against simulated compute, per sampler/pruner, over seeds, by replaying recorded curves.
 
-Each strategy is a replayed search (``squeezelstm.search.replay.replay_search``: the real
+Each strategy is a replayed search (``squeezelstm.search.backends.replay_search``: the real
 ``SearchController`` with its Optuna sampler and pruning bridge, ``--workers`` simulated parallel
 workers, the nearest recorded configuration's learning curve) run for ``--seeds`` seeds up to
 ``--budget`` epochs of compute. Hypervolume is in (log10 params, log perplexity) with the fixed
@@ -62,6 +62,9 @@ EXTRA: dict[str, tuple] = {
     "ehvi(ard)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard"}),  # one GP length per column
     "ehvi(no local)+pareto": ("ehvi", "pareto", {}, None, {"n_local": 0}),  # the default until session 5: pool only
     "ehvi(ard,no local)+pareto": ("ehvi", "pareto", {}, None, {"kernel": "ard", "n_local": 0}),
+    "ehvi(unbounded)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": None}),  # every epoch of every trial
+    "ehvi(max_rows 64)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": 64}),  # an active set that binds early
+    "ehvi(max_rows 128)+pareto": ("ehvi", "pareto", {}, None, {"max_rows": 128}),
 }
 
 
@@ -75,7 +78,7 @@ def _ray_asha(max_t: int, **kwargs):
 def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], workers: int, budget: float,
                  epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False) -> list[dict]:
     """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts)."""
-    from squeezelstm.search.replay import replay_search
+    from squeezelstm.search.backends import replay_search
 
     sampler, pruner, pruner_kwargs, asha, *rest = spec  # an optional fifth entry: the sampler's options
     sampler_kwargs = rest[0] if rest else None
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from squeezelstm.search.controller import corpus_vocab_size
-    from squeezelstm.search.replay import CurveTable
+    from squeezelstm.search.backends import CurveTable
     from squeezelstm.search.space import load_space
 
     space = load_space(args.space, [f"data.path={args.data}"] if args.data else None)

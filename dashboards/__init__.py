@@ -1,6 +1,6 @@
 """Plotly figures and the self-contained HTML Pareto report of a search.
 
-Names are imported on first use, so ``squeezelstm --help`` (which imports ``dashboards.commands``)
+Names are imported on first use, so ``squeezelstm --help`` (which registers the ``pareto`` command)
 does not pay for importing plotly.
 """
 

@@ -13,15 +13,14 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from squeezelstm.search.records import TrialRecord, finished, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import TrialRecord, finished, log_hypervolume, pareto_front
+from squeezelstm.spaces.families import FAMILY_NAMES
 
 from .tables import format_args, key_args
 
-# one fixed colour per known family so every figure of a report agrees
-FAMILY_COLORS = {
-    "lstm": "#1f77b4", "factorized": "#ff7f0e", "grouped": "#2ca02c",
-    "routed": "#d62728", "restricted": "#9467bd", "hidden": "#8c564b",
-}
+# one fixed colour per known family, in the family table's order, so every figure of a report agrees
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+FAMILY_COLORS = dict(zip(FAMILY_NAMES, _PALETTE))
 _SPARE_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 

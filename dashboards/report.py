@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from squeezelstm.search.records import TrialRecord, pareto_front
+from squeezelstm.search.pareto import TrialRecord, pareto_front
 
 from . import figures
 from .tables import COLUMNS, cell_text, front_rows

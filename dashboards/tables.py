@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from squeezelstm.search.records import TrialRecord
+import pandas as pd
 
-# Each family's own arguments (mirrors squeezelstm.spaces.FAMILY_ARGS, repeated here so that a
-# report never imports torch).
-FAMILY_ARGS: dict[str, tuple[str, ...]] = {
-    "lstm": (),
-    "factorized": ("rank",),
-    "grouped": ("groups",),
-    "routed": ("num_cells", "routing"),
-    "restricted": ("share",),
-    "hidden": ("gate_hidden",),
-}
+from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
+
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")
 COLUMNS = ("trial", "family", "key_args", "params", "valid_ppl", "test_ppl")
 
@@ -73,24 +64,23 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def front_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """``front_rows`` output as a DataFrame of cell texts (columns ``COLUMNS``): what the CSV and the table show."""
+    return pd.DataFrame([[cell_text(row.get(c)) for c in COLUMNS] for row in rows], columns=list(COLUMNS), dtype=object)
+
+
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """CSV text of ``front_rows`` output (key_args as ``name=value`` pairs)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([cell_text(row.get(c)) for c in COLUMNS])
-    return buffer.getvalue()
+    return front_frame(rows).to_csv(index=False, lineterminator="\n")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Aligned plain-text table of ``front_rows`` output, for a terminal."""
-    cells = [list(COLUMNS)] + [[cell_text(row.get(c)) for c in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    """Aligned plain-text table of ``front_rows`` output, for a terminal: numbers right-aligned."""
+    cells = pd.concat([pd.DataFrame([COLUMNS], columns=list(COLUMNS), dtype=object), front_frame(rows)],
+                      ignore_index=True)
+    widths = cells.apply(lambda column: column.str.len()).max()
     numeric = {"trial", "params", "valid_ppl", "test_ppl"}
-    lines = []
-    for line in cells:
-        parts = [text.rjust(w) if name in numeric else text.ljust(w)
-                 for text, w, name in zip(line, widths, COLUMNS)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
+    for name in COLUMNS:
+        pad = cells[name].str.rjust if name in numeric else cells[name].str.ljust
+        cells[name] = pad(int(widths[name]))
+    return "\n".join(cells.agg("  ".join, axis=1).str.rstrip())

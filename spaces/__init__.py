@@ -1,24 +1,26 @@
 """Parameter-efficient LSTM-family cells, each shaped like ``torch.nn.LSTM``, with exact counts.
 
-See ``spaces/README.md`` for every family's equations and parameter formula. The family classes
-other than ``LSTM`` are imported on first access, so one missing family module does not break
-``import squeezelstm.spaces``.
+See ``spaces/README.md`` for every family's equations and parameter formula, and ``families.py``
+for the family table. Everything here is imported on first access, so ``import
+squeezelstm.spaces.families`` loads no torch, and one missing family module does not break the others.
 """
 
 import importlib
 import importlib.util
 
-from ._base import RecurrentLayer, RecurrentStack
-from .lstm import LSTM
-from .registry import FAMILIES, FAMILY_ARGS, build_cell, count_flops, count_parameters, validate_family_args
+from .families import FAMILY_ARGS, FAMILY_TABLE
 
+# name -> the module inside this package that defines it
 _LAZY = {
-    "FactorizedLSTM": "factorized",
-    "GroupedLSTM": "grouped",
-    "RoutedLSTM": "routed",
-    "RestrictedLSTM": "restricted",
-    "HiddenLayerLSTM": "hidden",
+    "RecurrentLayer": "_base",
+    "RecurrentStack": "_base",
+    "FAMILIES": "registry",
+    "build_cell": "registry",
+    "count_flops": "registry",
+    "count_parameters": "registry",
+    "validate_family_args": "registry",
 }
+_LAZY.update({f.class_name: f.module for f in FAMILY_TABLE.values()})
 
 
 def __getattr__(name: str):
@@ -27,16 +29,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "FAMILIES",
-    "FAMILY_ARGS",
-    "LSTM",
-    "RecurrentLayer",
-    "RecurrentStack",
-    "build_cell",
-    "count_flops",
-    "count_parameters",
-    "validate_family_args",
-]
 # Star-imports list only the family classes whose module is present.
-__all__ += [name for name, mod in _LAZY.items() if importlib.util.find_spec(f"{__name__}.{mod}") is not None]
+__all__ = ["FAMILY_ARGS"] + [name for name, mod in _LAZY.items() if importlib.util.find_spec(f"{__name__}.{mod}") is not None]

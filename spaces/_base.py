@@ -3,7 +3,9 @@
 A family supplies one *layer*: a module mapping a window ``x`` of shape ``(T, N, in)`` and a state
 ``(h, c)`` of shapes ``(N, H)`` to ``(out, (h, c))`` with ``out`` of shape ``(T, N, H)``. The stack
 handles everything ``nn.LSTM`` users expect: ``batch_first``, unbatched 2-D input, ``hx=None`` as
-zeros, dropout between layers, and early shape checks with the expected and actual shapes.
+zeros, dropout between layers, and early shape checks with the expected and actual shapes. It also
+owns the skeleton of every family's counting: ``check_args``, then one ``layer_parameters`` /
+``layer_flops`` term per layer, summed over the layers' input widths.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .families import FAMILY_OF_CLASS, FAMILY_TABLE
 
 State = tuple[Tensor, Tensor]
 
@@ -23,6 +27,16 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
+def layer_input_sizes(input_size: int, hidden_size: int, num_layers: int) -> list[int]:
+    """Input width of each layer: ``input_size`` for the first, ``hidden_size`` after."""
+    return [input_size] + [hidden_size] * (num_layers - 1)
+
+
+def layer_args(args: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
+    """Each layer's own family arguments: a per-layer tuple gives layer ``i`` its ``i``-th entry."""
+    return [{k: (v[i] if isinstance(v, tuple) else v) for k, v in args.items()} for i in range(num_layers)]
+
+
 class RecurrentLayer(nn.Module):
     """One recurrent layer: ``forward(x (T, N, in), (h, c) each (N, H)) -> (out (T, N, H), (h, c))``."""
 
@@ -32,16 +46,29 @@ class RecurrentLayer(nn.Module):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """``(parameter name, 0/1 mask of the entries the recurrence reads, or None for all of it)``:
+        the hidden-to-hidden weights, which weight drop (DropConnect) masks."""
+        return "weight_hh", None
+
 
 class RecurrentStack(nn.Module):
     """A stack of ``num_layers`` family layers with the ``torch.nn.LSTM`` interface.
 
-    Subclasses set ``family`` (the name used by ``count_parameters`` and the search space) and
-    implement ``make_layer(index, input_size, hidden_size, bias, factory_kwargs)``; family
-    arguments are validated in the subclass ``__init__`` before ``super().__init__`` builds layers.
+    A subclass is named in the family table (``families.py``), which gives it its ``family`` name,
+    and supplies four pieces: ``check_args`` (validate and normalise the family arguments; ValueError
+    naming the bad one), ``make_layer(index, input_size, hidden_size, bias, factory_kwargs, **args)``
+    (one layer, given that layer's own arguments), and the per-layer formulas ``layer_parameters(m,
+    n, bias, **args)`` and ``layer_flops(m, n, **args)``. The constructor takes the family arguments
+    as keywords and keeps each normalised one as an attribute (``self.rank``, ...).
     """
 
     family: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" not in cls.__dict__:
+            cls.family = FAMILY_OF_CLASS.get(cls.__name__, "")
 
     def __init__(
         self,
@@ -53,7 +80,9 @@ class RecurrentStack(nn.Module):
         dropout: float = 0.0,
         device: Any = None,
         dtype: Any = None,
+        **family_args: Any,
     ) -> None:
+        args = self.check_args(input_size, hidden_size, num_layers, **family_args)
         super().__init__()
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
@@ -63,16 +92,60 @@ class RecurrentStack(nn.Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
+        self._family_args = args
+        for name, value in args.items():
+            setattr(self, name, value)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.layers = nn.ModuleList(
-            self.make_layer(i, input_size if i == 0 else hidden_size, hidden_size, self.bias, factory_kwargs)
-            for i in range(num_layers)
+            self.make_layer(i, m, hidden_size, self.bias, factory_kwargs, **own)
+            for i, (m, own) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers),
+                                             layer_args(args, num_layers)))
         )
 
     def make_layer(
-        self, index: int, input_size: int, hidden_size: int, bias: bool, factory_kwargs: dict
+        self, index: int, input_size: int, hidden_size: int, bias: bool, factory_kwargs: dict, **args: Any
     ) -> RecurrentLayer:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # -- the family's arguments and formulas -----------------------------------------------------
+    @classmethod
+    def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:
+        """Validate the sizes and family arguments; return the normalised family arguments."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @classmethod
+    def with_defaults(cls, family_args: dict[str, Any]) -> dict[str, Any]:
+        """``family_args`` with the family table's defaults filled in for the arguments not given."""
+        return {**FAMILY_TABLE[cls.family].defaults, **family_args}
+
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, **args: Any) -> int:
+        """Exact parameter count of one layer with input width ``input_size`` and its own ``args``."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, **args: Any) -> int:
+        """Matmul multiply-adds of one token through one layer (element-wise maths not counted)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @classmethod
+    def per_layer(cls, input_size: int, hidden_size: int, num_layers: int, family_args: dict) -> list[tuple[int, dict]]:
+        """``check_args``, then each layer's ``(input width, own family arguments)``."""
+        args = cls.check_args(input_size, hidden_size, num_layers, **family_args)
+        return list(zip(layer_input_sizes(input_size, hidden_size, num_layers), layer_args(args, num_layers)))
+
+    @classmethod
+    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                         **family_args: Any) -> int:
+        """Exact parameter count of the whole stack (equals the module's ``numel`` sum), from formulas."""
+        return sum(cls.layer_parameters(m, hidden_size, bias, **own)
+                   for m, own in cls.per_layer(input_size, hidden_size, num_layers, family_args))
+
+    @classmethod
+    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
+        """Matmul multiply-adds of one token (one sequence) through all layers."""
+        return sum(cls.layer_flops(m, hidden_size, **own)
+                   for m, own in cls.per_layer(input_size, hidden_size, num_layers, family_args))
 
     def forward(self, input: Tensor, hx: State | None = None) -> tuple[Tensor, State]:
         """Run the stack. ``input`` is ``(T, N, in)`` (``(N, T, in)`` if ``batch_first``) or ``(T, in)``.
@@ -138,5 +211,6 @@ class RecurrentStack(nn.Module):
         return s + (", " + extra if extra else "")
 
     def family_repr(self) -> str:
-        """Non-default family arguments for ``extra_repr``."""
-        return ""
+        """The family arguments that differ from the table's defaults, for ``extra_repr``."""
+        defaults = FAMILY_TABLE[self.family].defaults if self.family in FAMILY_TABLE else {}
+        return ", ".join(f"{k}={v}" for k, v in self._family_args.items() if k not in defaults or defaults[k] != v)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
-from ._base import check_positive_int
+from ._base import check_positive_int, layer_input_sizes
 
 
 def check_sizes(input_size: Any, hidden_size: Any, num_layers: Any) -> tuple[int, int, int]:
@@ -15,11 +16,6 @@ def check_sizes(input_size: Any, hidden_size: Any, num_layers: Any) -> tuple[int
         check_positive_int("hidden_size", hidden_size),
         check_positive_int("num_layers", num_layers),
     )
-
-
-def layer_input_sizes(input_size: int, hidden_size: int, num_layers: int) -> list[int]:
-    """Input width of each layer: ``input_size`` for the first, ``hidden_size`` after."""
-    return [input_size] + [hidden_size] * (num_layers - 1)
 
 
 def per_layer_ints(name: str, value: Any, num_layers: int) -> tuple[int | tuple[int, ...], list[int]]:
@@ -44,3 +40,20 @@ def _plain_int(value: Any) -> Any:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     return value
+
+
+def per_layer_checked(name: str, value: Any, input_size: Any, hidden_size: Any, num_layers: Any,
+                      problem: Callable[[int, int, int, int], str | None]) -> int | tuple[int, ...]:
+    """Check the sizes and an int-or-list family argument, layer by layer; return it normalised.
+
+    ``problem(layer, m, n, v)`` says what is wrong with value ``v`` on layer ``layer`` (input width
+    ``m``, hidden size ``n``), or None; the ValueError reads ``"<name>=<v>[ on layer i] <problem>"``.
+    """
+    input_size, hidden_size, num_layers = check_sizes(input_size, hidden_size, num_layers)
+    normalised, per_layer = per_layer_ints(name, value, num_layers)
+    for layer, (m, v) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer)):
+        text = problem(layer, m, hidden_size, v)
+        if text is not None:
+            where = f" on layer {layer}" if num_layers > 1 else ""
+            raise ValueError(f"{name}={v}{where} {text}")
+    return normalised

@@ -27,6 +27,11 @@ def block(size: int, cap: int) -> int:
     return max(MIN_DOT, min(cap, 1 << max(size - 1, 0).bit_length()))
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints: the number of programs that cover ``a`` rows in blocks of ``b``."""
+    return -(-a // b)
+
+
 def pow2(size: int) -> int:
     """The smallest power of two >= ``size`` (tl.arange's lengths must be powers of two)."""
     return 1 << max(size - 1, 0).bit_length()

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, dot_precision, kernel, pow2
+from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, kernel, pow2
 
 try:
     import triton.language as tl
@@ -286,7 +286,7 @@ class RoutedRecurrence(torch.autograd.Function):
         h_n, c_n = xw.new_empty(N, n), xw.new_empty(N, n)
         has_rbias = router_bias is not None
         bl = _blocks(k, s)
-        _forward_kernel[(triton_cdiv(N, bl["BN"]),)](
+        _forward_kernel[(cdiv(N, bl["BN"]),)](
             xw, weight_hh, router_weight, router_bias if has_rbias else router_weight,
             noise if noise is not None else ys, h0, c0, hs, cs, acts, ys, ps, h_n, c_n,
             T, N, 1.0 / tau, K=k, S=s, MODE=mode, HAS_RBIAS=has_rbias, BK=block(s, 32),
@@ -309,7 +309,7 @@ class RoutedRecurrence(torch.autograd.Function):
         dh_buf, dc_buf = hs.new_empty(2, N, n), hs.new_empty(2, N, n)
         dh0, dc0 = hs.new_empty(N, n), hs.new_empty(N, n)
         bl = _blocks(k, s)
-        _backward_kernel[(triton_cdiv(N, bl["BN"]),)](
+        _backward_kernel[(cdiv(N, bl["BN"]),)](
             d_out, d_hn, d_cn, hs, cs, acts, ys, ps, weight_hh, router_weight,
             dpre, dlog, dh_buf, dc_buf, dh0, dc0, T, N, 1.0 / ctx.tau,
             K=k, S=s, MODE=ctx.mode, BK=block(4 * s, 64), PREC=dot_precision(hs.dtype), **bl)
@@ -321,10 +321,6 @@ class RoutedRecurrence(torch.autograd.Function):
             d_wr = dlog.view(T * N, k).t() @ hs[:-1].reshape(T * N, n)
             d_br = dlog.sum((0, 1)) if ctx.has_rbias else None
         return dpre, d_whh, d_wr, d_br, None, dh0, dc0, None, None
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def routed_window(layer, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _fused
 from ._base import RecurrentLayer, RecurrentStack, State
-from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from ._family_args import per_layer_checked
+from ._kernels import gpu_path
 from ._recurrence import bottleneck_recurrence
 from .lstm import lstm_pointwise
 
@@ -49,6 +51,12 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, rank={self.rank}, bias={self.bias is not None}"
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The h half of the shared bottleneck: ``weight_in[:, m:]``."""
+        region = torch.zeros_like(self.weight_in, dtype=torch.bool)
+        region[:, self.input_size:] = True
+        return "weight_in", region
+
     def reset_parameters(self) -> None:
         # Each factor gets torch's fan-in bound, so the product starts at a sensible scale.
         nn.init.uniform_(self.weight_in, -1.0 / math.sqrt(self.weight_in.size(1)), 1.0 / math.sqrt(self.weight_in.size(1)))
@@ -60,10 +68,16 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         m = self.input_size
+        if gpu_path(x, h) and self.hidden_size < _fused.PRODUCT_MAX_HIDDEN:
+            # cuDNN on the product W2 W1, formed once a window (_fused.py); wider cells keep the bottleneck
+            return _fused.factorized_fused(x, state, self.weight_in, self.weight_out, self.bias)
         # The x half of the bottleneck for the whole window in one matmul: (T, N, r). Per step only
         # z = xz_t + h W1h^T and gates = z W2^T + b remain (two small matmuls, exactly the counted
         # multiply-adds), run by one autograd node with a hand-written backward.
         xz = x @ self.weight_in[:, :m].t()
+        if gpu_path(x, h):  # wide cells on the CUDA path: one Triton launch a step and direction
+            from ._triton_factorized import bottleneck_window
+            return bottleneck_window(xz, h, c, self.weight_in[:, m:].t(), self.weight_out.t(), self.bias)
         out, h_n, c_n = bottleneck_recurrence(xz, h, c, self.weight_in[:, m:].t(), self.weight_out.t(), self.bias)
         return out, (h_n, c_n)
 
@@ -84,59 +98,30 @@ class FactorizedLSTMLayer(RecurrentLayer):
 class FactorizedLSTM(RecurrentStack):
     """Multi-layer F-LSTM with the ``torch.nn.LSTM`` interface; ``rank`` is an int or one per layer."""
 
-    family = "factorized"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        rank: int | list[int] | tuple[int, ...] | None = None,
-    ) -> None:
-        self.rank = self.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"]
-        self._ranks = per_layer_ints("rank", self.rank, num_layers)[1]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return FactorizedLSTMLayer(input_size, hidden_size, self._ranks[index], bias, **factory_kwargs)
-
-    def family_repr(self) -> str:
-        return f"rank={self.rank}"
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, rank):
+        return FactorizedLSTMLayer(input_size, hidden_size, rank, bias, **factory_kwargs)
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, rank: Any = None) -> dict:
         """Validate ``rank`` (1 <= r <= min(4n, m + n) on every layer); returns ``{"rank": int | tuple}``."""
-        input_size, hidden_size, num_layers = check_sizes(input_size, hidden_size, num_layers)
-        normalised, ranks = per_layer_ints("rank", rank, num_layers)
-        for layer, (m, r) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks)):
-            limit = min(4 * hidden_size, m + hidden_size)
+
+        def problem(layer: int, m: int, n: int, r: int) -> str | None:
+            limit = min(4 * n, m + n)
             if r > limit:
-                where = f" on layer {layer}" if num_layers > 1 else ""
-                raise ValueError(
-                    f"rank={r}{where} is larger than the (4*hidden_size, input+hidden) gate matrix allows: "
-                    f"rank must be <= min(4*{hidden_size}, {m}+{hidden_size}) = {limit}"
-                )
+                return (f"is larger than the (4*hidden_size, input+hidden) gate matrix allows: "
+                        f"rank must be <= min(4*{n}, {m}+{n}) = {limit}")
+            return None
+
+        normalised = per_layer_checked("rank", rank, input_size, hidden_size, num_layers, problem)
         return {"rank": normalised}
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, rank: Any = None) -> int:
-        """Exact parameter count: sum over layers of r(m + n) + 4nr (+ 4n with bias)."""
-        ranks = per_layer_ints("rank", cls.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"], num_layers)[1]
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, rank: int) -> int:
+        """Exact parameter count of one layer: r(m + n) + 4nr (+ 4n with bias)."""
         n = hidden_size
-        return sum(
-            r * (m + n) + 4 * n * r + (4 * n if bias else 0)
-            for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks)
-        )
+        return rank * (input_size + n) + 4 * n * rank + (4 * n if bias else 0)
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, rank: Any = None) -> int:
-        """Matmul multiply-adds of one token through all layers: sum of r(m + n) + 4nr."""
-        ranks = per_layer_ints("rank", cls.check_args(input_size, hidden_size, num_layers, rank=rank)["rank"], num_layers)[1]
-        n = hidden_size
-        return sum(r * (m + n) + 4 * n * r for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), ranks))
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, rank: int) -> int:
+        """Matmul multiply-adds of one token through one layer: r(m + n) + 4nr."""
+        return rank * (input_size + hidden_size) + 4 * hidden_size * rank

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
-from ._family_args import check_sizes, layer_input_sizes, per_layer_ints
+from ._family_args import per_layer_checked
+from ._fused import grouped_fused
+from ._kernels import gpu_path
 from ._recurrence import group_projection, linear_recurrence
 from .lstm import lstm_pointwise
 
@@ -72,6 +74,10 @@ class GroupedLSTMLayer(RecurrentLayer):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         g, n = self.groups, self.hidden_size
+        if gpu_path(x, h):
+            # cuDNN: one block-diagonal LSTM, or one LSTM per group from BLOCK_DIAGONAL_MAX_HIDDEN (_fused.py)
+            group_bias = None if self.bias is None else self._group_bias()
+            return grouped_fused(x, state, self.weight_ih, self.weight_hh, self.bias, group_bias)
         batch = x.size(1)
         hg = h.view(batch, g, n // g).transpose(0, 1)  # (g, N, n/g)
         cg = c.view(batch, g, n // g).transpose(0, 1)
@@ -117,58 +123,29 @@ class GroupedLSTMLayer(RecurrentLayer):
 class GroupedLSTM(RecurrentStack):
     """Multi-layer G-LSTM with the ``torch.nn.LSTM`` interface; ``groups`` is an int or one per layer."""
 
-    family = "grouped"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        groups: int | list[int] | tuple[int, ...] | None = None,
-    ) -> None:
-        self.groups = self.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"]
-        self._groups = per_layer_ints("groups", self.groups, num_layers)[1]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return GroupedLSTMLayer(input_size, hidden_size, self._groups[index], bias, **factory_kwargs)
-
-    def family_repr(self) -> str:
-        return f"groups={self.groups}"
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, groups):
+        return GroupedLSTMLayer(input_size, hidden_size, groups, bias, **factory_kwargs)
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, groups: Any = None) -> dict:
         """Validate ``groups`` (divides each layer's input width and hidden_size); returns ``{"groups": int | tuple}``."""
-        input_size, hidden_size, num_layers = check_sizes(input_size, hidden_size, num_layers)
-        normalised, per_layer = per_layer_ints("groups", groups, num_layers)
-        for layer, (m, g) in enumerate(zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer)):
-            if m % g or hidden_size % g:
+
+        def problem(layer: int, m: int, n: int, g: int) -> str | None:
+            if m % g or n % g:
                 width = "input_size" if layer == 0 else "hidden_size (layer input)"
-                where = f" on layer {layer}" if num_layers > 1 else ""
-                raise ValueError(
-                    f"groups={g}{where} must divide both {width}={m} and hidden_size={hidden_size}"
-                )
+                return f"must divide both {width}={m} and hidden_size={n}"
+            return None
+
+        normalised = per_layer_checked("groups", groups, input_size, hidden_size, num_layers, problem)
         return {"groups": normalised}
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, groups: Any = None) -> int:
-        """Exact parameter count: sum over layers of 4n(m + n)/g (+ 4n with bias)."""
-        per_layer = per_layer_ints("groups", cls.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"], num_layers)[1]
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, groups: int) -> int:
+        """Exact parameter count of one layer: 4n(m + n)/g (+ 4n with bias)."""
         n = hidden_size
-        return sum(
-            4 * n * (m + n) // g + (4 * n if bias else 0)
-            for m, g in zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer)
-        )
+        return 4 * n * (input_size + n) // groups + (4 * n if bias else 0)
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, groups: Any = None) -> int:
-        """Matmul multiply-adds of one token through all layers: sum of 4n(m + n)/g."""
-        per_layer = per_layer_ints("groups", cls.check_args(input_size, hidden_size, num_layers, groups=groups)["groups"], num_layers)[1]
-        n = hidden_size
-        return sum(4 * n * (m + n) // g for m, g in zip(layer_input_sizes(input_size, hidden_size, num_layers), per_layer))
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, groups: int) -> int:
+        """Matmul multiply-adds of one token through one layer: 4n(m + n)/g."""
+        return 4 * hidden_size * (input_size + hidden_size) // groups

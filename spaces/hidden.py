@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
-from ._family_args import check_sizes, layer_input_sizes
+from ._family_args import check_sizes
+from ._kernels import gpu_path
 
 MASKED = ("w1_ih", "w1_hh", "w2")
 GROW_FRACTION = 0.5  # grow() with no amount revives this fraction of the dormant weights
@@ -72,6 +73,10 @@ class HiddenLayer(RecurrentLayer):
         self.growth_grads: dict[str, Tensor] = {}
         self.reset_parameters()
 
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The h part of every gate's first layer, ``w1_hh`` (4d, n)."""
+        return "w1_hh", None
+
     def reset_parameters(self) -> None:
         # nn.Linear's default bound 1/sqrt(fan_in) for each of the two gate layers.
         b1 = 1.0 / math.sqrt(self.input_size + self.hidden_size)
@@ -103,6 +108,9 @@ class HiddenLayer(RecurrentLayer):
         w1_ih, w1_hh, w2 = (self.effective(name) for name in MASKED)
         # The x part of all four gates' first layers for the whole window in one matmul: (T, N, 4d).
         xw = F.linear(x, w1_ih, self.b1)
+        if gpu_path(x, h):
+            from ._triton_hidden import hidden_window  # triton is imported on the GPU path only
+            return hidden_window(xw, w1_hh, w2, self.b2, state)
         w1_hh_t = w1_hh.t()  # (n, 4d)
         w2_t = w2.transpose(1, 2)  # (4, d, n)
         b2 = self.b2.view(4, 1, n) if self.b2 is not None else None
@@ -165,18 +173,8 @@ class HiddenLayerLSTM(RecurrentStack):
     ``live_parameters``, ``live_flops``, ``sparsity`` and ``clear_growth_grads`` (see the module docstring).
     """
 
-    family = "hidden"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 device=None, dtype=None, *, gate_hidden: int = 16) -> None:
-        self.gate_hidden = self.check_args(input_size, hidden_size, num_layers, gate_hidden=gate_hidden)["gate_hidden"]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return HiddenLayer(input_size, hidden_size, self.gate_hidden, bias, **factory_kwargs)
-
-    def family_repr(self) -> str:
-        return f"gate_hidden={self.gate_hidden}"
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, gate_hidden):
+        return HiddenLayer(input_size, hidden_size, gate_hidden, bias, **factory_kwargs)
 
     # -- grow and prune --------------------------------------------------------------------------
     def _masked(self) -> list[tuple[str, HiddenLayer, str]]:
@@ -290,22 +288,18 @@ class HiddenLayerLSTM(RecurrentStack):
         """Validate the family arguments; returns ``{"gate_hidden": d}`` (default 16, must be >= 1)."""
         unknown = sorted(set(family_args) - {"gate_hidden"})
         if unknown:
-            raise ValueError(f"hidden: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes gate_hidden")
+            raise ValueError(f"{cls.family}: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes gate_hidden")
         check_sizes(input_size, hidden_size, num_layers)
-        return {"gate_hidden": check_positive_int("gate_hidden", family_args.get("gate_hidden", 16))}
+        return {"gate_hidden": check_positive_int("gate_hidden", cls.with_defaults(family_args)["gate_hidden"])}
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                         **family_args: Any) -> int:
-        """Exact dense parameter count (equals the module's ``numel`` sum; pruning does not change it)."""
-        d = cls.check_args(input_size, hidden_size, num_layers, **family_args)["gate_hidden"]
-        n = hidden_size
-        return sum(4 * (d * (m + n) + n * d + ((d + n) if bias else 0))
-                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, gate_hidden: int) -> int:
+        """Exact dense parameter count of one layer (pruning does not change it): 4 (d (m + n) + n d + d + n)."""
+        d, n = gate_hidden, hidden_size
+        return 4 * (d * (input_size + n) + n * d + ((d + n) if bias else 0))
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
-        """Matmul multiply-adds of one token through all layers, dense (unpruned)."""
-        d = cls.check_args(input_size, hidden_size, num_layers, **family_args)["gate_hidden"]
-        n = hidden_size
-        return sum(4 * (d * (m + n) + n * d) for m in layer_input_sizes(input_size, hidden_size, num_layers))
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, gate_hidden: int) -> int:
+        """Matmul multiply-adds of one token through one layer, dense (unpruned): 4 (d (m + n) + n d)."""
+        d, n = gate_hidden, hidden_size
+        return 4 * (d * (input_size + n) + n * d)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
-from ._family_args import check_sizes, layer_input_sizes
+from ._family_args import check_sizes
 
 
 def lstm_pointwise(gates: Tensor, c: Tensor) -> State:
@@ -97,29 +97,8 @@ class LSTM(RecurrentStack):
     ``i``'s ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh``.
     """
 
-    family = "lstm"
-
     def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
         return LSTMLayer(input_size, hidden_size, bias, **factory_kwargs)
-
-    @staticmethod
-    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True) -> int:
-        """Exact parameter count of one layer."""
-        return 4 * hidden_size * (input_size + hidden_size) + (8 * hidden_size if bias else 0)
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        device=None,
-        dtype=None,
-    ) -> None:
-        self.check_args(input_size, hidden_size, num_layers)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args) -> dict:
@@ -130,17 +109,12 @@ class LSTM(RecurrentStack):
             raise ValueError(f"the plain LSTM takes no family arguments, got {name}={value!r}")
         return {}
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, **family_args) -> int:
-        """Exact parameter count of the whole stack: sum of ``4n(m + n) + 8n`` over layers."""
-        cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        return sum(
-            cls.layer_parameters(m, hidden_size, bias) for m in layer_input_sizes(input_size, hidden_size, num_layers)
-        )
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True) -> int:
+        """Exact parameter count of one layer: ``4n(m + n) + 8n`` (two bias vectors, as torch keeps them)."""
+        return 4 * hidden_size * (input_size + hidden_size) + (8 * hidden_size if bias else 0)
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args) -> int:
-        """Matmul multiply-adds of one token through all layers: sum of ``4n(m + n)``."""
-        cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        n = hidden_size
-        return sum(4 * n * (m + n) for m in layer_input_sizes(input_size, hidden_size, num_layers))
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int) -> int:
+        """Matmul multiply-adds of one token through one layer: ``4n(m + n)``."""
+        return 4 * hidden_size * (input_size + hidden_size)

@@ -2,7 +2,8 @@
 
 Every family class is a ``RecurrentStack`` subclass with the classmethods ``check_args``,
 ``count_parameters`` and ``count_flops``; this module only maps a family name to its class and
-checks that the caller passed the family's own arguments. Classes are imported lazily, so a family
+checks that the caller passed the family's own arguments (both read from the table in
+``families.py``). Classes are imported lazily, so a family
 module that is missing or broken does not stop the others from being built.
 """
 
@@ -14,24 +15,10 @@ from typing import Any
 
 from torch import nn
 
-# name -> (module inside squeezelstm.spaces, class name)
-_LOCATIONS: dict[str, tuple[str, str]] = {
-    "lstm": ("lstm", "LSTM"),
-    "factorized": ("factorized", "FactorizedLSTM"),
-    "grouped": ("grouped", "GroupedLSTM"),
-    "routed": ("routed", "RoutedLSTM"),
-    "restricted": ("restricted", "RestrictedLSTM"),
-    "hidden": ("hidden", "HiddenLayerLSTM"),
-}
+from .families import FAMILY_ARGS, FAMILY_TABLE
 
-FAMILY_ARGS: dict[str, tuple[str, ...]] = {
-    "lstm": (),
-    "factorized": ("rank",),
-    "grouped": ("groups",),
-    "routed": ("num_cells", "routing"),
-    "restricted": ("share",),
-    "hidden": ("gate_hidden",),
-}
+# name -> (module inside squeezelstm.spaces, class name)
+_LOCATIONS: dict[str, tuple[str, str]] = {f.name: (f.module, f.class_name) for f in FAMILY_TABLE.values()}
 
 
 class _FamilyTable(Mapping):

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from ._base import RecurrentLayer, RecurrentStack, State
-from ._family_args import check_sizes, layer_input_sizes
-from .lstm import fused_lstm, lstm_pointwise
+from ._family_args import check_sizes
+from .lstm import LSTM, fused_lstm, lstm_pointwise
 
 
 def shared_rows(share: float, hidden_size: int) -> int:
@@ -69,16 +69,14 @@ def check_share(share: Any) -> float:
     return float(share)
 
 
-def _per_layer_share(share: Any, num_layers: int) -> tuple[float | tuple[float, ...], list[float]]:
+def _per_layer_share(share: Any, num_layers: int) -> float | tuple[float, ...]:
     if share is None:
         raise ValueError("share is required, got share=None")
     if isinstance(share, (list, tuple)):
         if len(share) != num_layers:
             raise ValueError(f"share given per layer must have num_layers={num_layers} entries, got share={list(share)!r}")
-        values = tuple(check_share(v) for v in share)
-        return values, list(values)
-    v = check_share(share)
-    return v, [v] * num_layers
+        return tuple(check_share(v) for v in share)
+    return check_share(share)
 
 
 class RestrictedLSTMLayer(RecurrentLayer):
@@ -104,6 +102,12 @@ class RestrictedLSTMLayer(RecurrentLayer):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, share={self.share}, bias={self.bias is not None}"
+
+    def recurrent_weight(self) -> tuple[str, Tensor | None]:
+        """The pool rows the h side gathers, first n columns (rows the x side shares are the same entries)."""
+        region = torch.zeros_like(self.weight, dtype=torch.bool)
+        region[self.rows_h, : self.hidden_size] = True
+        return "weight", region
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -153,51 +157,23 @@ class RestrictedLSTMLayer(RecurrentLayer):
 class RestrictedLSTM(RecurrentStack):
     """Multi-layer Restricted LSTM with the ``torch.nn.LSTM`` interface; ``share`` in [0, 1] (or one per layer)."""
 
-    family = "restricted"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        share: float | list[float] | tuple[float, ...] | None = None,
-    ) -> None:
-        self.share = self.check_args(input_size, hidden_size, num_layers, share=share)["share"]
-        self._shares = _per_layer_share(self.share, num_layers)[1]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return RestrictedLSTMLayer(input_size, hidden_size, self._shares[index], bias, **factory_kwargs)
-
-    def family_repr(self) -> str:
-        return f"share={self.share}"
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, share):
+        return RestrictedLSTMLayer(input_size, hidden_size, share, bias, **factory_kwargs)
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, share: Any = None) -> dict:
         """Validate ``share`` (a number in [0, 1], or one per layer); returns ``{"share": float | tuple}``."""
         check_sizes(input_size, hidden_size, num_layers)
-        return {"share": _per_layer_share(share, num_layers)[0]}
+        return {"share": _per_layer_share(share, num_layers)}
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, *, share: Any = None) -> int:
-        """Exact parameter count: sum over layers of (s + 8(n - s)) * (max(m, n) + 1), s = round(share * n)."""
-        shares = _per_layer_share(cls.check_args(input_size, hidden_size, num_layers, share=share)["share"], num_layers)[1]
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, share: float) -> int:
+        """Exact parameter count of one layer: (s + 8(n - s)) * (max(m, n) + 1), s = round(share * n)."""
         n = hidden_size
-        total = 0
-        for m, r in zip(layer_input_sizes(input_size, hidden_size, num_layers), shares):
-            s = shared_rows(r, n)
-            total += (s + 2 * 4 * (n - s)) * (max(m, n) + (1 if bias else 0))
-        return total
+        s = shared_rows(share, n)
+        return (s + 2 * 4 * (n - s)) * (max(input_size, n) + (1 if bias else 0))
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, share: Any = None) -> int:
-        """Matmul multiply-adds of one token through all layers: sum of 4n(m + n), as the LSTM."""
-        cls.check_args(input_size, hidden_size, num_layers, share=share)
-        n = hidden_size
-        return sum(4 * n * (m + n) for m in layer_input_sizes(input_size, hidden_size, num_layers))
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, share: float) -> int:
+        """Matmul multiply-adds of one token through one layer: 4n(m + n), as the LSTM."""
+        return LSTM.layer_flops(input_size, hidden_size)

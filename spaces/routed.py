@@ -34,9 +34,10 @@ FLOPs (``count_flops``) count matmul multiply-adds of one token in eval mode: th
 one whole-window matmul, cheaper than gathering), the chosen sub-cell's recurrent matmul (``4 s^2``;
 all ``k`` for ``soft``: ``4 n s``) and the router (``n k``). Element-wise gate maths is not counted.
 
-Execution: ``token`` and, on CPU, ``round_robin`` compact each sub-cell's steps and run them as one
-masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` elsewhere (GPU: cuDNN) run k
-fused LSTM calls on strided sub-sequences. Both compute only the chosen sub-cell's input projections.
+Execution: on CPU, ``token`` and ``round_robin`` compact each sub-cell's steps and run them as one
+masked recurrence (``_forward_compacted``); ``k = 1`` and ``round_robin`` on the CUDA path (cuDNN) run k
+fused LSTM calls on strided sub-sequences, and ``token`` there one packed fused call per sub-cell
+(``_fused.packed_routing``). All compute only the chosen sub-cell's input projections.
 When sequences in a batch pick different sub-cells by ``hidden`` routing in eval, the code updates all
 ``k`` sub-cells (one ``bmm``) and keeps the chosen one, which executes ``4 n s`` multiply-adds instead
 of the counted ``4 s^2``: measured on CPU it is 2-20x faster than gathering each sequence's ``(s, 4s)``
@@ -52,17 +53,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
-from ._family_args import check_sizes, layer_input_sizes
+from ._family_args import check_sizes
+from ._fused import compacted_routing
 from ._kernels import gpu_path
 from ._recurrence import compiled_kernels, linear_recurrence, strided_lstms
 from ._routed_hidden import hidden_routed_forward
+from ._rows import PermuteRows, SegmentLinear
+from .families import ROUTINGS
 from .lstm import lstm_pointwise
 
-ROUTINGS = ("hidden", "round_robin", "token", "soft")
 HASH_BITS = 16
 HASH_SEED = 0x5EED
 
@@ -70,75 +72,17 @@ HASH_SEED = 0x5EED
 def _check_routed_args(input_size: Any, hidden_size: Any, num_layers: Any, family_args: dict) -> dict:
     unknown = sorted(set(family_args) - {"num_cells", "routing"})
     if unknown:
-        raise ValueError(f"routed: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; it takes num_cells, routing")
+        raise ValueError(f"{RoutedLSTM.family}: unexpected family argument {unknown[0]}={family_args[unknown[0]]!r}; "
+                         "it takes num_cells, routing")
     check_sizes(input_size, hidden_size, num_layers)
-    k = check_positive_int("num_cells", family_args.get("num_cells", 2))
-    routing = family_args.get("routing", "hidden")
+    family_args = RoutedLSTM.with_defaults(family_args)
+    k = check_positive_int("num_cells", family_args["num_cells"])
+    routing = family_args["routing"]
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {list(ROUTINGS)}, got routing={routing!r}")
     if hidden_size % k:
         raise ValueError(f"num_cells={k} must divide hidden_size={hidden_size}")
     return {"num_cells": k, "routing": routing}
-
-
-class _PermuteRows(torch.autograd.Function):
-    """``out`` (size, d) with ``out[dest[i]] = src[i]``, and zeros in the rows no source reaches
-    (``mask`` (size,) marks the rows ``dest`` reaches; None: all of them).
-
-    ``dest`` is injective, so the backward is a gather (``grad[dest]``), not the accumulating scatter
-    that autograd records for advanced indexing.
-    """
-
-    @staticmethod
-    def forward(ctx, src: Tensor, dest: Tensor, size: int, mask: Tensor | None):
-        index = torch.zeros(size, dtype=torch.long, device=src.device)
-        index[dest] = torch.arange(src.size(0), device=src.device)
-        out = src.index_select(0, index)
-        if mask is not None:
-            out.mul_(mask.unsqueeze(1).to(out.dtype))
-        ctx.save_for_backward(dest)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        (dest,) = ctx.saved_tensors
-        return grad.index_select(0, dest), None, None, None
-
-
-class _SegmentLinear(torch.autograd.Function):
-    """``x`` (R, m) in k consecutive segments of ``counts`` rows; segment j times ``weight[j]^T``
-    (``weight`` (k, d, m)) -> (R, d). One matmul per segment, each exactly its rows: the input
-    projections of tokens sorted by sub-cell, however unevenly a batch spreads over the sub-cells."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, counts: list[int]):
-        out = x.new_empty(x.size(0), weight.size(1))
-        start = 0
-        for j, rows in enumerate(counts):
-            if rows:
-                torch.mm(x[start:start + rows], weight[j].t(), out=out[start:start + rows])
-            start += rows
-        ctx.save_for_backward(x, weight)
-        ctx.counts = counts
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        start = 0
-        for j, rows in enumerate(ctx.counts):
-            if rows:
-                g = grad[start:start + rows]
-                if dx is not None:
-                    torch.mm(g, weight[j], out=dx[start:start + rows])
-                if dw is not None:
-                    torch.mm(g.t(), x[start:start + rows], out=dw[j])
-            start += rows
-        return dx, dw, None
 
 
 class RoutedLayer(RecurrentLayer):
@@ -195,6 +139,12 @@ class RoutedLayer(RecurrentLayer):
         bits = (x @ self.hash_proj.to(x.dtype)) > 0
         return (bits.long() * self.hash_powers).sum(-1) % self.num_cells
 
+    def _choices(self, x: Tensor) -> Tensor:
+        """``round_robin`` and ``token``: the sub-cell of every token of the window (T*N,), row t*N + b."""
+        if self.routing == "token":
+            return self.token_choices(x).flatten()
+        return ((self.offset + torch.arange(x.size(0), device=x.device)) % self.num_cells).repeat_interleave(x.size(1))
+
     def _router_logits(self, h: Tensor) -> Tensor:
         return F.linear(h, self.router_weight, self.router_bias)
 
@@ -210,20 +160,21 @@ class RoutedLayer(RecurrentLayer):
         h, c = state
         T, N = x.shape[0], x.shape[1]
         k, s = self.num_cells, self.cell_size
-        if k > 1 and self.routing in ("hidden", "soft") and gpu_path(x, h):
+        on_gpu = gpu_path(x, h)
+        if k > 1 and self.routing in ("hidden", "soft") and on_gpu:
             from ._triton_routed import routed_window  # triton is imported on the GPU path only
             return routed_window(self, x, state)
+        if k > 1 and on_gpu and self.routing in ("round_robin", "token"):  # fused LSTM kernel (_fused.py)
+            return compacted_routing(x, state, self._choices(x), self.weight_ih.view(k, 4 * s, -1), self.weight_hh,
+                                     *(None if b is None else b.view(k, 4 * s) for b in (self.bias_ih, self.bias_hh)))
         if k == 1 or (self.routing == "round_robin" and compiled_kernels(x) is None):
             # Sub-cell j updates only at the steps with (offset + t) mod k == j: it is an ordinary
             # LSTM on that strided sub-sequence, so torch's fused kernel runs each one, computing only
             # its own input projections (4 s (m + s) multiply-adds a token in all). Where the compiled
             # loops run (CPU), the compacted path below is faster: one node for all k sub-cells.
             return strided_lstms(x, state, self._cell_weights(), self.offset)
-        if self.routing == "round_robin":
-            steps = (self.offset + torch.arange(T, device=x.device)) % k
-            return self._forward_compacted(x, h, c, steps.repeat_interleave(N))
-        if self.routing == "token":
-            return self._forward_compacted(x, h, c, self.token_choices(x).flatten())
+        if self.routing in ("round_robin", "token"):
+            return self._forward_compacted(x, h, c, self._choices(x))
         if self.routing == "hidden" and compiled_kernels(x) is not None:  # CPU: one compiled loop (_routed_hidden)
             return hidden_routed_forward(self, x, h, c)
         # Input projections of every sub-cell for the whole window in one matmul: (T, N, k, 4s).
@@ -270,8 +221,8 @@ class RoutedLayer(RecurrentLayer):
         step); the output is gathered back to the T steps.
 
         Input projections are computed for the routed tokens only: sorted by sub-cell, one matmul per
-        sub-cell over exactly its tokens (``_SegmentLinear``), then moved into the recurrence's padded
-        (k, L, N) layout. Both moves are row permutations with a known inverse (``_PermuteRows``): their
+        sub-cell over exactly its tokens (``SegmentLinear``), then moved into the recurrence's padded
+        (k, L, N) layout. Both moves are row permutations with a known inverse (``PermuteRows``): their
         backward is a gather too, not an accumulating scatter."""
         T, N = x.shape[0], x.shape[1]
         k, s, m = self.num_cells, self.cell_size, self.input_size
@@ -290,11 +241,11 @@ class RoutedLayer(RecurrentLayer):
         slot = (choice * L + u) * N + rank.view(-1)[choice * N + tokens % N]  # its row in the recurrence layout (k, L, N)
         order = torch.argsort(choice, stable=True)  # tokens grouped by sub-cell
         sorted_row = torch.empty_like(tokens).scatter_(0, order, tokens)  # the token's row in that order
-        xs = _PermuteRows.apply(x.reshape(T * N, m), sorted_row, T * N, None)
-        xw = _SegmentLinear.apply(xs, self.weight_ih.view(k, 4 * s, m), onehot.sum(0).tolist())
+        xs = PermuteRows.apply(x.reshape(T * N, m), sorted_row, T * N, None)
+        xw = SegmentLinear.apply(xs, self.weight_ih.view(k, 4 * s, m), onehot.sum(0).tolist())
         keep = torch.zeros(k * L * N, dtype=torch.bool, device=dev)
         keep[slot] = True
-        xw = _PermuteRows.apply(xw, slot[order], k * L * N, keep)
+        xw = PermuteRows.apply(xw, slot[order], k * L * N, keep)
         bias = None if self.bias_ih is None else (self.bias_ih + self.bias_hh).view(k, 4 * s)
         to_rank, to_seq = by_count.unsqueeze(-1).expand(k, N, s), rank.unsqueeze(-1).expand(k, N, s)
         hk = h.view(N, k, s).transpose(0, 1).gather(1, to_rank)  # (k, N, s), sequences in rank order
@@ -407,17 +358,8 @@ class RoutedLSTM(RecurrentStack):
     noise for ``hidden`` routing in training mode; torch's default generator if None).
     """
 
-    family = "routed"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 device=None, dtype=None, *, num_cells: int = 2, routing: str = "hidden") -> None:
-        args = self.check_args(input_size, hidden_size, num_layers, num_cells=num_cells, routing=routing)
-        self.num_cells, self.routing = args["num_cells"], args["routing"]
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, device, dtype)
-
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return RoutedLayer(input_size, hidden_size, self.num_cells, self.routing, bias,
-                           hash_seed=HASH_SEED + index, **factory_kwargs)
+    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, num_cells, routing):
+        return RoutedLayer(input_size, hidden_size, num_cells, routing, bias, hash_seed=HASH_SEED + index, **factory_kwargs)
 
     def forward(self, input: Tensor, hx: State | None = None, offset: int = 0,
                 generator: torch.Generator | None = None) -> tuple[Tensor, State]:
@@ -438,33 +380,25 @@ class RoutedLSTM(RecurrentStack):
             for layer in self.layers:
                 layer.offset, layer.generator = 0, None
 
-    def family_repr(self) -> str:
-        return f"num_cells={self.num_cells}, routing={self.routing}"
-
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> dict:
         """Validate the family arguments; returns ``{"num_cells": k, "routing": r}`` (defaults 2, "hidden")."""
         return _check_routed_args(input_size, hidden_size, num_layers, family_args)
 
-    @classmethod
-    def count_parameters(cls, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                         **family_args: Any) -> int:
-        """Exact parameter count of the stack (equals the module's ``numel`` sum)."""
-        a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        k, n = a["num_cells"], hidden_size
+    @staticmethod
+    def layer_parameters(input_size: int, hidden_size: int, bias: bool = True, *, num_cells: int, routing: str) -> int:
+        """Exact parameter count of one layer: k (4s(m + s) + 8s), plus the router n k + k (hidden, soft)."""
+        k, n, m = num_cells, hidden_size, input_size
         s = n // k
-        router = (n * k + (k if bias else 0)) if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
-        return sum(k * (4 * s * (m + s) + (8 * s if bias else 0)) + router
-                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
+        router = (n * k + (k if bias else 0)) if (k > 1 and routing in ("hidden", "soft")) else 0
+        return k * (4 * s * (m + s) + (8 * s if bias else 0)) + router
 
-    @classmethod
-    def count_flops(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args: Any) -> int:
-        """Matmul multiply-adds of one token through all layers in eval mode (see the module docstring)."""
-        a = cls.check_args(input_size, hidden_size, num_layers, **family_args)
-        k, n = a["num_cells"], hidden_size
+    @staticmethod
+    def layer_flops(input_size: int, hidden_size: int, *, num_cells: int, routing: str) -> int:
+        """Matmul multiply-adds of one token through one layer in eval mode (see the module docstring)."""
+        k, n, m = num_cells, hidden_size, input_size
         s = n // k
-        recurrent = k * 4 * s * s if a["routing"] == "soft" else 4 * s * s
-        router = n * k if (k > 1 and a["routing"] in ("hidden", "soft")) else 0
-        projected = s if a["routing"] in ("round_robin", "token") else n  # units whose input projection runs
-        return sum(4 * projected * m + recurrent + router
-                   for m in layer_input_sizes(input_size, hidden_size, num_layers))
+        recurrent = k * 4 * s * s if routing == "soft" else 4 * s * s
+        router = n * k if (k > 1 and routing in ("hidden", "soft")) else 0
+        projected = s if routing in ("round_robin", "token") else n  # units whose input projection runs
+        return 4 * projected * m + recurrent + router

@@ -2,15 +2,35 @@
 
 import importlib
 import pathlib
+import tomllib
 
 import pytest
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBPACKAGES = ["search", "spaces", "trainers", "dashboards"]
 
 
-@pytest.mark.parametrize("name", SUBPACKAGES)
+def _listed() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
+def _on_disk() -> list[str]:
+    found = []
+    for top in SUBPACKAGES:
+        for init in sorted((ROOT / top).rglob("__init__.py")):
+            parts = init.parent.relative_to(ROOT).parts
+            found.append(".".join(("squeezelstm",) + parts))
+    return found
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    # setuptools installs only the packages listed: a new sub-package left out is missing from the wheel
+    assert sorted(_on_disk()) == sorted(_listed())
+
+
+@pytest.mark.parametrize("name", _on_disk())
 def test_subpackage_installed(name):
-    mod = importlib.import_module(f"squeezelstm.{name}")
+    mod = importlib.import_module(name)
     assert pathlib.Path(mod.__file__).name == "__init__.py"
 
 

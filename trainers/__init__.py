@@ -5,6 +5,7 @@ from .config import (Config, DataConfig, ModelConfig, TrainConfig, apply_overrid
 from .corpus import Corpus, batchify, load_corpus
 from .loop import TrainResult, evaluate, train
 from .model import LanguageModel, build_model, count_model_flops, count_model_parameters
+from .size import ModelSizes, model_sizes
 
 __all__ = [
     "Config",
@@ -12,6 +13,7 @@ __all__ = [
     "DataConfig",
     "LanguageModel",
     "ModelConfig",
+    "ModelSizes",
     "TrainConfig",
     "TrainResult",
     "apply_overrides",
@@ -22,6 +24,7 @@ __all__ = [
     "evaluate",
     "load_config",
     "load_corpus",
+    "model_sizes",
     "save_config",
     "train",
     "validate",

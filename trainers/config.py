@@ -21,13 +21,17 @@ from typing import Any, Union
 
 import yaml
 
+from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_ARGS, FAMILY_NAMES, FAMILY_TABLE
+
+from .toml_writer import to_toml
+
 CORPORA = ("synthetic", "ptb", "wikitext2", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "epoch", "plateau")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LEVELS = ("word", "char")
-# Family arguments live directly in ``model``; each may be one value or one value per layer.
-FAMILY_ARG_NAMES = ("rank", "groups", "num_cells", "routing", "share", "gate_hidden")
+# Family arguments (FAMILY_ARG_NAMES, from the family table) live directly in ``model``; each may be
+# one value or one value per layer.
 # Spellings of "no value" accepted for optional fields in overrides (``--set data.path=null``).
 NULLS = ("null", "none", "~")
 
@@ -98,15 +102,21 @@ class ModelConfig:
     ``embedding_size`` None means ``hidden_size``. ``dropout`` applies to the embedding output,
     between layers and before the decoder (Zaremba et al. 2014); ``locked_dropout`` reuses one mask
     over all time steps of a window (variational dropout, Gal & Ghahramani 2016).
+    ``embedding_dropout`` drops whole words (embedding rows) and ``weight_drop`` applies DropConnect
+    to the recurrent weights, one mask per window (AWD-LSTM; ``regularisers.py``, ``weight_drop.py``).
+    ``tie_weights`` shares the embedding with the decoder; when ``embedding_size`` differs from
+    ``hidden_size`` a bias-free projection (hidden -> embedding width) feeds the tied decoder.
     """
 
-    cell: str = "lstm"
+    cell: str = FAMILY_NAMES[0]  # the reference LSTM
     hidden_size: int = 128
     num_layers: int = 2
     embedding_size: int | None = None
     bias: bool = True
     dropout: float = 0.0
     locked_dropout: bool = False
+    embedding_dropout: float = 0.0
+    weight_drop: float = 0.0
     tie_weights: bool = False
     # Use torch.nn.LSTM (fused kernels, same maths and parameter count) for the plain LSTM.
     fast_lstm: bool = True
@@ -123,7 +133,9 @@ class ModelConfig:
         _check(self.num_layers >= 1, "model.num_layers", self.num_layers, ">= 1")
         if self.embedding_size is not None:
             _check(self.embedding_size >= 1, "model.embedding_size", self.embedding_size, ">= 1 or null")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "in [0, 1)")
+        for name in ("dropout", "embedding_dropout", "weight_drop"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"model.{name}", v, "in [0, 1)")
 
     @property
     def input_size(self) -> int:
@@ -147,7 +159,9 @@ class TrainConfig:
     (Zaremba et al.); ``plateau`` multiplies it when valid perplexity does not improve (the PyTorch
     word-LM example); ``none`` keeps it. ``grow_epochs``/``prune_epochs`` (1-based) run H-LSTM
     grow and prune phases after those epochs; pruning ramps to ``prune_sparsity`` over the prune
-    phases. ``threads`` 0 picks a sensible CPU thread count; ``eval_batch_size`` 0 means
+    phases. ``ar_alpha``/``tar_beta`` add AWD-LSTM's activation and temporal activation penalties to
+    the training loss; ``asgd`` switches SGD to averaged SGD once validation stalls for
+    ``asgd_nonmono`` epochs (NT-ASGD, ``asgd.py``). ``threads`` 0 picks a sensible CPU thread count; ``eval_batch_size`` 0 means
     ``max(batch_size, 64)``.
     """
 
@@ -171,6 +185,10 @@ class TrainConfig:
     grow_epochs: tuple[int, ...] = ()
     prune_epochs: tuple[int, ...] = ()
     prune_sparsity: float = 0.0
+    ar_alpha: float = 0.0
+    tar_beta: float = 0.0
+    asgd: bool = False
+    asgd_nonmono: int = 5
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "bptt", "log_interval"):
@@ -193,6 +211,12 @@ class TrainConfig:
             for e in getattr(self, name):
                 _check(e >= 1, f"train.{name}", getattr(self, name), "a list of epochs >= 1")
         _check(0.0 <= self.prune_sparsity < 1.0, "train.prune_sparsity", self.prune_sparsity, "in [0, 1)")
+        for name in ("ar_alpha", "tar_beta"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, f"train.{name}", v, "a finite number >= 0")
+        _check(self.asgd_nonmono >= 1, "train.asgd_nonmono", self.asgd_nonmono, ">= 1")
+        _check(not self.asgd or self.optimizer == "sgd", "train.asgd", self.asgd,
+               f"false unless train.optimizer='sgd' (NT-ASGD averages SGD; got train.optimizer={self.optimizer!r})")
 
     @property
     def resolved_eval_batch_size(self) -> int:
@@ -350,34 +374,12 @@ def save_config(config: Config, path: str | pathlib.Path, header_comment: str | 
     header = "".join(f"# {line}\n" for line in header_comment.splitlines()) if header_comment else ""
     data = config.to_dict()
     if suffix == ".toml":
-        body = _to_toml(data)
+        body = to_toml(data)
     elif suffix in (".yaml", ".yml"):
         body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     else:
         raise ValueError(f"config file {p} must end in .yaml, .yml or .toml")
     p.write_text(header + body, encoding="utf-8")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")  # pragma: no cover - config bug
-
-
-def _to_toml(data: dict[str, dict[str, Any]]) -> str:
-    # TOML has no null: keys left at None are omitted and read back as their default None.
-    out = []
-    for section, values in data.items():
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
-        out.append("")
-    return "\n".join(out)
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str] | tuple[str, ...]) -> Config:
@@ -410,10 +412,9 @@ def validate(config: Config) -> Config:
     """Cross-field and family checks beyond the per-section ones; returns ``config`` unchanged.
 
     Raises ValueError naming the key: a corpus that needs ``data.path`` without one, per-layer
-    lists of the wrong length, family arguments the cell does not take or rejects, a tied decoder
-    whose embedding width differs from ``hidden_size``.
+    lists of the wrong length, family arguments the cell does not take or rejects.
     """
-    from squeezelstm.spaces import FAMILY_ARGS, validate_family_args
+    from squeezelstm.spaces import validate_family_args
 
     d, m = config.data, config.model
     if d.corpus != "synthetic" and not d.path:
@@ -431,10 +432,8 @@ def validate(config: Config) -> Config:
     for i in range(m.num_layers):
         in_size = m.input_size if i == 0 else m.hidden_size
         validate_family_args(m.cell, in_size, m.hidden_size, 1, **m.layer_family_args(i))
-    if m.tie_weights and m.input_size != m.hidden_size:
-        raise ValueError(f"model.tie_weights needs model.embedding_size == model.hidden_size, "
-                         f"got {m.embedding_size} and {m.hidden_size}")
     t = config.train
-    if (t.grow_epochs or t.prune_epochs) and m.cell != "hidden":
-        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell='hidden', got model.cell={m.cell!r}")
+    if (t.grow_epochs or t.prune_epochs) and not FAMILY_TABLE[m.cell].grows_and_prunes:
+        prunable = " or ".join(repr(f.name) for f in FAMILY_TABLE.values() if f.grows_and_prunes)
+        raise ValueError(f"train.grow_epochs/prune_epochs need model.cell={prunable}, got model.cell={m.cell!r}")
     return config

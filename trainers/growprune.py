@@ -42,3 +42,23 @@ def apply_phase(model: nn.Module, kind: str, sparsity: float) -> None:
             layer.prune(sparsity)
         elif kind == "grow" and hasattr(layer, "grow"):
             layer.grow()
+
+
+def spread_schedule(epochs: int, grow_phases: int, prune_phases: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(grow_epochs, prune_epochs)`` for ``epochs`` of training, in the paper's order: grow first,
+    then prune in ``prune_phases`` steps spread evenly up to epoch ``epochs - 1``, so every phase is
+    followed by retraining and the last epoch retrains the final survivors.
+
+    Phases that do not fit (at most ``epochs - 1`` in all) are dropped, grow phases first; a search
+    samples the phase counts and the trial's epochs fix where they fall.
+    """
+    for name, value in (("epochs", epochs), ("grow_phases", grow_phases), ("prune_phases", prune_phases)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "epochs" else 0):
+            raise ValueError(f"{name} must be an int >= {1 if name == 'epochs' else 0}, got {name}={value!r}")
+    room = epochs - 1
+    prunes = min(prune_phases, room)
+    grows = min(grow_phases, room - prunes)
+    span = room - grows
+    grow_epochs = tuple(range(1, grows + 1))
+    prune_epochs = tuple(grows + (k + 1) * span // prunes for k in range(prunes)) if prunes else ()
+    return grow_epochs, prune_epochs

@@ -19,12 +19,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .asgd import ParameterAverage, should_trigger
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config, validate
 from .corpus import Corpus, batchify, entropy_to_ppl, load_corpus
 from .device import autocast, resolve_device, thread_budget
 from .growprune import apply_phase, phase_for_epoch, reset_growth_grads
 from .model import LanguageModel, build_model, count_model_flops
+from .regularisers import activation_penalty, temporal_activation_penalty
 
 Report = Callable[[int, dict[str, Any]], Any]
 Progress = Callable[[str], None]
@@ -96,9 +98,15 @@ def next_lr(config: Config, lr: float, epoch: int, valid_loss: float, best_loss:
 
 def train_epoch(model: LanguageModel, data: torch.Tensor, config: Config, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, device: torch.device, scaler: torch.amp.GradScaler | None,
-                progress: Progress | None = None, epoch: int = 0) -> tuple[float, int, float]:
-    """One pass of truncated BPTT over ``data`` (T, N); returns (mean loss in nats, tokens, seconds)."""
+                progress: Progress | None = None, epoch: int = 0,
+                average: ParameterAverage | None = None) -> tuple[float, int, float]:
+    """One pass of truncated BPTT over ``data`` (T, N); returns (mean loss in nats, tokens, seconds).
+
+    The returned loss is the cross-entropy alone; AR/TAR penalties only shape the gradient. With
+    ``average`` (NT-ASGD triggered) every optimizer step is folded into the running average.
+    """
     t = config.train
+    penalised = t.ar_alpha > 0 or t.tar_beta > 0
     model.train()
     vocab = model.vocab_size
     limit = DIVERGENCE_FACTOR * math.log(vocab)
@@ -114,14 +122,23 @@ def train_epoch(model: LanguageModel, data: torch.Tensor, config: Config, optimi
         # Truncated BPTT: keep the state's values, cut its history.
         state = [(h.detach(), c.detach()) for h, c in state]
         with autocast(device, t.precision):
-            logits, state = model(x, state, offset=i, generator=generator)
+            if penalised:
+                logits, state, raw, dropped = model(x, state, offset=i, generator=generator, return_last=True)
+            else:
+                logits, state = model(x, state, offset=i, generator=generator)
         loss = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
+        objective = loss
+        if penalised:
+            if t.ar_alpha > 0:
+                objective = objective + activation_penalty(dropped, t.ar_alpha)
+            if t.tar_beta > 0:
+                objective = objective + temporal_activation_penalty(raw, t.tar_beta)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.unscale_(optimizer)
         else:
-            loss.backward()
+            objective.backward()
         if t.clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), t.clip)
         if scaler is not None:
@@ -129,6 +146,8 @@ def train_epoch(model: LanguageModel, data: torch.Tensor, config: Config, optimi
             scaler.update()
         else:
             optimizer.step()
+        if average is not None:
+            average.update()
         n = y.numel()
         window_total += loss.detach().double() * n
         window_tokens += n
@@ -167,13 +186,24 @@ def evaluate(model: LanguageModel, data: torch.Tensor, bptt: int, device: torch.
     return float(total) / max(tokens, 1)
 
 
+def _evaluate(model: LanguageModel, average: ParameterAverage | None, data: torch.Tensor, bptt: int,
+              device: torch.device, precision: str) -> float:
+    """``evaluate`` with the NT-ASGD averaged weights swapped in once averaging has started."""
+    if average is None:
+        return evaluate(model, data, bptt, device, precision)
+    with average.swapped_in():
+        return evaluate(model, data, bptt, device, precision)
+
+
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     diffs = []
+    # A key the saved config lacks was added to the trainer later: the run had its default.
+    defaults = Config().to_dict()
     for section, values in current.items():
         for key, value in values.items():
             if (section, key) in RESUMABLE_CHANGES:
                 continue
-            old = saved.get(section, {}).get(key)
+            old = saved.get(section, {}).get(key, defaults[section][key])
             if old != value:
                 diffs.append(f"{section}.{key}: {old!r} -> {value!r}")
     return diffs
@@ -215,6 +245,8 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
                          unigram_ppl=corpus.unigram_ppl)
     history: list[dict[str, Any]] = []
     start_epoch, elapsed_before, best_loss = 0, 0.0, math.inf
+    # NT-ASGD: the running average exists from the epoch the trigger fired (None before, or if off).
+    average: ParameterAverage | None = None
     ckpt = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and resume and ckpt.exists():
         saved = load_checkpoint(ckpt, map_location=device)
@@ -227,6 +259,9 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         start_epoch, history = int(saved["epoch"]), list(saved["history"])
+        if saved.get("asgd", {}).get("average") is not None:
+            average = ParameterAverage(model)
+            average.load_state_dict(saved["asgd"]["average"])
         best_loss, elapsed_before = float(saved["schedule"]["best_loss"]), float(saved["elapsed_s"])
         if progress:
             progress(f"resumed from {ckpt} after epoch {start_epoch}")
@@ -247,7 +282,7 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
         reset_growth_grads(model)
         try:
             train_loss, tokens, seconds = train_epoch(model, train_data, config, optimizer, generator, device,
-                                                      scaler, progress, epoch)
+                                                      scaler, progress, epoch, average)
         except Diverged as exc:
             result.status, result.error = "diverged", str(exc)
             break
@@ -256,7 +291,7 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
         phase = phase_for_epoch(config, epoch)
         if phase is not None:
             apply_phase(model, *phase)
-        valid_loss = evaluate(model, valid_data, t.bptt, device, t.precision)
+        valid_loss = _evaluate(model, average, valid_data, t.bptt, device, t.precision)
         if not math.isfinite(valid_loss):
             result.status, result.error = "diverged", f"validation loss {valid_loss} at epoch {epoch}"
             break
@@ -272,6 +307,12 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
         }
         if phase is not None:
             metrics["phase"] = phase[0]
+        if t.asgd:
+            metrics["averaged"] = average is not None
+            if average is None and should_trigger([h["valid_loss"] for h in history] + [valid_loss], t.asgd_nonmono):
+                average = ParameterAverage(model)  # averages from the next step on
+                if progress:
+                    progress(f"epoch {epoch}: validation stalled, switching to averaged SGD (NT-ASGD)")
         history.append(metrics)
         if ckpt is not None:
             save_checkpoint(ckpt, {
@@ -279,6 +320,7 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
                 "schedule": {"best_loss": best_loss}, "rng": {"dropout": generator.get_state()},
                 "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
                 "history": history, "elapsed_s": metrics["elapsed_s"],
+                **({"asgd": {"average": average.state_dict() if average is not None else None}} if t.asgd else {}),
             })
         if progress:
             progress(f"epoch {epoch}/{t.epochs} train ppl {metrics['train_ppl']:.2f} valid ppl "
@@ -302,7 +344,7 @@ def _train(config: Config, corpus: Corpus, device: torch.device, report: Report 
         result.tokens_per_s = history[-1]["tokens_per_s"]
     if result.status == "finished":
         test_data = batchify(corpus.test, min(eval_bs, max(1, corpus.test.numel() // 2))).to(device)
-        result.test_ppl = entropy_to_ppl(evaluate(model, test_data, t.bptt, device, t.precision))
+        result.test_ppl = entropy_to_ppl(_evaluate(model, average, test_data, t.bptt, device, t.precision))
     result.elapsed_s = elapsed()
     if progress:
         progress(f"{result.status}: valid ppl {result.valid_ppl} test ppl {result.test_ppl}")

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 
 from squeezelstm.dashboards import figures, tables
-from squeezelstm.search.records import TrialRecord, log_hypervolume
+from squeezelstm.search.pareto import TrialRecord, log_hypervolume
 
 FAMILIES = {"lstm": {}, "factorized": {"model.rank": [4, 8, 16]}, "grouped": {"model.groups": [2, 4]},
             "routed": {"model.num_cells": [2, 4], "model.routing": ["hidden", "token"]}}

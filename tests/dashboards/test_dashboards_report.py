@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from squeezelstm.dashboards import write_report
-from squeezelstm.search.records import TrialRecord, pareto_front
+from squeezelstm.search.pareto import TrialRecord, pareto_front
 
 
 def made_up_search(n: int = 24, seed: int = 0) -> list[TrialRecord]:

@@ -12,7 +12,7 @@ import pickle
 
 import pytest
 
-from squeezelstm.search import tracking
+from squeezelstm.search.tracking import _tracker as tracking
 from squeezelstm.search.tracking import SearchTracker
 
 
@@ -77,7 +77,7 @@ def test_finish_with_the_store_still_down_fails_loudly(logger, monkeypatch):
 
 def test_resume_ends_child_runs_the_killed_driver_left_running(store):
     """The driver died after the controller completed trial 0 but before MLflow heard of it."""
-    from squeezelstm.search.records import TrialRecord
+    from squeezelstm.search.pareto import TrialRecord
 
     tracker = SearchTracker(store, "stale")
     tracker.start_search(params={"seed": 0}, tags={})

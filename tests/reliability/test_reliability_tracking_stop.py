@@ -3,7 +3,7 @@
 import pytest
 from mlflow.exceptions import MlflowException
 
-from squeezelstm.search import cli, runner
+from squeezelstm.search import backends, cli
 
 
 class _Wrapped(RuntimeError):
@@ -22,7 +22,7 @@ def _raise_other(*args, **kwargs):
 
 
 def test_tracking_outage_mid_search_is_one_line_with_resume_hint(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(runner, "run_search", _raise_tracking)
+    monkeypatch.setattr(backends, "run_search", _raise_tracking)
     code = cli.main(["search", "--space", "default", "--trials", "2", "--experiment", "outage",
                      "--storage", str(tmp_path), "--no-tracking"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -33,7 +33,7 @@ def test_tracking_outage_mid_search_is_one_line_with_resume_hint(monkeypatch, ca
 
 
 def test_other_errors_are_not_disguised_as_tracking_outages(monkeypatch, tmp_path):
-    monkeypatch.setattr(runner, "run_search", _raise_other)
+    monkeypatch.setattr(backends, "run_search", _raise_other)
     with pytest.raises(RuntimeError, match="not about tracking"):
         cli.main(["search", "--space", "default", "--trials", "2", "--experiment", "bug",
                   "--storage", str(tmp_path), "--no-tracking"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from squeezelstm.search.cli import main
-from squeezelstm.search.runner import is_uri, resolve_paths
+from squeezelstm.search.backends import is_uri, resolve_paths
 
 SPACE = """
 name: cli-tiny

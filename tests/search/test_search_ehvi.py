@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 from squeezelstm.search.controller import SearchController
-from squeezelstm.search.distributions import Choice, FloatRange
-from squeezelstm.search.ehvi import Encoder, ExactSizeEHVI, Observation, expected_hvi, staircase
-from squeezelstm.search.gp import fit_gp, fit_gp_ard
+from squeezelstm.search.space import Choice, FloatRange
+from squeezelstm.search.samplers import Encoder, ExactSizeEHVI, Observation, expected_hvi, staircase
+from squeezelstm.search.samplers import fit_gp, fit_gp_ard
 from squeezelstm.search.space import model_cost, parse_space
 
 VOCAB = 200
@@ -75,7 +75,7 @@ def test_gp_interpolates_smooth_data_and_is_unsure_far_from_it():
 def test_gp_triangular_solves_equal_the_dense_posterior(kernel):
     # the GP's mean and variance, computed with triangular solves on the Cholesky factor, against the
     # textbook formulas with a dense inverse of K + noise I (ARD: on the columns divided by their lengths)
-    from squeezelstm.search.gp import _kernel, _sq_dists
+    from squeezelstm.search.samplers._gp import _kernel, _sq_dists
 
     rng = np.random.default_rng(3)
     X = np.column_stack([rng.uniform(0, 1, (40, 3)), rng.choice([0.25, 1.0], 40)])
@@ -214,7 +214,7 @@ def test_startup_is_random_and_a_pruned_trial_is_never_a_final_value():
         front_seen.append(list(front))
         return original(a, mu, sd, front, ref)
 
-    import squeezelstm.search.ehvi as ehvi_module
+    import squeezelstm.search.samplers._ehvi as ehvi_module
 
     ehvi_module.expected_hvi = spy
     try:

@@ -8,8 +8,8 @@ import pytest
 
 from squeezelstm.search.cli import main
 from squeezelstm.search.export import export_trial, knee_point, load_records, pick
-from squeezelstm.search.records import TrialRecord
-from squeezelstm.search.runner import resolve_paths, write_records
+from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.search.backends import resolve_paths, write_records
 
 CONFIG = {
     "data": {"corpus": "synthetic", "vocab_size": 30, "train_tokens": 2000, "valid_tokens": 400, "test_tokens": 400},

@@ -1,4 +1,4 @@
-"""Pareto maths (search/pareto.py, search/records.py) against brute force on random points, 2-D and 3-D."""
+"""Pareto maths (search/pareto/_maths.py, search/pareto/_records.py) against brute force on random points, 2-D and 3-D."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from squeezelstm.search.pareto import dominates, hypervolume, non_dominated_sort, pareto_mask, to_minimization
-from squeezelstm.search.records import TrialRecord, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import TrialRecord, log_hypervolume, pareto_front
 
 
 def brute_dominates(a, b) -> bool:

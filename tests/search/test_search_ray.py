@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from squeezelstm.search.ray_adapter import (
+from squeezelstm.search.backends import (
     ControllerScheduler,
     ControllerSearcher,
     SearchSession,
     register_session,
     release_session,
 )
-from squeezelstm.search.records import TrialRecord
+from squeezelstm.search.pareto import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ families:
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
     ray = pytest.importorskip("ray")
-    from squeezelstm.search.runner import run_search
+    from squeezelstm.search.backends import run_search
 
     root = tmp_path_factory.mktemp("ray_search")
     space = root / "tiny.yaml"
@@ -243,7 +243,7 @@ def test_pruned_trials_reach_the_sampler_as_pruned(search):
 @pytest.mark.slow
 def test_mlflow_store_agrees_with_the_controller(search):
     result, _, root = search
-    tracking_read = pytest.importorskip("squeezelstm.search.tracking_read")
+    tracking_read = pytest.importorskip("squeezelstm.search.tracking")
     _, records = tracking_read.load_search(f"sqlite:///{root}/mlflow.db", "tiny")
     got = {r.number: r.status for r in records}
     assert got == {r.number: r.status for r in result.records}

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squeezelstm.search.distributions import RandomSuggester
-from squeezelstm.search.replay import Curve, CurveTable, log_hv, replay_search
+from squeezelstm.search.space import RandomSuggester
+from squeezelstm.search.backends import Curve, CurveTable, log_hv, replay_search
 from squeezelstm.search.space import load_space, model_cost
 
 VOCAB = 200
@@ -184,7 +184,7 @@ def test_fresh_mapping_never_repeats_a_curve_while_the_family_has_unused_ones(ma
 
 
 def test_incremental_front_has_the_hypervolume_of_all_points():
-    from squeezelstm.search.replay import _add_to_front
+    from squeezelstm.search.backends._replay import _add_to_front
 
     rng = np.random.default_rng(5)
     points = [(float(p), float(v)) for p, v in zip(rng.integers(1000, 100000, 300), rng.uniform(80, 300, 300))]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from squeezelstm.search.cli import main as cli_main
-from squeezelstm.search.records import TrialRecord, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import TrialRecord, log_hypervolume, pareto_front
 from squeezelstm.search.tracking import (
     PARENT_TAG,
     PARETO_TAG,
@@ -30,7 +30,7 @@ from squeezelstm.search.tracking import (
     SearchTracker,
     TrackingUnavailable,
 )
-from squeezelstm.search.tracking_read import load_search
+from squeezelstm.search.tracking import load_search
 
 REF = {"ref_params": 1e7, "ref_ppl": 1000.0}
 

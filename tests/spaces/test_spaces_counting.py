@@ -17,6 +17,7 @@ from squeezelstm.spaces import (
     count_parameters,
     validate_family_args,
 )
+from squeezelstm.spaces.families import ROUTINGS
 
 SETTINGS = settings(max_examples=100, deadline=None)
 
@@ -60,9 +61,23 @@ def restricted_configs(draw):
     return m, n, layers, bias, {"share": value}
 
 
+@st.composite
+def routed_configs(draw):
+    k, s = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    m, layers, bias = draw(st.integers(1, 12)), draw(st.integers(1, 3)), draw(st.booleans())
+    return m, s * k, layers, bias, {"num_cells": k, "routing": draw(st.sampled_from(ROUTINGS))}
+
+
+@st.composite
+def hidden_configs(draw):
+    m, n, layers, bias = draw(sizes())
+    return m, n, layers, bias, {"gate_hidden": draw(st.integers(1, 6))}
+
+
 @pytest.mark.parametrize(
     "cell,strategy",
-    [("factorized", factorized_configs()), ("grouped", grouped_configs()), ("restricted", restricted_configs())],
+    [("factorized", factorized_configs()), ("grouped", grouped_configs()), ("restricted", restricted_configs()),
+     ("routed", routed_configs()), ("hidden", hidden_configs())],
 )
 def test_count_parameters_equals_numel(cell, strategy):
     @SETTINGS

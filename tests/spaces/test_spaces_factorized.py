@@ -6,16 +6,6 @@ import torch
 from squeezelstm.spaces import LSTM, FactorizedLSTM
 
 
-@pytest.mark.parametrize("rank,bias", [(4, True), ([2, 9], True), (1, False), ([13, 16], True)])
-def test_fast_path_matches_reference(rank, bias, assert_matches_reference):
-    torch.manual_seed(0)
-    model = FactorizedLSTM(5, 8, 2, bias=bias, rank=rank)
-    x = torch.randn(6, 3, 5)
-    hx = (torch.randn(2, 3, 8), torch.randn(2, 3, 8))
-    out, (h, c) = model(x, hx)
-    assert_matches_reference(model, x, hx, out, h, c)
-
-
 def copy_lstm_into_factorized(lstm, flstm):
     """Set W2 W1 = [W_ih W_hh] exactly: identity W1 if m + n <= 4n, else an SVD split."""
     with torch.no_grad():

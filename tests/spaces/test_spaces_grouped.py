@@ -6,18 +6,6 @@ import torch
 from squeezelstm.spaces import LSTM, GroupedLSTM
 
 
-@pytest.mark.parametrize("groups,bias,batch_first", [(2, True, False), ([4, 2], True, True), (4, False, False), (1, True, False)])
-def test_fast_path_matches_reference(groups, bias, batch_first, assert_matches_reference):
-    torch.manual_seed(0)
-    model = GroupedLSTM(12, 8, 2, bias=bias, batch_first=batch_first, groups=groups)
-    x = torch.randn(6, 3, 12)
-    hx = (torch.randn(2, 3, 8), torch.randn(2, 3, 8))
-    out, (h, c) = model(x.transpose(0, 1) if batch_first else x, hx)
-    if batch_first:
-        out = out.transpose(0, 1)
-    assert_matches_reference(model, x, hx, out, h, c)
-
-
 def test_each_group_is_an_independent_lstm():
     """Group j's units equal a small LSTM run on x's and h's j-th slices with that group's weights."""
     torch.manual_seed(1)

@@ -7,16 +7,6 @@ from squeezelstm.spaces import LSTM, RestrictedLSTM
 from squeezelstm.spaces.restricted import pool_row_indices, shared_rows
 
 
-@pytest.mark.parametrize("m,n,share,bias", [(5, 8, 0.5, True), (12, 8, [0.25, 0.9], True), (8, 8, 1.0, False), (3, 6, 0.0, True)])
-def test_fast_path_matches_reference(m, n, share, bias, assert_matches_reference):
-    torch.manual_seed(0)
-    model = RestrictedLSTM(m, n, 2, bias=bias, share=share)
-    x = torch.randn(6, 3, m)
-    hx = (torch.randn(2, 3, n), torch.randn(2, 3, n))
-    out, (h, c) = model(x, hx)
-    assert_matches_reference(model, x, hx, out, h, c)
-
-
 def test_pool_structure_follows_the_authors():
     n, share = 10, 0.3
     s = shared_rows(share, n)

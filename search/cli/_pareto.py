@@ -1,0 +1,61 @@
+"""``squeezelstm pareto``: a search's Pareto front rebuilt from the tracking store alone (table, JSON, report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``pareto`` sub-command."""
+    parser = subparsers.add_parser(
+        "pareto", help="print a search's Pareto front from the tracking store and write its HTML report",
+        description="Rebuild a search's Pareto front from the MLflow tracking store alone (any machine that can "
+                    "reach it), print it as a table or JSON, and optionally write the HTML report.")
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name of the search")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: sqlite:///./mlflow.db; http://host:5000 for a server)")
+    parser.add_argument("--json", action="store_true", help="print the front as JSON instead of a table")
+    parser.add_argument("--out", type=Path, default=None, metavar="report.html", help="write the HTML report here")
+    parser.set_defaults(func=run_pareto)
+
+
+def run_pareto(args: argparse.Namespace) -> int:
+    """Load the search, print its front, write the report if asked; returns the exit status."""
+    from ..pareto import log_hypervolume, pareto_front
+    from ..tracking import load_search
+
+    from squeezelstm.dashboards.report import write_report
+    from squeezelstm.dashboards.tables import format_table, front_rows, json_safe
+
+    info, records = load_search(args.tracking_uri, args.experiment)
+    front = pareto_front(records)
+    rows = front_rows(front)
+    ref_params, ref_ppl = info.get("ref_params"), info.get("ref_ppl")
+    reference = (ref_params, ref_ppl) if ref_params and ref_ppl else None
+    hv = log_hypervolume(records, *reference) if reference else None
+    report = None
+    if args.out is not None:
+        report = write_report(records, args.out, title=f"Pareto front of search {args.experiment}",
+                              optimal_ppl=info.get("optimal_ppl"),
+                              hypervolume_history=info.get("hypervolume_history") or None, reference=reference)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    if args.json:
+        print(json.dumps(json_safe({
+            "experiment": args.experiment, "parent_run_id": info["run_id"], "tracking_uri": info["tracking_uri"],
+            "trials": len(records), "statuses": counts, "hypervolume": hv,
+            "reference": list(reference) if reference else None, "optimal_ppl": info.get("optimal_ppl"),
+            "front": rows, "report": str(report) if report else None,
+        }), indent=2))
+    else:
+        print(f"search {args.experiment}: {len(records)} trials "
+              f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none'}), "
+              f"{len(rows)} on the front" + (f", hypervolume {hv:.4f}" if hv is not None else ""))
+        print(format_table(rows) if rows else "(no finished trial yet)")
+        if report:
+            print(f"report: {report}", file=sys.stderr)
+    return 0

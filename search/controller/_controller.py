@@ -1,0 +1,473 @@
+"""The driver-side brain of a search: what to try next, whether a running trial goes on, what is final.
+
+``SearchController`` is the only place that talks to the main (multi-objective) Optuna study:
+``suggest`` samples a valid, in-budget config, ``report`` feeds each epoch to the pruning bridge
+and says whether to stop, ``complete`` tells the study the real outcome. It knows nothing of Ray
+or MLflow (it speaks trial numbers, which are the Optuna trial numbers), so the same sampler and
+pruner code runs in a real Ray search and in a replay of recorded learning curves.
+
+Bookkeeping rules (the traps measured with OptunaSearch + ASHA):
+
+* a pruned trial is told to the study as PRUNED, never as COMPLETE with its half-trained perplexity;
+  failed and diverged trials are told as FAIL; only finished trials carry values;
+* a configuration over the budget is never launched: it is told as COMPLETE with its exact
+  parameter count, a placeholder perplexity (the vocabulary size, what a model that learned
+  nothing scores) and a positive Optuna constraint value, so constrained samplers learn the
+  boundary and Optuna's ``best_trials`` leave it out; it never becomes a ``TrialRecord``, and
+  our front is built from our own finished records only;
+* with ``state_dir`` the study lives in an Optuna journal file and the records in ``records.json``
+  beside it, so a new controller over the same folder resumes: finished trials are kept, the
+  sampler keeps its history, numbers continue, unfinished trials keep their numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, one_thread, random_draw, space_dists
+from ..pruners import PruningBridge
+from ..pareto import TrialRecord, pareto_front
+from ..space import SearchSpace, load_space, model_cost
+
+SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
+FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
+_STATE_VERSION = 1
+EHVI_OPTIONS = ("n_startup", "pool_size", "ref_margin", "refit_growth", "kernel", "n_local", "max_rows")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a runner needs to launch one trial: the full trainer config and its exact size."""
+
+    number: int
+    family: str
+    config: dict
+    sampled: dict
+    params: int
+    flops: int
+
+
+def make_sampler(name: str, seed: int, **kwargs: Any) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler called ``name`` (one of ``SAMPLERS``).
+
+    Budget constraints reach every sampler through ``Trial.set_constraint`` (optuna 5 reads them
+    from the trials; the older ``constraints_func`` argument is deprecated there).
+    ``tpe`` is multivariate and grouped (the space is conditional) with the constant liar, so
+    parallel workers do not all sample the same point; ``nsga2`` uses a population of 16 unless
+    ``population_size`` is given; ``gp`` is Optuna's GP sampler (log-EHVI for two objectives).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got seed={seed!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            if name == "tpe":
+                options = {"multivariate": True, "group": True, "constant_liar": True}
+                options.update(kwargs)
+                return optuna.samplers.TPESampler(seed=seed, **options)
+            if name == "nsga2":
+                options = {"population_size": 16}
+                options.update(kwargs)
+                return optuna.samplers.NSGAIISampler(seed=seed, **options)
+            if name == "gp":
+                # the space is conditional: family arguments outside the shared space are sampled at random
+                options = {"warn_independent_sampling": False}
+                options.update(kwargs)
+                return optuna.samplers.GPSampler(seed=seed, **options)
+            if name == "random":
+                return optuna.samplers.RandomSampler(seed=seed, **kwargs)
+            if name == "ehvi":
+                unknown = sorted(set(kwargs) - set(EHVI_OPTIONS))
+                if unknown:
+                    raise TypeError(f"unexpected options {unknown}; ehvi takes {', '.join(EHVI_OPTIONS)}")
+                return optuna.samplers.RandomSampler(seed=seed)
+        except TypeError as exc:
+            raise ValueError(f"bad argument for sampler {name!r}: {exc}") from None
+    raise ValueError(f"unknown sampler={name!r}; valid samplers: {', '.join(SAMPLERS)}")
+
+
+class SearchController:
+    """Samples in-budget configs, decides pruning, and keeps the study and the records honest.
+
+    ``space`` is a ``SearchSpace`` or a shipped name / file path. ``epochs`` overrides the space's
+    ``train.epochs``. ``vocab_size`` is read from the space's corpus (``load_corpus``) unless given;
+    ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters. Extra keyword
+    arguments go to the pruner (see ``squeezelstm.search.pruners.make_pruner``); ``sampler_kwargs``
+    to the sampler. ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace | str | Path,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        pruner: str = "pareto",
+        seed: int = 0,
+        epochs: int | None = None,
+        state_dir: str | Path | None = None,
+        study_name: str = "search",
+        vocab_size: int | None = None,
+        measure: Callable[[dict], tuple[int, int]] | None = None,
+        sampler_kwargs: dict | None = None,
+        max_retries: int = 200,
+        **pruner_kwargs: Any,
+    ) -> None:
+        self.space = space if isinstance(space, SearchSpace) else load_space(space)
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+            raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
+        if not isinstance(max_retries, int) or max_retries < 1:
+            raise ValueError(f"max_retries must be a positive integer, got max_retries={max_retries!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler={sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        if not isinstance(study_name, str) or not study_name:
+            raise ValueError(f"study_name must be a non-empty string, got study_name={study_name!r}")
+        self.epochs = epochs
+        self.seed = seed
+        self.sampler_name = sampler
+        self.pruner_name = pruner
+        self.study_name = study_name
+        self.max_retries = max_retries
+        if vocab_size is None and measure is None:
+            vocab_size = corpus_vocab_size(self.space)
+        self.vocab_size = vocab_size
+        self._measure = measure or (lambda config: model_cost(config, int(vocab_size)))
+        # what an over-budget configuration is told: a model that learned nothing scores the vocabulary size
+        self._placeholder_ppl = float(vocab_size) if vocab_size else 1e6
+        self.smallest = self.space.check_budget(self._measure)
+        # bad pruner or sampler arguments fail here, before anything is written to state_dir
+        self.bridge = PruningBridge(pruner, study_name=f"{study_name}-pruning", **pruner_kwargs)
+        make_sampler(sampler, seed, **(sampler_kwargs or {}))
+
+        self._lock = threading.RLock()
+        self._corpus: Any = None
+        self._records: dict[int, TrialRecord] = {}
+        self._prune_decided: set[int] = set()
+        self.rejected = 0
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per tell would drown the progress output
+        storage: Any = optuna.storages.InMemoryStorage()
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._check_meta()
+            self._load_records()
+            backend = optuna.storages.journal.JournalFileBackend(str(self.state_dir / "optuna.journal"))
+            storage = optuna.storages.JournalStorage(backend)
+        n_before = _count_trials(storage, study_name)
+        # a resumed search must not replay the first run's random draws: mix the trial count into the seed
+        sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
+        self.sampler = make_sampler(sampler, sampler_seed, **(sampler_kwargs or {}))
+        self._ehvi: ExactSizeEHVI | None = None
+        if sampler == "ehvi":
+            dists, families = space_dists(self.space)
+            self._ehvi = ExactSizeEHVI(
+                random_draw(self.space, self._measure, epochs), dists, families,
+                epochs=int(epochs or self.space.fixed.get("train", {}).get("epochs", 1)), smallest=self.smallest[0],
+                ref_params=self.space.max_params, seed=sampler_seed,
+                neighbour=local_draw(self.space, self._measure, epochs), **(sampler_kwargs or {}),
+            )
+        self.study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            directions=["minimize", "minimize"],
+            sampler=self.sampler,
+            load_if_exists=True,
+        )
+        self._reconcile()
+
+    # -- the three calls a runner makes ---------------------------------------------------------
+
+    def suggest(self) -> TrialSpec:
+        """Sample a valid configuration within budget, register it as running and return its spec.
+
+        Over-budget samples are told to the study as infeasible and sampled again, at most
+        ``max_retries`` times (then ValueError: the budget is too tight for this sampler).
+        """
+        with self._lock:
+            for _ in range(self.max_retries):
+                if self._ehvi is not None:
+                    with one_thread():
+                        values, _, _ = self._ehvi.propose(self._observations())
+                    self.study.enqueue_trial(values)
+                trial = self.study.ask()
+                try:
+                    point = self.space.sample(trial, self.epochs)
+                    params, flops = self._measure(point.config)
+                except BaseException:
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    raise
+                violation = self.space.over_budget(params, flops)
+                trial.set_user_attr("params", int(params))
+                trial.set_user_attr("flops", int(flops))
+                for key, value in violation.items():
+                    trial.set_constraint(key, value)  # <= 0 feasible; read by TPE, NSGA-II and GP alike
+                if self.space.exceeds_budget(params, flops):
+                    self.study.tell(trial, values=(float(params), self._placeholder_ppl))
+                    self.rejected += 1
+                    self._save()
+                    continue
+                record = TrialRecord(
+                    number=trial.number, family=point.family, params=int(params), flops=int(flops),
+                    status="running", config=point.config, sampled=point.sampled, started_at=time.time(),
+                )
+                self._records[trial.number] = record
+                self.bridge.start(trial.number, record.params)
+                self._save()
+                return self._spec(record)
+            raise ValueError(
+                f"no configuration within budget (max_params={self.space.max_params}, max_flops={self.space.max_flops}) "
+                f"after {self.max_retries} samples of space {self.space.name!r}; raise the budget or narrow the space"
+            )
+
+    def report(self, number: int, epoch: int, metrics: dict) -> bool:
+        """Record epoch ``epoch`` of trial ``number``; True means the trial should be pruned now."""
+        with self._lock:
+            record = self._get(number)
+            if record.status != "running":
+                return record.status == "pruned"
+            entry = {k: _plain(v) for k, v in dict(metrics).items()}
+            entry["epoch"] = int(epoch)
+            record.history = [h for h in record.history if h.get("epoch") != int(epoch)] + [entry]
+            record.history.sort(key=lambda h: h["epoch"])
+            value = metrics.get("valid_ppl")
+            decision = number in self._prune_decided
+            last = record.config.get("train", {}).get("epochs")
+            if value is not None:
+                record.valid_ppl = float(value)
+                # At its last epoch a trial is fully trained: pruning it then saves no compute and would
+                # throw a final value away (told as PRUNED, it never reaches the sampler or the front).
+                if last is None or int(epoch) < int(last):
+                    decision = self.bridge.report(number, int(epoch), float(value)) or decision
+            if decision:
+                self._prune_decided.add(number)
+            self._save()
+            return decision
+
+    def complete(self, number: int, status: str, result: dict | None = None) -> TrialRecord:
+        """Close trial ``number`` with its real outcome, tell the study, and return its record.
+
+        ``status`` is finished/pruned/failed/diverged. A trial this controller decided to prune is
+        pruned even if the caller says finished (a runner may let it run its last epoch); one that
+        failed or diverged stays so (told as FAIL either way). A "finished" trial without a finite
+        ``valid_ppl`` is failed: there is no value to tell. Calling again for a closed trial changes nothing.
+        """
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}, got status={status!r}")
+        with self._lock:
+            record = self._get(number)
+            if record.status != "running":
+                return copy.deepcopy(record)
+            result = dict(result or {})
+            if number in self._prune_decided and status == "finished":
+                status = "pruned"  # its perplexity is a half-trained one: never told as final
+            history = result.get("history")
+            if isinstance(history, list) and len(history) > len(record.history):
+                record.history = [{k: _plain(v) for k, v in dict(h).items()} for h in history]
+            valid = result.get("valid_ppl", record.valid_ppl)
+            valid = None if valid is None else float(valid)
+            if status == "finished" and (valid is None or not math.isfinite(valid)):
+                status = "failed"
+            record.status = status
+            record.valid_ppl = valid
+            test = result.get("test_ppl")
+            record.test_ppl = float(test) if status == "finished" and test is not None else None
+            record.ended_at = time.time()
+            self._tell(number, status, record)
+            self.bridge.finish(number, status, valid)
+            self._save()
+            return copy.deepcopy(record)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def records(self) -> list[TrialRecord]:
+        """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
+        with self._lock:
+            return [copy.deepcopy(self._records[n]) for n in sorted(self._records)]
+
+    def front(self) -> list[TrialRecord]:
+        """The Pareto front of the finished trials (params, valid_ppl), by parameter count."""
+        return pareto_front(self.records())
+
+    @property
+    def corpus(self) -> Any:
+        """The space's corpus (loaded once through the trainer's per-process cache): vocabulary, unigram and optimal perplexity."""
+        if self._corpus is None:
+            from squeezelstm.trainers import Config, load_corpus
+
+            self._corpus = load_corpus(Config.from_dict({"data": copy.deepcopy(self.space.fixed.get("data", {}))}).data)
+        return self._corpus
+
+    def spec(self, number: int) -> TrialSpec:
+        """The spec of an already suggested trial (for a runner resuming it)."""
+        with self._lock:
+            return self._spec(self._get(number))
+
+    def unfinished(self) -> list[TrialSpec]:
+        """Specs of the trials that were launched but never completed (to continue on resume)."""
+        with self._lock:
+            return [self._spec(r) for n, r in sorted(self._records.items()) if r.status == "running"]
+
+    def counts(self) -> dict[str, int]:
+        """Number of trials per status, plus ``rejected`` over-budget samples."""
+        with self._lock:
+            out = {s: 0 for s in ("running",) + FINAL_STATUSES}
+            for r in self._records.values():
+                out[r.status] += 1
+            out["rejected"] = self.rejected
+            return out
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _observations(self) -> list[Observation]:
+        """Every launched trial as the EHVI proposer sees it: sampled values, size, status, curve."""
+        trials = self.study.get_trials(deepcopy=False)
+        out = []
+        for number in sorted(self._records):
+            r = self._records[number]
+            curve = [(int(h["epoch"]), float(h["valid_ppl"])) for h in r.history if h.get("valid_ppl") is not None]
+            out.append(Observation(values=trials[number].params, family=r.family, params=r.params, status=r.status,
+                                   curve=curve, number=number))
+        return out
+
+    def _get(self, number: int) -> TrialRecord:
+        record = self._records.get(number)
+        if record is None:
+            raise ValueError(f"unknown trial number={number!r}: this controller never suggested it")
+        return record
+
+    def _spec(self, record: TrialRecord) -> TrialSpec:
+        return TrialSpec(
+            number=record.number, family=record.family, config=copy.deepcopy(record.config),
+            sampled=dict(record.sampled), params=record.params, flops=record.flops,
+        )
+
+    def _tell(self, number: int, status: str, record: TrialRecord) -> None:
+        # idempotent: after a crash between tell and save the study may already know the outcome
+        if self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
+            return
+        if status == "finished":
+            self.study.tell(number, values=(float(record.params), float(record.valid_ppl)))
+        elif status == "pruned":
+            self.study.tell(number, state=TrialState.PRUNED)
+        else:
+            self.study.tell(number, state=TrialState.FAIL)
+
+    def _reconcile(self) -> None:
+        """After loading: close study trials the records do not know (a crash mid-suggest), tell closed records, rebuild the bridge."""
+        for trial in self.study.get_trials(deepcopy=False):
+            record = self._records.get(trial.number)
+            if trial.state == TrialState.RUNNING:
+                if record is None:
+                    self.study.tell(trial.number, state=TrialState.FAIL)
+                elif record.status != "running":
+                    self._tell(trial.number, record.status, record)
+        for number in sorted(self._records):
+            record = self._records[number]
+            self.bridge.start(number, record.params)
+            for entry in record.history:
+                if entry.get("valid_ppl") is not None:
+                    self.bridge.report(number, int(entry["epoch"]), float(entry["valid_ppl"]))
+            if record.status != "running":
+                self.bridge.finish(number, record.status, record.valid_ppl)
+
+    def _meta(self) -> dict:
+        return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name, "epochs": self.epochs}
+
+    def _check_meta(self) -> None:
+        path = self.state_dir / "controller.json"
+        meta = _jsonable(self._meta())
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                raise ValueError(f"controller state {path} is not valid JSON") from None
+            for key in ("space", "study_name", "epochs"):
+                if old.get(key) != meta[key]:
+                    raise ValueError(
+                        f"state_dir {self.state_dir} holds a search with a different {key}; "
+                        "use a new experiment name or the same settings to resume"
+                    )
+        else:
+            _atomic_write(path, json.dumps(meta, indent=1))
+
+    def _load_records(self) -> None:
+        path = self.state_dir / "records.json"
+        if not path.exists():
+            return
+        try:
+            state = json.loads(path.read_text())
+            self._records = {int(r["number"]): TrialRecord.from_dict(r) for r in state["records"]}
+            self._prune_decided = set(int(n) for n in state.get("prune_decided", []))
+            self.rejected = int(state.get("rejected", 0))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"controller records {path} are unreadable: {exc}") from None
+
+    def _save(self) -> None:
+        if self.state_dir is None:
+            return
+        state = {
+            "version": _STATE_VERSION,
+            "records": [self._records[n].to_dict() for n in sorted(self._records)],
+            "prune_decided": sorted(self._prune_decided),
+            "rejected": self.rejected,
+        }
+        _atomic_write(self.state_dir / "records.json", json.dumps(_jsonable(state)))
+
+
+def corpus_vocab_size(space: SearchSpace) -> int:
+    """Vocabulary size of the space's corpus, loaded once through the trainer (it caches per process)."""
+    from squeezelstm.trainers import Config, load_corpus
+
+    data = Config.from_dict({"data": copy.deepcopy(space.fixed.get("data", {}))}).data
+    if data.corpus == "synthetic":
+        return int(data.vocab_size)  # known without generating the corpus
+    if not data.path:
+        raise ValueError(
+            f"data.path is required for data.corpus={data.corpus!r} in space {space.name!r}: "
+            "set it in the space file or with --set data.path=DIR"
+        )
+    return int(load_corpus(data).vocab_size)
+
+
+def _count_trials(storage: Any, study_name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalar (numpy and torch scalars become Python numbers)."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: _plain(o) if hasattr(o, "item") else str(o)))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["SAMPLERS", "SearchController", "TrialSpec", "corpus_vocab_size", "make_sampler"]

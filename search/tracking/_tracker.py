@@ -1,0 +1,461 @@
+"""MLflow adapter: one parent run per search, one nested child run per trial, the Pareto front on the parent.
+
+With ``tracking_store.py`` (URIs, the client) and ``tracking_read.py`` (``load_search``), the only modules
+of the search that import MLflow. Every call goes through an explicit
+``MlflowClient(tracking_uri)`` (never the global fluent state), so a ``TrialLogger`` pickled to a
+Ray worker on another node logs straight to the tracking server, and artifacts travel through the
+server's artifact proxy (``mlflow server --serve-artifacts``) rather than a shared disk.
+
+Run identity lives in tags, so a resumed search (or ``squeezelstm pareto`` on another machine)
+finds everything again from the store alone:
+
+- parent: ``squeezelstm.role=search``, ``squeezelstm.search=<experiment>``
+- child: ``mlflow.parentRunId=<parent>``, ``squeezelstm.trial=<number>``, ``squeezelstm.status``,
+  ``squeezelstm.family``, ``squeezelstm.config`` (JSON), ``squeezelstm.sampled`` (JSON) and
+  ``pareto=true`` while the trial is on the front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
+from ._store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
+    TrackingUnavailable, check_tracking_uri, default_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri,
+    sqlite_path)
+
+ROLE_TAG = "squeezelstm.role"
+SEARCH_TAG = "squeezelstm.search"
+TRIAL_TAG = "squeezelstm.trial"
+STATUS_TAG = "squeezelstm.status"
+FAMILY_TAG = "squeezelstm.family"
+CONFIG_TAG = "squeezelstm.config"
+SAMPLED_TAG = "squeezelstm.sampled"
+PARETO_TAG = "pareto"
+PARENT_TAG = "mlflow.parentRunId"
+# current hypervolume reference and optimum: tags (mutable) mirror the first-logged params
+REF_TAGS = {"ref_params": "squeezelstm.ref_params", "ref_ppl": "squeezelstm.ref_ppl",
+            "optimal_ppl": "squeezelstm.optimal_ppl"}
+# metrics that are not per-epoch learning-curve values
+STEP0_METRICS = ("params", "flops")
+FINAL_PREFIX = "final_"
+REPORT_FILE = "pareto_report.html"
+
+_MAX_PARAM_VALUE = 6000      # MLflow's limit on a param value
+_MAX_TAG_VALUE = 8000        # ... and on a tag value
+_BATCH = 100                 # params / tags per log_batch call
+_MLFLOW_RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"cell": "lstm"}}`` -> ``{"model.cell": "lstm"}`` (lists and other leaves kept as they are)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:_MAX_PARAM_VALUE]
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar numeric entries of ``metrics`` (NaN/inf kept: a diverged trial should show them)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[str(key)] = float(value)
+    return out
+
+
+def _log(client, run_id: str, *, params: dict | None = None, metrics: dict | None = None,
+         step: int = 0, tags: dict | None = None) -> None:
+    """Batch-log params, metrics (one step) and tags in as few requests as MLflow's limits allow."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    p = [Param(k[:250], _param_value(v)) for k, v in (params or {}).items()]
+    t = [RunTag(k, str(v)[:_MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
+    m = [Metric(k, v, now, int(step)) for k, v in (metrics or {}).items()]
+    while p or t or m:
+        client.log_batch(run_id, metrics=m[:900], params=p[:_BATCH], tags=t[:_BATCH])
+        p, t, m = p[_BATCH:], t[_BATCH:], m[900:]
+
+
+def search_all_runs(client, experiment_id: str, filter_string: str) -> list:
+    """Every run matching ``filter_string`` (search_runs pages at 1000)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(client, experiment_id: str, parent_run_id: str) -> dict[int, Any]:
+    """Trial number -> child run (the most recently started one if a trial was ever logged twice)."""
+    runs = search_all_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    by_number: dict[int, Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        number = run.data.tags.get(TRIAL_TAG)
+        if number is not None and number.lstrip("-").isdigit():
+            by_number[int(number)] = run
+    return by_number
+
+
+def _find_child(client, experiment_id: str, parent_run_id: str, number: int):
+    runs = search_all_runs(client, experiment_id,
+                       f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{int(number)}'")
+    return max(runs, key=lambda r: r.info.start_time or 0) if runs else None
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database, not in whatever the working folder is."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None  # a server decides (mlflow-artifacts:/ when it proxies artifacts)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
+    return (db.resolve().parent / "mlartifacts" / safe).as_uri()
+
+
+class TrialLogger:
+    """Logs one trial to its nested child run; small and picklable, so a Ray worker logs from its own node."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, number: int) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.number = int(number)
+        self.run_id: str | None = None
+        self._client = None
+        self._pending: list[tuple[int, dict[str, float]]] = []  # epochs the store has not taken yet
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None  # clients hold sessions/engines; each process makes its own
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = mlflow_client(self.tracking_uri)
+        return self._client
+
+    def _ensure_run(self, family: str | None = None) -> str:
+        """The child run of this trial: found under the parent (resume, retries) or created once."""
+        if self.run_id is not None:
+            return self.run_id
+        run = _find_child(self.client, self.experiment_id, self.parent_run_id, self.number)
+        if run is None:
+            tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: str(self.number), STATUS_TAG: "running"}
+            if family:
+                tags[FAMILY_TAG] = family
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{self.number:04d}")
+        else:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            # A resumed or retried trial replays its checkpoint's epochs: points already logged
+            # (by the attempt before the driver or node died) are not logged a second time.
+            self._logged = {(key, m.step) for key in run.data.metrics
+                            if key not in STEP0_METRICS and not key.startswith(FINAL_PREFIX)
+                            for m in self.client.get_metric_history(run.info.run_id, key)}
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def start(self, spec_config: dict, params: int, flops: int, sampled: dict) -> None:
+        """Find-or-create the child run and log the config (params, tag, artifact), ``params``/``flops`` at step 0."""
+        family = str(spec_config.get("model", {}).get("cell", "")) or None
+        run_id = self._ensure_run(family)
+        run = self.client.get_run(run_id)
+        existing = run.data.params
+        flat = {k: v for k, v in flatten(spec_config).items() if k not in existing}
+        config_json = json.dumps(spec_config, sort_keys=True, default=str)
+        tags = {STATUS_TAG: "running", SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str)}
+        if family:
+            tags[FAMILY_TAG] = family
+        if len(config_json) <= _MAX_TAG_VALUE:
+            tags[CONFIG_TAG] = config_json
+        # a re-run trial (resume, Ray retry) keeps its single step-0 point
+        step0 = {} if "params" in run.data.metrics else {"params": params, "flops": flops}
+        _log(self.client, run_id, params=flat, metrics=step0, step=0, tags=tags)
+        self.client.log_dict(run_id, spec_config, "config.json")
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        """One learning-curve point per metric (``train_ppl``, ``valid_ppl``, ``tokens_per_s``, ``lr``...)."""
+        values = {k: v for k, v in _scalar_metrics(metrics).items() if k != "epoch"}
+        if values:
+            self.__dict__.setdefault("_pending", []).append((int(epoch), values))
+        # The server down past MLflow's own retries must not stop training or lose the point:
+        # it stays pending and goes out with the next epoch, or at ``finish`` (which fails loudly).
+        self._flush(strict=False)
+
+    def _flush(self, *, strict: bool) -> None:
+        pending = self.__dict__.setdefault("_pending", [])
+        while pending:
+            epoch, values = pending[0]
+            try:
+                run_id = self._ensure_run()
+                logged = self.__dict__.get("_logged") or set()
+                values = {k: v for k, v in values.items() if (k, epoch) not in logged}
+                if values:
+                    _log(self.client, run_id, metrics=values, step=epoch)
+            except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
+                if strict:
+                    raise
+                print(f"squeezelstm: trial {self.number}: MLflow did not take epoch {epoch} "
+                      f"({type(exc).__name__}); kept, sent again later", file=sys.stderr, flush=True)
+                return
+            pending.pop(0)
+
+    def finish(self, status: str, result: dict) -> None:
+        """Final metrics (``final_valid_ppl``...), the status tag, and the run ended."""
+        if status not in STATUSES or status == "running":
+            raise ValueError(f"status must be one of finished/pruned/failed/diverged, got status={status!r}")
+        self._flush(strict=True)
+        run_id = self._ensure_run()
+        finals = {f"{FINAL_PREFIX}{k}": v for k, v in _scalar_metrics(result or {}).items()
+                  if k not in ("epoch", "number")}
+        steps = [int(e.get("epoch", 0)) for e in (result or {}).get("history", []) if isinstance(e, dict)]
+        _log(self.client, run_id, metrics=finals, step=max(steps, default=0), tags={STATUS_TAG: status})
+        self.client.set_terminated(run_id, status=_MLFLOW_RUN_STATUS[status])
+
+
+class SearchTracker:
+    """Driver-side MLflow adapter of one search: the parent run, its children, and the Pareto front on it."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise ValueError(f"experiment must be a non-empty name, got experiment={experiment!r}")
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.experiment = experiment
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client = None
+        self._pareto: set[int] | None = None   # trial numbers tagged pareto=true, as last written
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = mlflow_client(self.tracking_uri)
+        return self._client
+
+    def check(self) -> None:
+        """One-line ``TrackingUnavailable`` (a ConnectionError and ValueError) if the store cannot be used."""
+        check_tracking_uri(self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            with quick_http():
+                try:
+                    self.client.get_experiment_by_name(self.experiment)
+                except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise TrackingUnavailable(f"tracking server {self.tracking_uri} is unusable: {first}") from None
+
+    def _experiment_id(self) -> str:
+        if self.experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=_artifact_location(self.tracking_uri, self.experiment))
+            else:
+                if found.lifecycle_stage != "active":
+                    raise ValueError(f"experiment {self.experiment!r} is deleted in {self.tracking_uri}; restore or rename it")
+                self.experiment_id = found.experiment_id
+        return self.experiment_id
+
+    def start_search(self, *, params: dict, tags: dict, resume: bool = False) -> str:
+        """Open the parent run and return its id; ``resume`` reopens the experiment's latest parent run."""
+        experiment_id = self._experiment_id()
+        run = None
+        if resume:
+            parents = search_all_runs(self.client, experiment_id,
+                                  f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{quote_filter_value(self.experiment)}'")
+            run = max(parents, key=lambda r: r.info.start_time or 0) if parents else None
+        all_tags = {**code_version(), **{str(k): v for k, v in (tags or {}).items()},
+                    ROLE_TAG: "search", SEARCH_TAG: self.experiment}
+        if run is None:
+            run = self.client.create_run(experiment_id, tags={k: str(v) for k, v in all_tags.items()},
+                                         run_name=f"search-{self.experiment}")
+            existing: dict[str, str] = {}
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            existing = run.data.params
+        self.parent_run_id = run.info.run_id
+        # params are immutable in MLflow: on resume only new keys are added, changes go in as tags
+        new = {str(k): v for k, v in flatten(params or {}).items() if str(k) not in existing}
+        changed = {f"resume.{k}": _param_value(v) for k, v in flatten(params or {}).items()
+                   if str(k) in existing and existing[str(k)] != _param_value(v)}
+        _log(self.client, self.parent_run_id, params=new, tags={**all_tags, **changed})
+        self._pareto = None
+        return self.parent_run_id
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("start_search() must be called before logging trials")
+        return self.parent_run_id
+
+    def trial_logger(self, number: int) -> TrialLogger:
+        """A picklable logger for trial ``number``'s child run (created on its ``start``)."""
+        return TrialLogger(self.tracking_uri, self._experiment_id(), self._require_parent(), number)
+
+    def end_trial(self, record: TrialRecord) -> None:
+        """Driver side, authoritative: the child carries the record's final status and metrics, and is ended.
+
+        A trial that never reached a worker (failed at start) still gets its child run here.
+        """
+        parent = self._require_parent()
+        logger = TrialLogger(self.tracking_uri, self._experiment_id(), parent, record.number)
+        logger._client = self.client
+        run_id = logger._ensure_run(record.family)
+        run = self.client.get_run(run_id)
+        if record.config and CONFIG_TAG not in run.data.tags:
+            logger.start(record.config, record.params, record.flops, record.sampled)
+        elif "params" not in run.data.metrics:
+            _log(self.client, run_id, metrics={"params": record.params, "flops": record.flops}, step=0)
+        if record.status == "running":
+            return
+        result = {"valid_ppl": record.valid_ppl, "test_ppl": record.test_ppl,
+                  "history": record.history}
+        logger.finish(record.status, {k: v for k, v in result.items() if v is not None})
+
+    def end_stale_trials(self, records: list[TrialRecord]) -> list[int]:
+        """On resume: end the child runs the controller has completed but MLflow still shows running.
+
+        A driver killed between completing a trial and ending its run leaves that run RUNNING, and
+        the trial is never run again to end it. Returns the trial numbers brought up to date.
+        """
+        children = child_runs(self.client, self._experiment_id(), self._require_parent())
+        stale = [r for r in records if r.status != "running" and (
+            r.number not in children or children[r.number].info.status == "RUNNING"
+            or children[r.number].data.tags.get(STATUS_TAG) == "running")]
+        for record in stale:
+            self.end_trial(record)
+        return [r.number for r in stale]
+
+    def update_front(self, records: list[TrialRecord], *, ref_params: float, ref_ppl: float,
+                     optimal_ppl: float | None = None, report: bool = True) -> None:
+        """Bring the parent's front up to date: pareto tags, hypervolume steps, CSV/JSON and the HTML report.
+
+        Call it after every finished trial with all records so far; ``report=False`` skips the
+        HTML report (about a second of plotly work) when trials finish faster than that matters.
+        """
+        if ref_params <= 0 or ref_ppl <= 0:
+            raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
+        parent = self._require_parent()
+        client, experiment_id = self.client, self._experiment_id()
+        records = list(records)
+        front = pareto_front(records)
+        self._retag_front(client, experiment_id, parent, {r.number for r in front})
+        self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
+        self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
+        from squeezelstm.dashboards.report import write_report
+        from squeezelstm.dashboards.tables import front_rows, json_safe, rows_to_csv
+
+        rows = front_rows(front)
+        with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:
+            tmp_path = Path(tmp)
+            (tmp_path / "pareto_front.csv").write_text(rows_to_csv(rows))
+            (tmp_path / "pareto_front.json").write_text(json.dumps(json_safe(rows), indent=2, default=str))
+            names = ["pareto_front.csv", "pareto_front.json"]
+            if report:
+                write_report(records, tmp_path / REPORT_FILE, title=f"Pareto front of search {self.experiment}",
+                             optimal_ppl=optimal_ppl, hypervolume_history=hypervolume_history(client, parent))
+                names.append(REPORT_FILE)
+            for name in names:
+                client.log_artifact(parent, str(tmp_path / name))
+
+    def _retag_front(self, client, experiment_id: str, parent: str, members: set[int]) -> None:
+        children = child_runs(client, experiment_id, parent)
+        if self._pareto is None:  # first call (or resumed): read what the store says
+            self._pareto = {n for n, run in children.items() if run.data.tags.get(PARETO_TAG) == "true"}
+        for number in sorted(self._pareto - members):
+            if number in children:
+                client.delete_tag(children[number].info.run_id, PARETO_TAG)
+        for number in sorted(members - self._pareto):
+            if number in children:
+                client.set_tag(children[number].info.run_id, PARETO_TAG, "true")
+        self._pareto = {n for n in members if n in children}
+
+    def _log_reference(self, client, parent: str, ref_params: float, ref_ppl: float,
+                       optimal_ppl: float | None) -> None:
+        values = {"ref_params": float(ref_params), "ref_ppl": float(ref_ppl)}
+        if optimal_ppl is not None:
+            values["optimal_ppl"] = float(optimal_ppl)
+        existing = client.get_run(parent).data.params
+        params = {f"hypervolume.{k}": v for k, v in values.items() if f"hypervolume.{k}" not in existing}
+        _log(client, parent, params=params, tags={REF_TAGS[k]: repr(v) for k, v in values.items()})
+
+    def _log_hypervolume(self, client, parent: str, records: list[TrialRecord],
+                         ref_params: float, ref_ppl: float) -> None:
+        """One ``hypervolume`` step per finished trial, in the order they finished; never a step twice."""
+        from mlflow.entities import Metric
+
+        logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
+        done = sorted(finished(records), key=lambda r: (r.ended_at or math.inf, r.number))
+        metrics = []
+        for k in range(1, len(done) + 1):
+            if k in logged:
+                continue
+            value = log_hypervolume(done[:k], ref_params, ref_ppl)
+            stamp = done[k - 1].ended_at
+            metrics.append(Metric("hypervolume", value, int((stamp or time.time()) * 1000), k))
+        for i in range(0, len(metrics), 900):
+            client.log_batch(parent, metrics=metrics[i:i + 900])
+
+    def end_search(self, status: str = "FINISHED") -> None:
+        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, got status={status!r}")
+        self.client.set_terminated(self._require_parent(), status=status)
+
+
+def code_version() -> dict[str, str]:
+    """Tags naming the code that ran a search: the package version and, in a git checkout, the commit."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {}
+    try:
+        tags["squeezelstm.version"] = version("squeezelstm")
+    except PackageNotFoundError:
+        pass
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5)
+        if done.returncode == 0 and done.stdout.strip():
+            tags["mlflow.source.git.commit"] = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # an installed wheel, or no git: the version tag has to do
+    return tags
+
+
+def quote_filter_value(value: str) -> str:
+    """``value`` quoted for a single-quoted string in an MLflow filter."""
+    return value.replace("'", "\\'")
+
+
+def hypervolume_history(client, parent_run_id: str) -> list[dict[str, float]]:
+    """The parent's ``hypervolume`` metric as ``[{"finished", "hypervolume", "wall_s"}]`` ordered by step."""
+    run = client.get_run(parent_run_id)
+    start = (run.info.start_time or 0) / 1000.0
+    points = sorted(client.get_metric_history(parent_run_id, "hypervolume"), key=lambda m: (m.step, m.timestamp))
+    out, seen = [], set()
+    for m in points:
+        if m.step in seen:
+            continue
+        seen.add(m.step)
+        out.append({"finished": int(m.step), "hypervolume": float(m.value),
+                    "wall_s": max(0.0, m.timestamp / 1000.0 - start)})
+    return out

@@ -1,0 +1,261 @@
+"""H-LSTM's gate hidden layers on the GPU path: one persistent Triton kernel per direction and window.
+
+The H-LSTM step (``hidden.py``) puts a ReLU layer of width ``d`` inside each gate, so its recurrent
+map is not linear and torch's fused LSTM cannot run it; through autograd it costs ~15 launches a
+step. Here one program owns ``BLOCK_ROWS`` sequences for the whole window and runs, per step,
+
+    z = relu(xw_t + W1_hh h_{t-1})                 xw_t = W1_ih x_t + b1 (window-wide, outside), z: (4d,)
+    [i f g o] = act(W2_k z_k + b2_k),  c_t = f c_{t-1} + i g,  h_t = o tanh(c_t)
+
+and the backward kernel the same steps in reverse with the hand-written gradient. The weights come
+in already masked (``weight * mask``, with the growth hooks on them, as in the reference); their
+gradients are window-wide matmuls afterwards from the pre-activation gradients the kernel saves.
+
+Each phase of a step (first layer, second layer + cell; and in reverse) writes its result to a
+window buffer that the next phase reads back after a barrier, because the next matmul reduces over
+all of it and Triton cannot slice a register tile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, kernel
+
+try:
+    import triton.language as tl
+except ImportError:  # the module still imports; kernel() raises a one-line error on first launch
+    tl = None
+
+
+def _hidden_forward(xw, w1hh, w2, b2, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
+                    NH: tl.constexpr, D: tl.constexpr, HAS_B2: tl.constexpr,
+                    BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                    BKD: tl.constexpr, PREC: tl.constexpr):
+    n = NH
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    for c0_ in range(0, n, BS):
+        cols = c0_ + tl.arange(0, BS)
+        m = rmask[:, None] & (cols < n)[None, :]
+        off = rows[:, None] * n + cols[None, :]
+        tl.store(hs + off, tl.load(h0 + off, mask=m), mask=m)
+        tl.store(cs + off, tl.load(c0 + off, mask=m), mask=m)
+    tl.debug_barrier()
+    for t in range(T):
+        # -- first layer of all four gates: z = relu(xw_t + h_{t-1} W1_hh^T), (BN, 4d)
+        for d0 in range(0, 4 * D, BD):
+            dc = d0 + tl.arange(0, BD)
+            dm = dc < 4 * D
+            m = rmask[:, None] & dm[None, :]
+            zoff = t * N * 4 * D + rows[:, None] * (4 * D) + dc[None, :]
+            acc = tl.load(xw + zoff, mask=m, other=0.0)
+            for k0 in range(0, n, BK):
+                kk = k0 + tl.arange(0, BK)
+                km = kk < n
+                hch = tl.load(hs + t * N * n + rows[:, None] * n + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
+                w = tl.load(w1hh + dc[None, :] * n + kk[:, None], mask=km[:, None] & dm[None, :], other=0.0)
+                acc += tl.dot(hch, w, input_precision=PREC)
+            tl.store(zs + zoff, tl.maximum(acc, 0.0), mask=m)
+        tl.debug_barrier()  # z is complete before the second layer reduces over it
+        # -- second layer per gate and the cell update, by column tiles of the state
+        for s0 in range(0, n, BS):
+            cols = s0 + tl.arange(0, BS)
+            cm = cols < n
+            m = rmask[:, None] & cm[None, :]
+            a_i = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
+            a_f = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
+            a_g = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
+            a_o = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
+            if HAS_B2:
+                a_i += tl.load(b2 + cols, mask=cm, other=0.0)[None, :]
+                a_f += tl.load(b2 + n + cols, mask=cm, other=0.0)[None, :]
+                a_g += tl.load(b2 + 2 * n + cols, mask=cm, other=0.0)[None, :]
+                a_o += tl.load(b2 + 3 * n + cols, mask=cm, other=0.0)[None, :]
+            for k0 in range(0, D, BKD):
+                kk = k0 + tl.arange(0, BKD)
+                km = kk < D
+                zp = zs + t * N * 4 * D + rows[:, None] * (4 * D) + kk[None, :]
+                zm = rmask[:, None] & km[None, :]
+                wp = w2 + cols[None, :] * D + kk[:, None]  # W2_k[cols, kk]^T: (BKD, BS)
+                wm = km[:, None] & cm[None, :]
+                a_i += tl.dot(tl.load(zp, mask=zm, other=0.0), tl.load(wp, mask=wm, other=0.0), input_precision=PREC)
+                a_f += tl.dot(tl.load(zp + D, mask=zm, other=0.0), tl.load(wp + n * D, mask=wm, other=0.0), input_precision=PREC)
+                a_g += tl.dot(tl.load(zp + 2 * D, mask=zm, other=0.0), tl.load(wp + 2 * n * D, mask=wm, other=0.0), input_precision=PREC)
+                a_o += tl.dot(tl.load(zp + 3 * D, mask=zm, other=0.0), tl.load(wp + 3 * n * D, mask=wm, other=0.0), input_precision=PREC)
+            gi = tl.sigmoid(a_i)
+            gf = tl.sigmoid(a_f)
+            eg = tl.exp(-2.0 * tl.abs(a_g))  # tanh without overflow
+            gg = tl.where(a_g >= 0, 1.0, -1.0) * (1.0 - eg) / (1.0 + eg)
+            go = tl.sigmoid(a_o)
+            soff = rows[:, None] * n + cols[None, :]
+            c = gf * tl.load(cs + t * N * n + soff, mask=m, other=0.0) + gi * gg
+            ec = tl.exp(-2.0 * tl.abs(c))
+            h = go * tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+            tl.store(hs + (t + 1) * N * n + soff, h, mask=m)
+            tl.store(cs + (t + 1) * N * n + soff, c, mask=m)
+            aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
+            tl.store(acts + aoff, gi, mask=m)
+            tl.store(acts + aoff + n, gf, mask=m)
+            tl.store(acts + aoff + 2 * n, gg, mask=m)
+            tl.store(acts + aoff + 3 * n, go, mask=m)
+        tl.debug_barrier()  # h_t is complete before step t + 1 reads it
+    for c0_ in range(0, n, BS):
+        cols = c0_ + tl.arange(0, BS)
+        m = rmask[:, None] & (cols < n)[None, :]
+        off = rows[:, None] * n + cols[None, :]
+        tl.store(h_n + off, tl.load(hs + T * N * n + off, mask=m), mask=m)
+        tl.store(c_n + off, tl.load(cs + T * N * n + off, mask=m), mask=m)
+
+
+def _hidden_backward(dout, dh_last, dc_last, cs, zs, acts, w1hh, w2, dpre2, dpre1, dh_buf, dc_buf, dh0, dc0, T, N,
+                     NH: tl.constexpr, D: tl.constexpr,
+                     BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                     BKD: tl.constexpr, PREC: tl.constexpr):
+    n = NH
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    # dh_buf / dc_buf (2, N, n): the gradient reaching the state after the step being processed,
+    # double-buffered by step parity so that a step never overwrites what it is reading.
+    for c0_ in range(0, n, BS):
+        cols = c0_ + tl.arange(0, BS)
+        m = rmask[:, None] & (cols < n)[None, :]
+        off = rows[:, None] * n + cols[None, :]
+        tl.store(dh_buf + off, tl.load(dh_last + off, mask=m), mask=m)
+        tl.store(dc_buf + off, tl.load(dc_last + off, mask=m), mask=m)
+    tl.debug_barrier()
+    for i in range(T):
+        t = T - 1 - i
+        cur = (i % 2) * N * n
+        nxt = ((i + 1) % 2) * N * n
+        # -- phase A: the cell, gradients of the second layers' outputs (dpre2) and of c_{t-1}
+        for s0 in range(0, n, BS):
+            cols = s0 + tl.arange(0, BS)
+            m = rmask[:, None] & (cols < n)[None, :]
+            soff = rows[:, None] * n + cols[None, :]
+            dh = tl.load(dout + t * N * n + soff, mask=m, other=0.0) + tl.load(dh_buf + cur + soff, mask=m, other=0.0)
+            dc = tl.load(dc_buf + cur + soff, mask=m, other=0.0)
+            aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
+            gi = tl.load(acts + aoff, mask=m, other=0.0)
+            gf = tl.load(acts + aoff + n, mask=m, other=0.0)
+            gg = tl.load(acts + aoff + 2 * n, mask=m, other=0.0)
+            go = tl.load(acts + aoff + 3 * n, mask=m, other=0.0)
+            c = tl.load(cs + (t + 1) * N * n + soff, mask=m, other=0.0)
+            ec = tl.exp(-2.0 * tl.abs(c))
+            tc = tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+            dct = dc + dh * go * (1.0 - tc * tc)
+            tl.store(dpre2 + aoff, dct * gg * gi * (1.0 - gi), mask=m)
+            tl.store(dpre2 + aoff + n, dct * tl.load(cs + t * N * n + soff, mask=m, other=0.0) * gf * (1.0 - gf), mask=m)
+            tl.store(dpre2 + aoff + 2 * n, dct * gi * (1.0 - gg * gg), mask=m)
+            tl.store(dpre2 + aoff + 3 * n, dh * tc * go * (1.0 - go), mask=m)
+            tl.store(dc_buf + nxt + soff, dct * gf, mask=m)
+        tl.debug_barrier()
+        # -- phase B: through each gate's second layer and the ReLU: dpre1 (BN, 4d)
+        for g in range(4):
+            for d0 in range(0, D, BD):
+                dcol = d0 + tl.arange(0, BD)
+                dm = dcol < D
+                acc = tl.zeros((BN, BD), dtype=dh_buf.dtype.element_ty)
+                for k0 in range(0, n, BK):
+                    kk = k0 + tl.arange(0, BK)
+                    km = kk < n
+                    dp = tl.load(dpre2 + t * N * 4 * n + rows[:, None] * (4 * n) + g * n + kk[None, :],
+                                 mask=rmask[:, None] & km[None, :], other=0.0)
+                    w = tl.load(w2 + g * n * D + kk[:, None] * D + dcol[None, :], mask=km[:, None] & dm[None, :], other=0.0)
+                    acc += tl.dot(dp, w, input_precision=PREC)
+                zoff = t * N * 4 * D + rows[:, None] * (4 * D) + g * D + dcol[None, :]
+                m = rmask[:, None] & dm[None, :]
+                z = tl.load(zs + zoff, mask=m, other=0.0)
+                tl.store(dpre1 + zoff, tl.where(z > 0, acc, 0.0), mask=m)
+        tl.debug_barrier()
+        # -- phase C: dL/dh_{t-1} = dpre1 W1_hh
+        for s0 in range(0, n, BS):
+            cols = s0 + tl.arange(0, BS)
+            cm = cols < n
+            acc = tl.zeros((BN, BS), dtype=dh_buf.dtype.element_ty)
+            for k0 in range(0, 4 * D, BKD):
+                kk = k0 + tl.arange(0, BKD)
+                km = kk < 4 * D
+                dp = tl.load(dpre1 + t * N * 4 * D + rows[:, None] * (4 * D) + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
+                w = tl.load(w1hh + kk[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
+                acc += tl.dot(dp, w, input_precision=PREC)
+            tl.store(dh_buf + nxt + rows[:, None] * n + cols[None, :], acc, mask=rmask[:, None] & cm[None, :])
+        tl.debug_barrier()
+    fin = (T % 2) * N * n
+    for c0_ in range(0, n, BS):
+        cols = c0_ + tl.arange(0, BS)
+        m = rmask[:, None] & (cols < n)[None, :]
+        off = rows[:, None] * n + cols[None, :]
+        tl.store(dh0 + off, tl.load(dh_buf + fin + off, mask=m), mask=m)
+        tl.store(dc0 + off, tl.load(dc_buf + fin + off, mask=m), mask=m)
+
+
+_forward_kernel = kernel(_hidden_forward)
+_backward_kernel = kernel(_hidden_backward)
+
+
+def _blocks(n: int, d: int) -> dict:
+    # BS: state columns per tile, up to 64 (four gate accumulators of BN x BS stay in registers);
+    # BD: first-layer units per tile; BK: reduction chunk over the n state inputs; BKD: reduction
+    # chunk over the d units of a gate (forward) and the 4d units of all gates (backward).
+    return {"BN": BLOCK_ROWS, "BS": block(n, 64), "BD": block(d, 64), "BK": block(n, 32), "BKD": block(d, 32)}
+
+
+class HiddenRecurrence(torch.autograd.Function):
+    """``(out (T, N, n), h_n, c_n)`` of H-LSTM layers over a window from ``xw`` (T, N, 4d) (the first
+    layers' input part, bias included), the masked ``w1_hh`` (4d, n), ``w2`` (4, n, d), ``b2`` (4n,)
+    or None and the state ``h0, c0`` (N, n). Differentiable in all of them."""
+
+    @staticmethod
+    def forward(ctx, xw, w1_hh, w2, b2, h0, c0):
+        T, N = xw.shape[0], xw.shape[1]
+        n, d = w2.shape[1], w2.shape[2]
+        xw, w1_hh, w2, h0, c0 = (t.contiguous() for t in (xw, w1_hh, w2, h0, c0))
+        hs, cs = xw.new_empty(T + 1, N, n), xw.new_empty(T + 1, N, n)
+        zs, acts = xw.new_empty(T, N, 4 * d), xw.new_empty(T, N, 4 * n)
+        h_n, c_n = xw.new_empty(N, n), xw.new_empty(N, n)
+        bl = _blocks(n, d)
+        _forward_kernel[(cdiv(N, bl["BN"]),)](
+            xw, w1_hh, w2, b2 if b2 is not None else h0, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
+            NH=n, D=d, HAS_B2=b2 is not None, PREC=dot_precision(xw.dtype), **bl)
+        ctx.save_for_backward(w1_hh, w2, hs, cs, zs, acts)
+        ctx.has_b2 = b2 is not None
+        return hs[1:], h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hn, d_cn):
+        w1_hh, w2, hs, cs, zs, acts = ctx.saved_tensors
+        T, N, n = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        d = w2.shape[2]
+        d_out = torch.zeros_like(hs[1:]) if d_out is None else d_out.contiguous()
+        d_hn = hs.new_zeros(N, n) if d_hn is None else d_hn.contiguous()
+        d_cn = hs.new_zeros(N, n) if d_cn is None else d_cn.contiguous()
+        dpre2, dpre1 = hs.new_empty(T, N, 4 * n), hs.new_empty(T, N, 4 * d)
+        dh_buf, dc_buf = hs.new_empty(2, N, n), hs.new_empty(2, N, n)
+        dh0, dc0 = hs.new_empty(N, n), hs.new_empty(N, n)
+        bl = _blocks(n, d)
+        # backward reductions: over n (phase B) and over 4d (phase C)
+        bl.update(BK=block(n, 64), BKD=block(4 * d, 64))
+        _backward_kernel[(cdiv(N, bl["BN"]),)](
+            d_out, d_hn, d_cn, cs, zs, acts, w1_hh, w2, dpre2, dpre1, dh_buf, dc_buf, dh0, dc0, T, N,
+            NH=n, D=d, PREC=dot_precision(hs.dtype), **bl)
+        # Weight gradients for the whole window: three matmuls.
+        d_w1 = dpre1.view(T * N, 4 * d).t() @ hs[:-1].reshape(T * N, n)
+        d_w2 = torch.bmm(dpre2.view(T * N, 4, n).permute(1, 2, 0), zs.view(T * N, 4, d).transpose(0, 1))
+        d_b2 = dpre2.sum((0, 1)) if ctx.has_b2 else None
+        return dpre1, d_w1, d_w2, d_b2, dh0, dc0
+
+
+def hidden_window(xw: Tensor, w1_hh: Tensor, w2: Tensor, b2: Tensor | None, state: tuple[Tensor, Tensor]
+                  ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``HiddenLayer.forward`` on the GPU path, from the window's first-layer input part ``xw``
+    (T, N, 4d) and the masked weights; under autocast the recurrence runs in the weights' dtype."""
+    h, c = state
+    dtype = w2.dtype
+    if xw.shape[0] == 0:
+        return xw.new_empty(0, h.shape[0], h.shape[1], dtype=dtype), (h, c)
+    out, h_n, c_n = HiddenRecurrence.apply(xw.to(dtype), w1_hh, w2, b2, h.to(dtype), c.to(dtype))
+    return out, (h_n, c_n)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 16, one command, under 8 minutes on one H100:
-#   1. the device tests on CUDA (tests/spaces/test_spaces_devices.py, and the Triton kernels' own tests);
+#   1. the device tests on CUDA (tests/spaces/test_spaces_devices.py, test_spaces_gpu_path.py on CUDA tensors,
+#      and the Triton kernels' own tests);
 #   2. benchmarks/cells.py --device cuda against cuDNN's LSTM at hidden 256 and 1024 (batch 32, bptt 35);
 #   3. benchmarks/launches.py --device cuda: launches per window, counted by the CUDA profiler too;
 #   4. 1, 2 and 4 packed trials on the one GPU (separate processes, as Ray's 0.25-GPU trials), aggregate tokens/s.
-# Every step runs (a failing one does not stop the others) with its own time limit; each writes its log
+# Every step runs (a failing one does not stop the others) with its own time limit (470 s in all at most);
+# each writes its log
 # (and JSON) under $OUT when set (the device tool returns what is written there), else under
 # benchmarks/results/gpu_check_<UTC time>/; the last lines printed are one status line per step.
 #
@@ -38,17 +40,18 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log under $O
     STATUS+=("$name: $verdict ($((SECONDS - t0)) s)")
 }
 
-step environment 60 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available()); print(torch.cuda.get_device_name(0)); import triton; print(\"triton\", triton.__version__)'"
-# 1. correctness on CUDA (TF32 off inside the tests); the Triton test modules run their CUDA cases here
-step device_tests 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/spaces/test_spaces_devices.py \
-    $(ls tests/spaces/test_spaces_triton_*.py 2>/dev/null)
+step environment 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available()); print(torch.cuda.get_device_name(0)); import triton; print(\"triton\", triton.__version__)'"
+# 1. correctness on CUDA (TF32 off inside the tests); the Triton test modules run their CUDA cases here.
+#    SQUEEZELSTM_KERNELS=0: no minute spent building the CPU compiled loops, which no GPU check uses.
+step device_tests 180 env SQUEEZELSTM_KERNELS=0 "$PY" -m pytest -q -p no:cacheprovider tests/spaces/test_spaces_devices.py \
+    tests/spaces/test_spaces_gpu_path.py $(ls tests/spaces/test_spaces_triton_*.py 2>/dev/null)
 # 2. speed against cuDNN (ratio > 1: faster than cuDNN's LSTM of the same hidden size)
-step cells_cuda 120 "$PY" benchmarks/cells.py --device cuda --hidden 256 1024 --batch 32 --bptt 35 --rounds 5 \
+step cells_cuda 100 "$PY" benchmarks/cells.py --device cuda --hidden 256 1024 --batch 32 --bptt 35 --rounds 5 \
     --min-time 0.1 --threads 2 --json "$OUT/cells_cuda.json"
 # 3. launches per forward+backward window, aten + Triton and the CUDA profiler's device-side count
-step launches_cuda 60 "$PY" benchmarks/launches.py --device cuda --quiet --json "$OUT/launches_cuda.json"
+step launches_cuda 50 "$PY" benchmarks/launches.py --device cuda --quiet --json "$OUT/launches_cuda.json"
 # 4. packed trials: 1, 2 and 4 processes on the one GPU (lstm and grouped, hidden 256)
-step packed_trials 150 "$PY" benchmarks/cells.py --device cuda --hidden 256 --batch 32 --bptt 35 --rounds 1 \
+step packed_trials 110 "$PY" benchmarks/cells.py --device cuda --hidden 256 --batch 32 --bptt 35 --rounds 1 \
     --min-time 0.05 --only lstm --threads 2 --pack 1 2 4 --pack-hidden 256 --pack-seconds 5 \
     --json "$OUT/packed_trials.json"
 

@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,9 @@ class SearchController:
             sampler=self.sampler,
             load_if_exists=True,
         )
+        with warnings.catch_warnings():  # named axes in optuna-dashboard; experimental in Optuna since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([name for name, _ in OBJECTIVES])
         self._reconcile()
 
     # -- the three calls a runner makes ---------------------------------------------------------

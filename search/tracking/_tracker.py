@@ -34,6 +34,7 @@ from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT
                      _log, _param_value, _scalar_metrics, child_runs, flatten, hypervolume_history,
                      quote_filter_value, search_all_runs)
 from ._store import TrackingUnavailable, check_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri, sqlite_path
+from ._ui import NOTE_TAG, front_markdown, mark_experiment_kind
 
 # Writes the front's files (tables, report) into a folder and returns their names; the CLI wires in the
 # dashboards' ``write_front_files``, so this adapter never imports the dashboards.
@@ -195,6 +196,7 @@ class SearchTracker:
                 if found.lifecycle_stage != "active":
                     raise ValueError(f"experiment {self.experiment!r} is deleted in {self.tracking_uri}; restore or rename it")
                 self.experiment_id = found.experiment_id
+            mark_experiment_kind(self.client, self.experiment_id)
         return self.experiment_id
 
     def start_search(self, *, params: dict, tags: dict, resume: bool = False, config: dict | None = None) -> str:
@@ -287,6 +289,7 @@ class SearchTracker:
         self._retag_front(client, experiment_id, parent, {r.number for r in front})
         self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
         self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
+        client.set_tag(parent, NOTE_TAG, front_markdown(front, self.experiment, log_hypervolume(records, ref_params, ref_ppl)))
         if self.front_files is None:
             return
         with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..pruners import PRUNERS
 from ..samplers import DEFAULT_SAMPLER, SAMPLERS
-from ..space import SearchSpace, load_space, parse_space
+from ..space import SIZE_NAMES, SearchSpace, load_space, parse_space
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class SearchConfig:
     ``pruner_options`` to the pruner (``squeezelstm.search.pruners.make_pruner``). ``storage`` is a
     folder or a URI for Ray's results; ``tracking_uri`` an MLflow store (``track=False``: none).
     ``experiment`` names the storage folder, the MLflow experiment and the Optuna study.
+    ``size`` overrides the space's size objective (``total``, ``recurrent`` or ``flops``; None: the
+    space's ``size:``, total when absent); ``size_objective`` is the one the search minimises.
     """
 
     space: SearchSpace
@@ -47,6 +49,12 @@ class SearchConfig:
     storage: str | None = None
     tracking_uri: str | None = None
     track: bool = True
+    size: str | None = None
+
+    @property
+    def size_objective(self) -> str:
+        """The size the search minimises: ``size`` if given, else the space's (``objectives(size)``)."""
+        return self.size if self.size is not None else self.space.size
 
     def __post_init__(self) -> None:
         if isinstance(self.space, (str, Path)):
@@ -119,6 +127,8 @@ def _check(c: SearchConfig) -> None:
         value = getattr(c, name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{name} must be a non-empty string or None, got {name}={value!r}")
+    if c.size is not None and c.size not in SIZE_NAMES:
+        raise ValueError(f"unknown size={c.size!r}; valid sizes: {', '.join(SIZE_NAMES)}")
     if not isinstance(c.track, bool):
         raise ValueError(f"track must be True or False, got track={c.track!r}")
 

@@ -1,5 +1,5 @@
 """The driver-side brain of a search: suggest, report, complete (Optuna's study; no Ray, no MLflow)."""
 
-from ._controller import SearchController, TrialSpec, corpus_vocab_size
+from ._controller import SearchController, TrialSpec, corpus_vocab_size, size_reference
 
-__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size"]
+__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size", "size_reference"]

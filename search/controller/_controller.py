@@ -39,10 +39,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from squeezelstm.trainers import Config, load_corpus
+from squeezelstm.trainers import Config, load_corpus, model_sizes
 
 from ..config import SearchConfig
-from ..pareto import OBJECTIVES, TrialRecord, objective_values, pareto_front
+from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
 from ..pruners import PruningBridge
 from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, one_thread, random_draw, space_dists
 from ..space import SearchSpace, model_cost
@@ -77,6 +77,8 @@ class TrialSpec:
     sampled: dict
     params: int
     flops: int
+    recurrent_params: int = 0
+    size: str = "total"
 
 
 class SearchController:
@@ -112,6 +114,8 @@ class SearchController:
             vocab_size = corpus_vocab_size(self.space)
         self.vocab_size = vocab_size
         self._measure = measure or (lambda c: model_cost(c, int(vocab_size)))
+        self.size = config.size_objective
+        self.objectives = objectives(self.size)
         # what an over-budget configuration is told: a model that learned nothing scores the vocabulary size
         self._placeholder_ppl = float(vocab_size) if vocab_size else 1e6
         self.smallest = self.space.check_budget(self._measure)
@@ -141,22 +145,25 @@ class SearchController:
         epochs = config.epochs
         if config.sampler == "ehvi":
             dists, families = space_dists(self.space)
+            size = self._objective_size  # the chosen size, live after pruning
+            smallest = self.smallest[0] if self.size == "total" else self.space.cheapest(
+                lambda c: (size(c, *self._measure(c)), 0))[0]
             self._ehvi = ExactSizeEHVI(
-                random_draw(self.space, self._measure, epochs), dists, families,
-                epochs=self.space.trial_epochs(epochs), smallest=self.smallest[0],
-                ref_params=self.space.max_params, seed=sampler_seed,
-                neighbour=local_draw(self.space, self._measure, epochs), **config.sampler_options,
+                random_draw(self.space, self._measure, epochs, size), dists, families,
+                epochs=self.space.trial_epochs(epochs), smallest=smallest,
+                ref_params=size_reference(self.space, self.size), seed=sampler_seed,
+                neighbour=local_draw(self.space, self._measure, epochs, size), **config.sampler_options,
             )
         self.study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            directions=[{"min": "minimize", "max": "maximize"}[direction] for _, direction in OBJECTIVES],
+            directions=[{"min": "minimize", "max": "maximize"}[direction] for _, direction in self.objectives],
             sampler=self.sampler,
             load_if_exists=True,
         )
         with warnings.catch_warnings():  # named axes in optuna-dashboard; experimental in Optuna since 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.set_metric_names([name for name, _ in OBJECTIVES])
+            self.study.set_metric_names([name for name, _ in self.objectives])
         self._reconcile()
 
     # -- the three calls a runner makes ---------------------------------------------------------
@@ -186,18 +193,20 @@ class SearchController:
                 trial.set_user_attr("flops", int(flops))
                 for key, value in violation.items():
                     trial.set_constraint(key, value)  # <= 0 feasible; read by TPE, NSGA-II and GP alike
+                sizes = self._sizes(point.config, params, flops)
                 if self.space.exceeds_budget(params, flops):
-                    known = {"params": float(params), "flops": float(flops), "valid_ppl": self._placeholder_ppl}
-                    self.study.tell(trial, values=tuple(known[metric] for metric, _ in OBJECTIVES))
+                    known = {**sizes, "valid_ppl": self._placeholder_ppl}
+                    self.study.tell(trial, values=tuple(float(known[metric]) for metric, _ in self.objectives))
                     self.rejected += 1
                     self._save()
                     continue
                 record = TrialRecord(
-                    number=trial.number, family=point.family, params=int(params), flops=int(flops),
+                    number=trial.number, family=point.family, params=sizes["params"], flops=sizes["flops"],
+                    recurrent_params=sizes["recurrent_params"], size=self.size, dense=sizes["dense"],
                     status="running", config=point.config, sampled=point.sampled, started_at=time.time(),
                 )
                 self._records[trial.number] = record
-                self.bridge.start(trial.number, record.params)
+                self.bridge.start(trial.number, record.size_value)
                 self._save()
                 return self._spec(record)
             raise ValueError(
@@ -310,9 +319,26 @@ class SearchController:
         for number in sorted(self._records):
             r = self._records[number]
             curve = [(int(h["epoch"]), float(h["valid_ppl"])) for h in r.history if h.get("valid_ppl") is not None]
-            out.append(Observation(values=trials[number].params, family=r.family, params=r.params, status=r.status,
+            out.append(Observation(values=trials[number].params, family=r.family, params=r.size_value, status=r.status,
                                    curve=curve, number=number))
         return out
+
+    def _sizes(self, config: dict, params: int, flops: int) -> dict:
+        """A trial's recorded sizes: ``params``, ``recurrent_params``, ``flops`` (live after H-LSTM
+        grow-and-prune) and ``dense`` (before), from ``trainers.model_sizes``; ``params`` and ``flops`` are
+        the measured ones (a replay measures its recorded curves) less what pruning masks. Without a
+        vocabulary (a custom ``measure`` alone) the cells are not counted: recurrent_params is 0."""
+        if self.vocab_size is None:
+            dense = {"params": int(params), "recurrent_params": 0, "flops": int(flops)}
+            return {**dense, "dense": dense}
+        s = model_sizes(Config.from_dict(config), int(self.vocab_size))
+        dense = {"params": int(params), "recurrent_params": s.recurrent_params, "flops": int(flops)}
+        return {"params": int(params) - (s.params - s.live_params), "recurrent_params": s.live_recurrent_params,
+                "flops": int(flops) - (s.flops - s.live_flops), "dense": dense}
+
+    def _objective_size(self, config: dict, params: int, flops: int) -> int:
+        """The chosen size objective's exact value for a config measured at (params, flops): what EHVI models."""
+        return int(self._sizes(config, params, flops)[SIZES[self.size]])
 
     def _get(self, number: int) -> TrialRecord:
         record = self._records.get(number)
@@ -324,6 +350,7 @@ class SearchController:
         return TrialSpec(
             number=record.number, family=record.family, config=copy.deepcopy(record.config),
             sampled=dict(record.sampled), params=record.params, flops=record.flops,
+            recurrent_params=record.recurrent_params, size=record.size,
         )
 
     def _tell(self, number: int, status: str, record: TrialRecord) -> None:
@@ -348,7 +375,7 @@ class SearchController:
                     self._tell(trial.number, record.status, record)
         for number in sorted(self._records):
             record = self._records[number]
-            self.bridge.start(number, record.params)
+            self.bridge.start(number, record.size_value)
             for entry in record.history:
                 if entry.get("valid_ppl") is not None:
                     self.bridge.report(number, int(entry["epoch"]), float(entry["valid_ppl"]))
@@ -359,7 +386,7 @@ class SearchController:
         # the config of the latest session rebuilds the search (SearchConfig.from_dict); the three keys
         # before it must not change between sessions
         return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
-                "epochs": self.epochs, "config": self.config.to_dict()}
+                "epochs": self.epochs, "size": self.size, "config": self.config.to_dict()}
 
     def _check_meta(self) -> None:
         path = self.state_dir / "controller.json"
@@ -369,7 +396,8 @@ class SearchController:
                 old = json.loads(path.read_text())
             except json.JSONDecodeError:
                 raise ValueError(f"controller state {path} is not valid JSON") from None
-            for key in ("space", "study_name", "epochs"):
+            old.setdefault("size", "total")  # written before the size objective was a setting
+            for key in ("space", "study_name", "epochs", "size"):
                 if old.get(key) != meta[key]:
                     raise ValueError(
                         f"state_dir {self.state_dir} holds a search with a different {key}; "
@@ -399,6 +427,15 @@ class SearchController:
             "rejected": self.rejected,
         }
         _atomic_write(self.state_dir / "records.json", json.dumps(_jsonable(state)))
+
+
+def size_reference(space: SearchSpace, size: str) -> float | None:
+    """The hypervolume's size reference for ``size``: the budget's ``max_params`` (which bounds the
+    recurrent parameters too), for FLOPs ``max_flops`` where set (else ``max_params``: a language model
+    does at most about one multiply-add per weight per token). None without a budget."""
+    if size == "flops" and space.max_flops:
+        return float(space.max_flops)
+    return float(space.max_params) if space.max_params else None
 
 
 def corpus_vocab_size(space: SearchSpace) -> int:
@@ -442,4 +479,4 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size"]
+__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size", "size_reference"]

@@ -4,22 +4,31 @@ records as a pandas DataFrame (``records_dataframe``)."""
 from ._frame import records_dataframe
 from ._maths import dominates, hypervolume, non_dominated_sort, pareto_mask, to_minimization
 from ._records import (
+    DEFAULT_SIZE,
     OBJECTIVES,
+    SIZE_LABELS,
+    SIZES,
     STATUSES,
     TrialRecord,
+    check_size,
     finished,
     log_hypervolume,
     log_hypervolume_of,
     objective_matrix,
+    objectives,
     objective_values,
     pareto_front,
     status_counts,
 )
 
 __all__ = [
+    "DEFAULT_SIZE",
     "OBJECTIVES",
+    "SIZES",
+    "SIZE_LABELS",
     "STATUSES",
     "TrialRecord",
+    "check_size",
     "dominates",
     "finished",
     "hypervolume",
@@ -27,6 +36,7 @@ __all__ = [
     "log_hypervolume_of",
     "non_dominated_sort",
     "objective_matrix",
+    "objectives",
     "objective_values",
     "pareto_front",
     "pareto_mask",

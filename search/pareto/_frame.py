@@ -16,7 +16,7 @@ LEAD_COLUMNS = ("trial", "status", "family")
 def records_dataframe(records: Sequence[TrialRecord]) -> pd.DataFrame:
     """One row per trial, in trial order: ``trial``, ``status``, ``family``, every searched value
     under its flat key (``model.hidden_size``, ``model.rank``, ``train.lr``; missing where a trial's
-    family does not search it), ``params``, ``flops``, the final ``valid_ppl`` and ``test_ppl``,
+    family does not search it), ``params``, ``recurrent_params``, ``flops``, the final ``valid_ppl`` and ``test_ppl``,
     ``epochs``, one ``<metric>_epoch_<n>`` column per perplexity a trial reported at epoch ``n``
     (``valid_ppl_epoch_1``, ``train_ppl_epoch_1``, ...), and ``on_front`` (on the Pareto front of
     ``records``). A running trial's row holds what it has reported so far.
@@ -29,7 +29,7 @@ def records_dataframe(records: Sequence[TrialRecord]) -> pd.DataFrame:
     for r in records:
         row = {"trial": r.number, "status": r.status, "family": r.family}
         row.update({k: r.sampled.get(k) for k in searched})
-        row.update({"params": r.params, "flops": r.flops, "valid_ppl": r.valid_ppl, "test_ppl": r.test_ppl,
+        row.update({"params": r.params, "recurrent_params": r.recurrent_params, "flops": r.flops, "valid_ppl": r.valid_ppl, "test_ppl": r.test_ppl,
                     "epochs": r.epochs})
         for entry in r.history:
             for metric, value in entry.items():
@@ -39,7 +39,7 @@ def records_dataframe(records: Sequence[TrialRecord]) -> pd.DataFrame:
                     row[column] = value
         row["on_front"] = r.number in front
         rows.append(row)
-    columns = [*LEAD_COLUMNS, *searched, "params", "flops", "valid_ppl", "test_ppl", "epochs",
+    columns = [*LEAD_COLUMNS, *searched, "params", "recurrent_params", "flops", "valid_ppl", "test_ppl", "epochs",
                *sorted(curve, key=lambda c: (curve[c][0], curve[c][1] != "valid_ppl", curve[c][1])), "on_front"]
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"trial": "int64", "params": "int64", "flops": "int64", "epochs": "int64", "on_front": bool})
+    return frame.astype({"trial": "int64", "params": "int64", "recurrent_params": "int64", "flops": "int64", "epochs": "int64", "on_front": bool})

@@ -17,17 +17,42 @@ import numpy as np
 from ._maths import hypervolume, pareto_mask, to_minimization
 
 STATUSES = ("running", "finished", "pruned", "failed", "diverged")
-# What a search optimises, as data: (TrialRecord attribute, "min" | "max"). The objective matrix, the
-# front, the controller's study, the trackers and the knee point read it, so another size objective
-# (recurrent parameters, FLOPs) is a change here. The hypervolume's axes (log10 of the first, log of
-# the second) and the EHVI sampler, which knows the first exactly, are specific to (size, perplexity).
+# The size objectives a search may minimise (``size:`` in a space file, ``--size`` on the command line):
+# the name a user gives -> the TrialRecord attribute that holds it. Every trial records all three,
+# exact before training (``trainers.model_sizes``; live counts after H-LSTM grow-and-prune).
+SIZES: dict[str, str] = {"total": "params", "recurrent": "recurrent_params", "flops": "flops"}
+SIZE_LABELS: dict[str, str] = {"total": "parameters", "recurrent": "recurrent parameters", "flops": "FLOPs per token"}
+DEFAULT_SIZE = "total"
+
+
+def check_size(size: object) -> str:
+    """``size`` if it names a size objective; ValueError naming it otherwise."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size={size!r}; valid sizes: {', '.join(SIZES)}")
+    return str(size)
+
+
+# What a search optimises, as data: (TrialRecord attribute, "min" | "max"), the size objective first.
+# The objective matrix, the front, the controller's study, the trackers and the knee point read it
+# through ``objectives(size)``, which puts the search's chosen size in the first slot. The
+# hypervolume's axes (log10 of the first, log of the second) and the EHVI sampler, which knows the
+# first exactly, are specific to (size, perplexity).
 OBJECTIVES: tuple[tuple[str, str], ...] = (("params", "min"), ("valid_ppl", "min"))
+
+
+def objectives(size: str = DEFAULT_SIZE) -> tuple[tuple[str, str], ...]:
+    """``OBJECTIVES`` with the size objective ``size`` (total, recurrent or flops) in its first slot."""
+    (_, direction), *rest = OBJECTIVES
+    return ((SIZES[check_size(size)], direction), *rest)
 
 
 @dataclass
 class TrialRecord:
     """One trial of a search.
 
+    ``params``, ``recurrent_params`` and ``flops`` are the model's total parameters, the cells'
+    parameters and the multiply-adds per token, live after H-LSTM grow-and-prune (``dense`` keeps the
+    counts before pruning, where a trial prunes); ``size`` names the one the search minimises.
     ``config`` is the full trainer config (nested dict with ``data``/``model``/``train``) that
     rebuilds the model; ``sampled`` holds only the searched arguments (flat ``model.rank``-style
     keys). ``valid_ppl`` is the final validation perplexity for a finished trial, the last one
@@ -47,10 +72,19 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     started_at: float | None = None
     ended_at: float | None = None
+    recurrent_params: int = 0
+    size: str = DEFAULT_SIZE
+    dense: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got status={self.status!r}")
+        check_size(self.size)
+
+    @property
+    def size_value(self) -> int:
+        """The value of the search's size objective (``size``: total, recurrent or flops) for this trial."""
+        return getattr(self, SIZES[self.size])
 
     @property
     def epochs(self) -> int:
@@ -82,12 +116,12 @@ def status_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
 
 
 def objective_values(record: TrialRecord) -> tuple:
-    """The record's value of each objective, in ``OBJECTIVES`` order."""
-    return tuple(getattr(record, metric) for metric, _ in OBJECTIVES)
+    """The record's value of each objective, in ``objectives(record.size)`` order."""
+    return tuple(getattr(record, metric) for metric, _ in objectives(record.size))
 
 
 def objective_matrix(records: Sequence[TrialRecord]) -> np.ndarray:
-    """(n, m) array of the objectives' values (``OBJECTIVES``), as they are (see ``to_minimization``)."""
+    """(n, m) array of the objectives' values (``objectives``), as they are (see ``to_minimization``)."""
     return np.array([objective_values(r) for r in records], dtype=float).reshape(len(records), len(OBJECTIVES))
 
 
@@ -96,7 +130,7 @@ def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     done = finished(records)
     if not done:
         return []
-    mask = pareto_mask(to_minimization(objective_matrix(done), OBJECTIVES))
+    mask = pareto_mask(to_minimization(objective_matrix(done), objectives(done[0].size)))
     return sorted((r for r, keep in zip(done, mask) if keep), key=objective_values)
 
 

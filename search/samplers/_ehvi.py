@@ -391,26 +391,31 @@ def space_dists(space: Any) -> tuple[dict[str, Any], list[str]]:
     return dists, list(space.families)
 
 
+Size = Callable[[dict, int, int], int]  # (config, params, flops) -> the size objective's exact value
+
+
 def _in_budget(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None,
-               suggester: Any) -> tuple[dict, str, int] | None:
-    """Sample ``space`` through ``suggester``: (Optuna values, family, exact size), None when over budget."""
+               suggester: Any, size: Size | None = None) -> tuple[dict, str, int] | None:
+    """Sample ``space`` through ``suggester``: (Optuna values, family, exact size), None when over budget.
+
+    The size is ``size(config, params, flops)`` (the search's size objective), the parameters without it."""
     point = space.sample(suggester, epochs)
     params, flops = measure(point.config)
     if space.exceeds_budget(params, flops):
         return None
-    return dict(suggester.params), point.family, int(params)
+    return dict(suggester.params), point.family, int(params if size is None else size(point.config, params, flops))
 
 
-def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
-                ) -> Callable[[int], tuple[dict, str, int] | None]:
+def random_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None,
+                size: Size | None = None) -> Callable[[int], tuple[dict, str, int] | None]:
     """``sample`` for ``ExactSizeEHVI``: a seeded random configuration of ``space``, None when over budget."""
-    return lambda seed: _in_budget(space, measure, epochs, RandomSuggester(seed))
+    return lambda seed: _in_budget(space, measure, epochs, RandomSuggester(seed), size)
 
 
-def local_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None
-               ) -> Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None]:
+def local_draw(space: Any, measure: Callable[[dict], tuple[int, int]], epochs: int | None,
+               size: Size | None = None) -> Callable[[Mapping[str, Any], int], tuple[dict, str, int] | None]:
     """``neighbour`` for ``ExactSizeEHVI``: a seeded mutation of known sampled values, None when over budget."""
-    return lambda base, seed: _in_budget(space, measure, epochs, LocalSuggester(base, seed))
+    return lambda base, seed: _in_budget(space, measure, epochs, LocalSuggester(base, seed), size)
 
 
 __all__ = ["DEFAULT_SAMPLER", "Encoder", "ExactSizeEHVI", "Observation", "expected_hvi", "local_draw", "random_draw",

@@ -17,6 +17,7 @@ from ._file import (
     FAMILY_ARG_NAMES,
     KNOWN_FAMILIES,
     SECTIONS,
+    SIZE_NAMES,
     apply_overrides,
     check_space,
     locate_space,
@@ -35,6 +36,7 @@ from ._space import (
 )
 
 __all__ = [
+    "SIZE_NAMES",
     "FAMILY_ARG_NAMES",
     "KNOWN_FAMILIES",
     "SECTIONS",

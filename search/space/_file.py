@@ -22,8 +22,11 @@ from squeezelstm.spaces.families import FAMILY_ARG_NAMES, FAMILY_NAMES, FAMILY_T
 from ._distributions import Choice, Dist, FloatRange, IntRange, is_int, is_number, parse_dist
 
 SECTIONS = ("data", "model", "train")
-TOP_KEYS = ("name", "description", "budget") + SECTIONS + ("families",)
+TOP_KEYS = ("name", "description", "size", "budget") + SECTIONS + ("families",)
 BUDGET_KEYS = ("max_params", "max_flops")
+# the size objectives a space may choose (``search.pareto.SIZES`` maps them to the records; a test keeps
+# the two in step, since ``space`` imports no other search package)
+SIZE_NAMES = ("total", "recurrent", "flops")
 KNOWN_FAMILIES = FAMILY_NAMES
 # family -> the argument names a space file may give for it (absolute or as a fraction of hidden_size)
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
@@ -63,6 +66,9 @@ def check_space(raw: Any, source: str = "<dict>") -> dict[str, Any]:
     description = raw.get("description", "") or ""
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {description!r}")
+    size = raw.get("size", "total")
+    if size not in SIZE_NAMES:
+        raise fail("size", f"unknown size objective {size!r} (allowed: {', '.join(SIZE_NAMES)})")
 
     budget = raw.get("budget") or {}
     if not isinstance(budget, Mapping):
@@ -169,6 +175,7 @@ def check_space(raw: Any, source: str = "<dict>") -> dict[str, Any]:
         "max_params": limits.get("max_params"),
         "max_flops": limits.get("max_flops"),
         "description": description,
+        "size": size,
         "source": source,
     }
 
@@ -284,5 +291,5 @@ def override_items(overrides: Mapping[str, Any] | list[str]) -> list[tuple[str, 
     return out
 
 
-__all__ = ["BUDGET_KEYS", "FAMILY_ARG_NAMES", "FAMILY_KEYS", "FAMILY_REQUIRED", "KNOWN_FAMILIES", "SECTIONS", "TOP_KEYS",
+__all__ = ["BUDGET_KEYS", "FAMILY_ARG_NAMES", "FAMILY_KEYS", "FAMILY_REQUIRED", "KNOWN_FAMILIES", "SECTIONS", "SIZE_NAMES", "TOP_KEYS",
            "apply_overrides", "check_space", "locate_space", "override_items", "read_space_file", "shipped_spaces"]

@@ -14,6 +14,10 @@ either a fixed value or a distribution::
       routed: {num_cells: {choice: [2, 4]}, routing: {choice: [hidden, token]}}
       factorized: {rank_fraction: {float: [0.1, 0.5]}}   # rank = fraction x hidden_size
     budget: {max_params: 200000}
+    size: recurrent                                # the size objective: total (default), recurrent or flops
+
+The budget bounds the model's dense total parameters (``max_params``) and FLOPs (``max_flops``) whatever
+``size`` the search minimises: with ``size: recurrent`` the budget still caps the embedding and decoder.
 
 Conditional sampling: a trial samples ``model.cell`` first and then only its family's arguments,
 under per-family names (``grouped.groups``, ``factorized.rank_fraction``), so every name keeps one
@@ -94,6 +98,7 @@ class SearchSpace:
     max_flops: int | None = None
     description: str = ""
     source: str = "<dict>"
+    size: str = "total"
 
     def trial_epochs(self, override: int | None = None) -> int:
         """Epochs every trial trains: ``override``, else the space's ``train.epochs``, else the trainer's default.
@@ -205,6 +210,8 @@ class SearchSpace:
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
+        if self.size != "total":  # absent means total: a default space's file form is unchanged
+            out["size"] = self.size
         budget = {k: v for k, v in (("max_params", self.max_params), ("max_flops", self.max_flops)) if v is not None}
         if budget:
             out["budget"] = budget

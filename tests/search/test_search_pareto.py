@@ -147,14 +147,21 @@ def test_records_front_holds_finished_trials_only():
 
 
 def test_the_front_reads_the_objectives_as_data(monkeypatch):
-    # FLOPs instead of parameters as the size objective: one change to OBJECTIVES moves the front
+    # FLOPs instead of parameters as the size objective: the records' size moves the front
+    import dataclasses
+
     from squeezelstm.search.pareto import _records
 
     recs = [TrialRecord(0, "lstm", params=100, flops=900, status="finished", valid_ppl=50.0),
             TrialRecord(1, "lstm", params=200, flops=300, status="finished", valid_ppl=40.0),
             TrialRecord(2, "lstm", params=150, flops=100, status="finished", valid_ppl=60.0)]
     assert [r.number for r in pareto_front(recs)] == [0, 1]  # trial 2 is larger and worse than trial 0
-    monkeypatch.setattr(_records, "OBJECTIVES", (("flops", "min"), ("valid_ppl", "min")))
-    assert [r.number for r in pareto_front(recs)] == [2, 1]
+    by_flops = [dataclasses.replace(r, size="flops") for r in recs]
+    assert [r.number for r in pareto_front(by_flops)] == [2, 1]
+    assert _records.objectives("flops") == (("flops", "min"), ("valid_ppl", "min"))
+    by_cells = [dataclasses.replace(r, size="recurrent", recurrent_params=p) for r, p in zip(recs, (50, 10, 20))]
+    assert [r.number for r in pareto_front(by_cells)] == [1]
+    with pytest.raises(ValueError, match="unknown size='cells'"):
+        _records.objectives("cells")
     monkeypatch.setattr(_records, "OBJECTIVES", (("params", "min"), ("valid_ppl", "max")))
     assert [r.number for r in pareto_front(recs)] == [0, 2]

@@ -149,6 +149,8 @@ def spec_to_dict(spec: Any) -> dict:
         "sampled": dict(spec.sampled),
         "params": int(spec.params),
         "flops": int(spec.flops),
+        "recurrent_params": int(getattr(spec, "recurrent_params", 0)),
+        "size": str(getattr(spec, "size", "total")),
     }
 
 
@@ -296,7 +298,8 @@ def run_trial(config: dict) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     logger = config.get("logger")
     if logger is not None:
-        logger.start(spec["config"], spec["params"], spec["flops"], spec["sampled"])
+        logger.start(spec["config"], spec["params"], spec["flops"], spec["sampled"],
+                     recurrent_params=int(spec.get("recurrent_params", 0)), size=str(spec.get("size", "total")))
 
     def report(epoch: int, metrics: dict) -> bool:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}

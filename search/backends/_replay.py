@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import SearchConfig
-from ..controller import SearchController, corpus_vocab_size
+from ..controller import SearchController, corpus_vocab_size, size_reference
 from ..pareto import log_hypervolume_of, pareto_mask
 from ..space import SearchSpace, model_cost
 
@@ -239,7 +239,7 @@ def replay_search(
     ``workers`` trials run at once; each epoch costs 1 (``cost="epochs"``) or its recorded seconds.
     A trial is launched only while compute spent plus compute committed is below ``budget``, and
     trials in flight finish or are pruned as usual. ``ref`` is the hypervolume reference point
-    (default: the budget's ``max_params`` and the vocabulary size, as the runner uses);
+    (default: ``size_reference`` of the search's size objective and the vocabulary size, as the runner uses);
     ``measure`` is the exact size counter (default: the trainer's, for ``vocab_size``).
     ``fresh``: map each sample to the nearest recorded configuration *not yet launched* in this search
     (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
@@ -265,7 +265,7 @@ def replay_search(
     if ref is None:
         if not space.max_params:
             raise ValueError("ref is required for a space without budget.max_params")
-        ref = (float(space.max_params), float(vocab_size))
+        ref = (size_reference(space, config.size_objective), float(vocab_size))
     mapped: dict[str, Curve] = {}
     used: set[int] = set()
 
@@ -348,7 +348,8 @@ def replay_search(
         trial["status"] = record.status
         del running[number]
         if record.status == "finished":
-            front_points = _add_to_front(front_points, (float(curve.params), float(record.valid_ppl)))
+            # the search's size objective (the curve's parameters for total, less what H-LSTM pruning masks)
+            front_points = _add_to_front(front_points, (float(record.size_value), float(record.valid_ppl)))
         result.trace.append((spent, log_hypervolume_of(front_points, ref)))
         launch(now)
     result.compute = spent

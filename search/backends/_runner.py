@@ -30,7 +30,7 @@ import pandas as pd
 from squeezelstm.spaces._kernels import kernels
 
 from ..config import SearchConfig
-from ..controller import SearchController
+from ..controller import SearchController, size_reference
 from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_dataframe
 from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
@@ -58,10 +58,11 @@ class SearchResult:
 def _reference_point(config: SearchConfig, controller: SearchController) -> tuple[float | None, float | None, float | None]:
     """``(ref_params, ref_ppl, optimal_ppl)``: fixed for the whole search so hypervolumes compare.
 
-    The reference is the budget's ``max_params`` and the vocabulary size (the perplexity of a model
-    that learned nothing); without a parameter budget there is no hypervolume.
+    The reference is the budget's ``max_params`` (``max_flops`` for a FLOPs objective, where set:
+    ``controller.size_reference``) and the vocabulary size (the perplexity of a model that learned
+    nothing); without a parameter budget there is no hypervolume.
     """
-    ref_params = config.space.max_params
+    ref_params = size_reference(config.space, config.size_objective)
     vocab = controller.vocab_size
     optimal = None
     try:
@@ -245,11 +246,11 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
     space = config.space
     meta = {"experiment": config.experiment, "space": space.name, "space_source": space.source,
             "trials": config.trials, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
-            "epochs": config.epochs, "ref_params": ref_params, "ref_ppl": ref_ppl, "optimal_ppl": optimal_ppl,
+            "epochs": config.epochs, "size": config.size_objective, "ref_params": ref_params, "ref_ppl": ref_ppl, "optimal_ppl": optimal_ppl,
             "trials_dir": str(paths.trials_dir), "config": config.to_dict()}
     if tracker is not None:
         tracker.start_search(params={k: v for k, v in meta.items() if v is not None and k != "config"},
-                             tags={"space": str(meta["space"])}, resume=resume, config=meta["config"])
+                             tags={"space": str(meta["space"]), "squeezelstm.size": config.size_objective}, resume=resume, config=meta["config"])
         if resume:
             tracker.end_stale_trials(controller.records())
 

@@ -39,7 +39,9 @@ def add_parser(sub: Any) -> None:
                        description="Pick one Pareto-optimal trial and write the config `squeezelstm train` reads.")
     e.add_argument("--experiment", required=True)
     rule = e.add_mutually_exclusive_group()
-    rule.add_argument("--max-params", type=int, help="most accurate trial with at most N parameters")
+    rule.add_argument("--max-size", "--max-params", dest="max_size", type=int,
+                      help="most accurate trial of at most N in the search's size objective (parameters, "
+                           "recurrent parameters or FLOPs, as the search chose)")
     rule.add_argument("--max-ppl", type=float, help="smallest trial with at most this validation perplexity")
     rule.add_argument("--knee", action="store_true", help="the knee of the front (the default rule)")
     e.add_argument("--out", required=True, help="config file to write (.yaml or .toml)")
@@ -70,6 +72,9 @@ def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = 
     p.add_argument("--pruner", default="pareto", help="pruner: pareto (default), median, percentile, hyperband, none, ...")
     p.add_argument("--pruner-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="pruner argument, e.g. --pruner-arg n_warmup_steps=1 (repeatable)")
+    p.add_argument("--size", default=None, metavar="total|recurrent|flops",
+                   help="size objective: total parameters, recurrent (the cells') parameters or FLOPs per "
+                        "token (default: the space's size:, else total)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
@@ -99,7 +104,7 @@ def search_config(args: argparse.Namespace, *, space: str, trials: int, experime
         sampler=args.sampler, pruner=args.pruner, pruner_options=_pruner_args(args.pruner_arg), seed=args.seed,
         address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, storage=args.storage,
-        tracking_uri=args.tracking_uri, track=not args.no_tracking,
+        tracking_uri=args.tracking_uri, track=not args.no_tracking, size=args.size,
     )
 
 
@@ -153,6 +158,7 @@ def continue_command(argv: list[str] | None, args: argparse.Namespace) -> str:
     out = ["squeezelstm", "search", "--space", str(args.space), "--trials", str(args.trials),
            "--experiment", str(args.experiment)]
     for flag, value in (("--sampler", args.sampler), ("--pruner", args.pruner), ("--epochs", args.epochs),
+                        ("--size", args.size),
                         ("--storage", args.storage), ("--tracking-uri", args.tracking_uri), ("--address", args.address)):
         if value is not None:
             out += [flag, str(value)]
@@ -187,8 +193,16 @@ def front_table(front: list[TrialRecord]) -> str:
     return format_table(front_rows(front))
 
 
+def _size_text(r: TrialRecord) -> str:
+    """``1,234 params, 567 recurrent, 890 flops``: every size, the search's objective first."""
+    sizes = {"total": f"{r.params:,} params", "recurrent": f"{r.recurrent_params:,} recurrent",
+             "flops": f"{r.flops:,} flops"}
+    return ", ".join([sizes.pop(r.size), *sizes.values()])
+
+
 def _record_json(r: TrialRecord) -> dict:
-    return {"number": r.number, "family": r.family, "params": r.params, "flops": r.flops, "valid_ppl": r.valid_ppl,
+    return {"number": r.number, "family": r.family, "size": r.size, "params": r.params,
+            "recurrent_params": r.recurrent_params, "flops": r.flops, "dense": r.dense, "valid_ppl": r.valid_ppl,
             "test_ppl": r.test_ppl, "epochs": r.epochs, "sampled": r.sampled, "config": r.config}
 
 
@@ -216,13 +230,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     meta, records = load_records(args.experiment, storage=args.storage, tracking_uri=args.tracking_uri)
-    record = pick(records, max_params=args.max_params, max_ppl=args.max_ppl, knee=args.knee)
+    record = pick(records, max_size=args.max_size, max_ppl=args.max_ppl, knee=args.knee)
     ckpt = trial_checkpoint_dir(meta, args.experiment, record.number, args.storage) if args.checkpoint else None
     summary = export_trial(record, args.out, experiment=args.experiment, checkpoint_from=ckpt)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(f"trial {record.number} ({record.family}, {record.params:,} params, valid ppl {record.valid_ppl:.2f}) "
+        print(f"trial {record.number} ({record.family}, {_size_text(record)}, valid ppl {record.valid_ppl:.2f}) "
               f"-> {args.out}")
     return 0
 
@@ -250,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report: {report}", file=sys.stderr)
     best = knee_point(result.front)
     export_trial(best, out_dir / "best.yaml", experiment=experiment)
-    print(f"best (knee): trial {best.number}, {best.family}, {best.params:,} params, valid ppl "
+    print(f"best (knee): trial {best.number}, {best.family}, {_size_text(best)}, valid ppl "
           f"{best.valid_ppl:.2f} -> {out_dir / 'best.yaml'}", file=sys.stderr)
     return 0
 

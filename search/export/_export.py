@@ -1,6 +1,7 @@
 """Pick one Pareto-optimal trial of a finished search and write the config ``squeezelstm train`` reads.
 
-The rules (``pick``): the most accurate trial within ``max_params``, the smallest within
+The rules (``pick``): the most accurate trial within ``max_size`` (of the search's size objective:
+total parameters, recurrent parameters or FLOPs; ``max_params`` is its old name), the smallest within
 ``max_ppl``, or the knee of the front (``knee_point``: the point farthest from the straight line
 joining the front's two ends in (log params, log perplexity) space). Records come from the local
 records file the runner keeps beside the controller state, or from the MLflow store
@@ -23,7 +24,7 @@ from squeezelstm.trainers import Config
 from squeezelstm.trainers.config import save_config
 
 from ..backends import read_records, resolve_paths
-from ..pareto import TrialRecord, objective_values, pareto_front, records_dataframe
+from ..pareto import SIZE_LABELS, TrialRecord, objective_values, pareto_front, records_dataframe
 from ..tracking import load_search
 
 
@@ -46,27 +47,33 @@ def knee_point(front: Sequence[TrialRecord]) -> TrialRecord:
     return pts[max(range(len(pts)), key=lambda i: (dist[i], -i))]
 
 
-def pick(records: Sequence[TrialRecord], *, max_params: int | None = None, max_ppl: float | None = None,
-         knee: bool = False) -> TrialRecord:
+def pick(records: Sequence[TrialRecord], *, max_size: int | None = None, max_ppl: float | None = None,
+         knee: bool = False, max_params: int | None = None) -> TrialRecord:
     """One Pareto-optimal finished trial chosen by exactly one rule (``knee`` is the default rule).
 
-    ``max_params``: lowest perplexity among front trials with at most that many parameters;
-    ``max_ppl``: fewest parameters among front trials with at most that perplexity.
+    ``max_size``: lowest perplexity among front trials of at most that size in the search's size
+    objective (``TrialRecord.size``: total parameters, recurrent parameters or FLOPs; ``max_params``
+    is the same rule under its old name); ``max_ppl``: the smallest front trial with at most that perplexity.
     """
-    rules = [max_params is not None, max_ppl is not None, bool(knee)]
+    if max_params is not None and max_size is not None:
+        raise ValueError("give max_size or its old name max_params, not both")
+    name = "max_params" if max_params is not None else "max_size"
+    max_size = max_params if max_size is None else max_size
+    rules = [max_size is not None, max_ppl is not None, bool(knee)]
     if sum(rules) > 1:
-        raise ValueError("choose one rule: max_params, max_ppl or knee")
+        raise ValueError("choose one rule: max_size (max_params), max_ppl or knee")
     front = pareto_front(records)
     if not front:
         raise ValueError("the search has no finished trial, so its Pareto front is empty")
-    if max_params is not None:
-        if max_params <= 0:
-            raise ValueError(f"max_params must be > 0, got max_params={max_params}")
-        fits = [r for r in front if r.params <= max_params]
+    if max_size is not None:
+        if max_size <= 0:
+            raise ValueError(f"{name} must be > 0, got {name}={max_size}")
+        fits = [r for r in front if r.size_value <= max_size]
         if not fits:
-            raise ValueError(f"no Pareto-optimal trial has at most {max_params:,} parameters "
-                             f"(smallest has {front[0].params:,})")
-        return min(fits, key=lambda r: (r.valid_ppl, r.params))
+            label = SIZE_LABELS[front[0].size]
+            raise ValueError(f"no Pareto-optimal trial has at most {max_size:,} {label} "
+                             f"(smallest has {front[0].size_value:,})")
+        return min(fits, key=lambda r: (r.valid_ppl, r.size_value))
     if max_ppl is not None:
         if not max_ppl > 0:
             raise ValueError(f"max_ppl must be > 0, got max_ppl={max_ppl}")
@@ -74,7 +81,7 @@ def pick(records: Sequence[TrialRecord], *, max_params: int | None = None, max_p
         if not fits:
             best = min(r.valid_ppl for r in front)
             raise ValueError(f"no Pareto-optimal trial reaches perplexity {max_ppl} (best is {best:.2f})")
-        return min(fits, key=lambda r: (r.params, r.valid_ppl))
+        return min(fits, key=lambda r: (r.size_value, r.valid_ppl))
     return knee_point(front)
 
 
@@ -127,8 +134,11 @@ def export_trial(record: TrialRecord, out: str | os.PathLike, *, experiment: str
         "experiment": experiment,
         "trial": record.number,
         "family": record.family,
+        "size": record.size,
         "params": record.params,
+        "recurrent_params": record.recurrent_params,
         "flops": record.flops,
+        "dense": dict(record.dense),
         "valid_ppl": record.valid_ppl,
         "test_ppl": record.test_ppl,
         "epochs": record.epochs,
@@ -137,7 +147,8 @@ def export_trial(record: TrialRecord, out: str | os.PathLike, *, experiment: str
     }
     test = "n/a" if record.test_ppl is None else f"{record.test_ppl:.4f}"
     header = (f"squeezelstm export: experiment {experiment or '?'} trial {record.number} ({record.family})\n"
-              f"params {record.params:,}  flops {record.flops:,}  valid ppl {record.valid_ppl:.4f}  test ppl {test}\n"
+              f"params {record.params:,}  recurrent params {record.recurrent_params:,}  flops {record.flops:,}"
+              f"  (size objective: {record.size})  valid ppl {record.valid_ppl:.4f}  test ppl {test}\n"
               f"train it again with: squeezelstm train {out.name}")
     save_config(config, out, header_comment=header)
     metrics_file = out.with_name(out.name + ".metrics.json")

@@ -12,8 +12,8 @@ import math
 import sys
 from typing import Any
 
-from ..pareto import STATUSES, TrialRecord
-from ._runs import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, STATUS_TAG,
+from ..pareto import SIZES, STATUSES, TrialRecord
+from ._runs import (CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, REF_TAGS, ROLE_TAG, SAMPLED_TAG, SEARCH_TAG, SIZE_TAG, STATUS_TAG,
                        STEP0_METRICS, TRIAL_TAG, child_runs, hypervolume_history, quote_filter_value, search_all_runs)
 from ._store import check_tracking_uri, mlflow_client, sqlite_path
 
@@ -55,7 +55,8 @@ def _record_from_run(client, run) -> TrialRecord:
     family = tags.get(FAMILY_TAG) or str(config.get("model", {}).get("cell", "unknown"))
     return TrialRecord(
         number=int(tags[TRIAL_TAG]), family=family, params=int(metrics.get("params", 0)),
-        flops=int(metrics.get("flops", 0)), status=status, valid_ppl=valid,
+        flops=int(metrics.get("flops", 0)), recurrent_params=int(metrics.get("recurrent_params", 0)),
+        size=tags.get(SIZE_TAG, "total") if tags.get(SIZE_TAG) in SIZES else "total", status=status, valid_ppl=valid,
         test_ppl=_unclamp(metrics.get(f"{FINAL_PREFIX}test_ppl")), config=config, sampled=sampled, history=history,
         started_at=(run.info.start_time / 1000.0) if run.info.start_time else None,
         ended_at=(run.info.end_time / 1000.0) if run.info.end_time else None,

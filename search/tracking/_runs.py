@@ -14,13 +14,14 @@ STATUS_TAG = "squeezelstm.status"
 FAMILY_TAG = "squeezelstm.family"
 CONFIG_TAG = "squeezelstm.config"
 SAMPLED_TAG = "squeezelstm.sampled"
+SIZE_TAG = "squeezelstm.size"  # the search's size objective: total, recurrent or flops
 PARETO_TAG = "pareto"
 PARENT_TAG = "mlflow.parentRunId"
 # current hypervolume reference and optimum: tags (mutable) mirror the first-logged params
 REF_TAGS = {"ref_params": "squeezelstm.ref_params", "ref_ppl": "squeezelstm.ref_ppl",
             "optimal_ppl": "squeezelstm.optimal_ppl"}
 # metrics that are not per-epoch learning-curve values
-STEP0_METRICS = ("params", "flops")
+STEP0_METRICS = ("params", "recurrent_params", "flops")
 FINAL_PREFIX = "final_"
 SEARCH_CONFIG_FILE = "search_config.json"
 

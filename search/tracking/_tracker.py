@@ -30,7 +30,7 @@ from typing import Any
 
 from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
 from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, PARETO_TAG, REF_TAGS, ROLE_TAG,
-                     SAMPLED_TAG, SEARCH_CONFIG_FILE, SEARCH_TAG, STATUS_TAG, STEP0_METRICS, TRIAL_TAG, _find_child,
+                     SAMPLED_TAG, SEARCH_CONFIG_FILE, SEARCH_TAG, SIZE_TAG, STATUS_TAG, STEP0_METRICS, TRIAL_TAG, _find_child,
                      _log, _param_value, _scalar_metrics, child_runs, flatten, hypervolume_history,
                      quote_filter_value, search_all_runs)
 from ._store import TrackingUnavailable, check_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri, sqlite_path
@@ -95,21 +95,24 @@ class TrialLogger:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def start(self, spec_config: dict, params: int, flops: int, sampled: dict) -> None:
-        """Find-or-create the child run and log the config (params, tag, artifact), ``params``/``flops`` at step 0."""
+    def start(self, spec_config: dict, params: int, flops: int, sampled: dict, *, recurrent_params: int = 0,
+              size: str = "total") -> None:
+        """Find-or-create the child run and log the config (params, tag, artifact), every size at step 0
+        (``params``, ``recurrent_params``, ``flops``) and the search's size objective as a tag."""
         family = str(spec_config.get("model", {}).get("cell", "")) or None
         run_id = self._ensure_run(family)
         run = self.client.get_run(run_id)
         existing = run.data.params
         flat = {k: v for k, v in flatten(spec_config).items() if k not in existing}
         config_json = json.dumps(spec_config, sort_keys=True, default=str)
-        tags = {STATUS_TAG: "running", SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str)}
+        tags = {STATUS_TAG: "running", SAMPLED_TAG: json.dumps(sampled, sort_keys=True, default=str), SIZE_TAG: size}
         if family:
             tags[FAMILY_TAG] = family
         if len(config_json) <= _MAX_TAG_VALUE:
             tags[CONFIG_TAG] = config_json
         # a re-run trial (resume, Ray retry) keeps its single step-0 point
-        step0 = {} if "params" in run.data.metrics else {"params": params, "flops": flops}
+        step0 = {} if "params" in run.data.metrics else {"params": params, "recurrent_params": recurrent_params,
+                                                         "flops": flops}
         _log(self.client, run_id, params=flat, metrics=step0, step=0, tags=tags)
         self.client.log_dict(run_id, spec_config, "config.json")
 
@@ -250,9 +253,11 @@ class SearchTracker:
         run_id = logger._ensure_run(record.family)
         run = self.client.get_run(run_id)
         if record.config and CONFIG_TAG not in run.data.tags:
-            logger.start(record.config, record.params, record.flops, record.sampled)
+            logger.start(record.config, record.params, record.flops, record.sampled,
+                         recurrent_params=record.recurrent_params, size=record.size)
         elif "params" not in run.data.metrics:
-            _log(self.client, run_id, metrics={"params": record.params, "flops": record.flops}, step=0)
+            _log(self.client, run_id, metrics={"params": record.params, "recurrent_params": record.recurrent_params,
+                                               "flops": record.flops}, step=0)
         if record.status == "running":
             return
         result = {"valid_ppl": record.valid_ppl, "test_ppl": record.test_ppl,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..pareto import TrialRecord
+from ..pareto import SIZE_LABELS, TrialRecord
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -28,12 +28,16 @@ def mark_experiment_kind(client, experiment_id: str) -> None:
 def front_markdown(front: list[TrialRecord], experiment: str, hypervolume: float | None = None) -> str:
     """The front as a Markdown table (by size), with a line saying what it is."""
     hv = "" if hypervolume is None or not math.isfinite(hypervolume) else f", hypervolume {hypervolume:.4f}"
-    lines = [f"**Pareto front of search `{experiment}`**: {len(front)} trial(s){hv}, smallest first.", "",
-             "| trial | family | params | valid ppl | test ppl | sampled |", "|---:|---|---:|---:|---:|---|"]
-    for r in sorted(front, key=lambda r: (r.params, r.number)):
+    size = front[0].size if front else "total"
+    lines = [f"**Pareto front of search `{experiment}`**: {len(front)} trial(s){hv}, smallest first "
+             f"(size objective: {SIZE_LABELS[size]}).", "",
+             "| trial | family | params | recurrent | flops | valid ppl | test ppl | sampled |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(front, key=lambda r: (r.size_value, r.number)):
         test = "" if r.test_ppl is None else f"{r.test_ppl:.2f}"
         sampled = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.sampled.items() if k != "model.cell")
-        lines.append(f"| {r.number} | {r.family} | {r.params:,} | {r.valid_ppl:.2f} | {test} | "
+        lines.append(f"| {r.number} | {r.family} | {r.params:,} | {r.recurrent_params:,} | {r.flops:,} | "
+                     f"{r.valid_ppl:.2f} | {test} | "
                      f"{sampled.replace('|', '/')} |")
     return "\n".join(lines)
 

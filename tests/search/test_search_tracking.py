@@ -111,10 +111,10 @@ def test_run_structure_metrics_tags_and_artifacts(store):
     assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     note = prun.data.tags["mlflow.note.content"].splitlines()
     assert note[0] == (f"**Pareto front of search `structure`**: 2 trial(s), hypervolume "
-                       f"{log_hypervolume(records, **REF):.4f}, smallest first.")
-    assert note[2].startswith("| trial | family | params | valid ppl") and len(note) == 6
-    assert note[4].startswith("| 0 | factorized | 5,000 | 80.00 | 88.00 | rank=4 |")
-    assert note[5].startswith("| 1 | factorized | 9,000 | 60.00 | 66.00 |")
+                       f"{log_hypervolume(records, **REF):.4f}, smallest first (size objective: parameters).")
+    assert note[2].startswith("| trial | family | params | recurrent | flops | valid ppl") and len(note) == 6
+    assert note[4].startswith("| 0 | factorized | 5,000 | 0 | ") and "| 80.00 | 88.00 | rank=4 |" in note[4]
+    assert note[5].startswith("| 1 | factorized | 9,000 | 0 | ") and "| 60.00 | 66.00 |" in note[5]
 
     runs = by_trial(children(tracker))
     assert sorted(runs) == [0, 1, 2, 3] and all(len(v) == 1 for v in runs.values())

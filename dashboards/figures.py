@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from squeezelstm.search.pareto import TrialRecord, finished, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import SIZE_LABELS, TrialRecord, finished, log_hypervolume, pareto_front
 from squeezelstm.spaces.families import FAMILY_NAMES
 
 from .tables import format_args, key_args
@@ -42,7 +42,10 @@ def human_count(n: float) -> str:
 
 
 def _hover(r: TrialRecord) -> str:
-    lines = [f"trial {r.number} · {r.family} · {r.status}", f"params {r.params:,}"]
+    lines = [f"trial {r.number} · {r.family} · {r.status}",
+             f"params {r.params:,} · recurrent {r.recurrent_params:,} · flops {r.flops:,}"]
+    lines += [f"before pruning: params {r.dense['params']:,} · recurrent {r.dense['recurrent_params']:,}"
+              ] if r.dense and r.dense.get("params") != r.params else []
     if _finite(r.valid_ppl):
         lines.append(f"valid ppl {r.valid_ppl:.3f}")
     if _finite(r.test_ppl):
@@ -60,7 +63,8 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
 
     Returns ``{"families": {family: {"trial", "params", "valid_ppl", "status", "faded", "hover"}},
     "front": {"trial", "params", "valid_ppl"}, "step": {"x", "y"}, "optimal_ppl", "unplotted",
-    "y_range"}``: ``y_range`` spans every point but stops at 3x the worst finished perplexity;
+    "y_range", "size"}``: ``params`` holds the search's size objective (``size``: total parameters,
+    recurrent parameters or FLOPs; ``TrialRecord.size_value``); ``y_range`` spans every point but stops at 3x the worst finished perplexity;
     ``step`` is the front as a staircase (each point, then right to the next point's parameter
     count at the same perplexity); ``unplotted`` lists trials without any perplexity.
     """
@@ -68,12 +72,12 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
     families: dict[str, dict[str, list]] = {}
     unplotted = []
     for r in sorted(records, key=lambda r: r.number):
-        if not _finite(r.valid_ppl) or r.params <= 0:
+        if not _finite(r.valid_ppl) or r.size_value <= 0:
             unplotted.append(r.number)
             continue
         fam = families.setdefault(r.family, {k: [] for k in ("trial", "params", "valid_ppl", "status", "faded", "hover")})
         fam["trial"].append(r.number)
-        fam["params"].append(int(r.params))
+        fam["params"].append(int(r.size_value))
         fam["valid_ppl"].append(float(r.valid_ppl))
         fam["status"].append(r.status)
         fam["faded"].append(r.status != "finished")
@@ -83,9 +87,9 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
     step_y: list[float] = []
     for i, r in enumerate(front):
         if i:
-            step_x.append(float(r.params))
+            step_x.append(float(r.size_value))
             step_y.append(step_y[-1])
-        step_x.append(float(r.params))
+        step_x.append(float(r.size_value))
         step_y.append(float(r.valid_ppl))
     # a diverged trial's perplexity can be astronomic: keep the axis on the trials worth reading
     every = [v for fam in families.values() for v in fam["valid_ppl"]]
@@ -98,7 +102,8 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
     return {
         "families": families,
         "y_range": y_range,
-        "front": {"trial": [r.number for r in front], "params": [int(r.params) for r in front],
+        "size": records[0].size if records else "total",
+        "front": {"trial": [r.number for r in front], "params": [int(r.size_value) for r in front],
                   "valid_ppl": [float(r.valid_ppl) for r in front]},
         "step": {"x": step_x, "y": step_y},
         "optimal_ppl": float(optimal_ppl) if _finite(optimal_ppl) else None,
@@ -107,7 +112,8 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
 
 
 def draw_pareto(data: dict[str, Any]) -> go.Figure:
-    """Parameter count (log x) against validation perplexity, coloured by family, front as a step line."""
+    """The size objective (log x: parameters by default) against validation perplexity, coloured by family,
+    front as a step line."""
     fig = go.Figure()
     for family, pts in sorted(data["families"].items()):
         color = family_color(family)
@@ -129,8 +135,9 @@ def draw_pareto(data: dict[str, Any]) -> go.Figure:
     if data["optimal_ppl"] is not None:
         fig.add_hline(y=data["optimal_ppl"], line_dash="dash", line_color="grey",
                       annotation_text=f"optimal ppl {data['optimal_ppl']:.3g}", annotation_position="top left")
-    fig.update_layout(title="Parameters vs validation perplexity (faded: pruned / failed)",
-                      xaxis={"title": "parameters", "type": "log"},
+    label = SIZE_LABELS[data.get("size", "total")]
+    fig.update_layout(title=f"{label[0].upper()}{label[1:]} vs validation perplexity (faded: pruned / failed)",
+                      xaxis={"title": label, "type": "log"},
                       yaxis={"title": "validation perplexity", "range": data.get("y_range")},
                       template="plotly_white", legend_title="cell family")
     return fig
@@ -142,7 +149,7 @@ def default_reference(records: Iterable[TrialRecord]) -> tuple[float, float]:
     done = finished(records)
     if not done:
         return 1.0, 1.0
-    return 10.0 * max(r.params for r in done), 2.0 * max(r.valid_ppl for r in done)
+    return 10.0 * max(r.size_value for r in done), 2.0 * max(r.valid_ppl for r in done)
 
 
 def hypervolume_data(records: Iterable[TrialRecord] = (), *, history: Sequence[dict] | None = None,
@@ -251,8 +258,9 @@ def parallel_coordinates_data(records: Iterable[TrialRecord]) -> dict[str, Any]:
             categories = sorted({str(v) for v in present})
             dims.append({"label": key, "kind": "categorical", "categories": categories,
                          "values": [categories.index(str(v)) if v is not None else None for v in values]})
-    dims.append({"label": "log10 params", "kind": "numeric", "categories": [],
-                 "values": [math.log10(r.params) if r.params > 0 else None for r in rows]})
+    size = rows[0].size if rows else "total"
+    dims.append({"label": "log10 params" if size == "total" else f"log10 {SIZE_LABELS[size]}", "kind": "numeric",
+                 "categories": [], "values": [math.log10(r.size_value) if r.size_value > 0 else None for r in rows]})
     return {"trials": [r.number for r in rows], "color": [float(r.valid_ppl) for r in rows], "dimensions": dims}
 
 
@@ -290,7 +298,7 @@ def draw_parallel_coordinates(data: dict[str, Any]) -> go.Figure:
 # ---------------------------------------------------------------- per-family budgets
 def default_budgets(records: Iterable[TrialRecord]) -> list[float]:
     """1x and 3x powers of ten from the smallest to just past the largest finished parameter count."""
-    sizes = [r.params for r in finished(records) if r.params > 0]
+    sizes = [r.size_value for r in finished(records) if r.size_value > 0]
     if not sizes:
         return []
     lo, hi = math.floor(math.log10(min(sizes))), math.ceil(math.log10(max(sizes)))
@@ -299,7 +307,8 @@ def default_budgets(records: Iterable[TrialRecord]) -> list[float]:
 
 
 def family_budget_table(records: Iterable[TrialRecord], budgets: Sequence[float] | None = None) -> dict[str, Any]:
-    """Best finished validation perplexity of each family within each parameter budget.
+    """Best finished validation perplexity of each family within each budget of the size objective
+    (``size``: parameters by default, or recurrent parameters or FLOPs).
 
     Returns ``{"budgets", "families", "best", "trial"}`` where ``best[i][j]`` (and the trial that
     achieved it, ``trial[i][j]``) is for ``families[i]`` with at most ``budgets[j]`` parameters,
@@ -317,25 +326,29 @@ def family_budget_table(records: Iterable[TrialRecord], budgets: Sequence[float]
         mine = [r for r in done if r.family == family]
         row_best, row_trial = [], []
         for budget in budgets:
-            fits = [r for r in mine if r.params <= budget]
-            winner = min(fits, key=lambda r: (r.valid_ppl, r.params)) if fits else None
+            fits = [r for r in mine if r.size_value <= budget]
+            winner = min(fits, key=lambda r: (r.valid_ppl, r.size_value)) if fits else None
             row_best.append(float(winner.valid_ppl) if winner else None)
             row_trial.append(winner.number if winner else None)
         best.append(row_best)
         trial.append(row_trial)
-    return {"budgets": budgets, "families": families, "best": best, "trial": trial}
+    return {"budgets": budgets, "families": families, "best": best, "trial": trial,
+            "size": records[0].size if records else "total"}
 
 
 def draw_family_table(data: dict[str, Any]) -> go.Figure:
     """The budget table as a plotly table: one row per family, one column per budget."""
-    header = ["family"] + [f"≤ {human_count(b)} params" for b in data["budgets"]]
+    unit = {"total": "params", "recurrent": "recurrent params", "flops": "FLOPs"}[data.get("size", "total")]
+    header = ["family"] + [f"≤ {human_count(b)} {unit}" for b in data["budgets"]]
     columns = [data["families"]]
     for j in range(len(data["budgets"])):
         columns.append([f"{row[j]:.2f} (#{t[j]})" if row[j] is not None else "—"
                         for row, t in zip(data["best"], data["trial"])])
     fig = go.Figure(go.Table(header={"values": header, "align": "left", "fill_color": "#e8e8e8"},
                              cells={"values": columns, "align": "left"}))
-    fig.update_layout(title="Best validation perplexity per family within each parameter budget",
+    fig.update_layout(title=f"Best validation perplexity per family within each {SIZE_LABELS[data.get('size', 'total')]} budget"
+                      if data.get("size", "total") != "total" else
+                      "Best validation perplexity per family within each parameter budget",
                       template="plotly_white", margin={"t": 60, "b": 20},
                       # the default margins alone are taller than a short table: size it to its rows
                       height=140 + 30 * (1 + max(1, len(data["families"]))))

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from squeezelstm.search.pareto import TrialRecord, pareto_front, status_counts
+from squeezelstm.search.pareto import SIZE_LABELS, TrialRecord, pareto_front, status_counts
 
 from . import figures
-from .tables import COLUMNS, cell_text, front_rows, json_safe, rows_to_csv
+from .tables import NUMERIC, cell_text, columns, front_rows, json_safe, rows_to_csv
 
 REPORT_FILE = "pareto_report.html"
 
@@ -31,12 +31,13 @@ def _front_table_html(records: Sequence[TrialRecord]) -> str:
     rows = front_rows(pareto_front(records))
     if not rows:
         return "<p>No finished trial yet: the front is empty.</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    names = columns(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in names)
     body = []
     for row in rows:
         cells = []
-        for c in COLUMNS:
-            cls = ' class="num"' if c in ("trial", "params", "valid_ppl", "test_ppl") else ""
+        for c in names:
+            cls = ' class="num"' if c in NUMERIC else ""
             cells.append(f"<td{cls}>{html.escape(cell_text(row.get(c)))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table class="front"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -48,7 +49,9 @@ def _summary(records: Sequence[TrialRecord]) -> str:
     front = pareto_front(records)
     if front:
         best = min(front, key=lambda r: r.valid_ppl)
-        parts.append(f"best valid ppl {best.valid_ppl:.3f} (trial {best.number}, {best.params:,} params)")
+        parts.append(f"best valid ppl {best.valid_ppl:.3f} (trial {best.number}, {best.params:,} params, "
+                     f"{best.recurrent_params:,} recurrent, {best.flops:,} flops)")
+        parts.append(f"size objective: {SIZE_LABELS[best.size]}")
     return " · ".join(parts)
 
 

@@ -8,12 +8,27 @@ from typing import Any
 
 import pandas as pd
 
-from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.search.pareto import SIZES, TrialRecord
 from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
 from squeezelstm.trainers.files import json_safe  # noqa: F401  (the tables' JSON, re-exported)
 
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")
-COLUMNS = ("trial", "family", "key_args", "params", "valid_ppl", "test_ppl")
+COLUMNS = ("trial", "family", "key_args", "params", "recurrent_params", "flops", "valid_ppl", "test_ppl")
+NUMERIC = {"trial", "params", "recurrent_params", "flops", "valid_ppl", "test_ppl"}
+
+
+def columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns for ``front_rows`` output: the search's size objective first of the three sizes,
+    and ``dense`` (the sizes before H-LSTM pruning) where a trial on it prunes."""
+    size = SIZES[rows[0].get("size", "total")] if rows else "params"
+    sizes = (size, *(c for c in ("params", "recurrent_params", "flops") if c != size))
+    dense = ("dense",) if any(row.get("dense") for row in rows) else ()
+    return ("trial", "family", "key_args", *sizes, *dense, "valid_ppl", "test_ppl")
+
+
+def dense_text(record: TrialRecord) -> dict[str, int]:
+    """The sizes before pruning that differ from the live ones (empty for a trial that does not prune)."""
+    return {k: int(v) for k, v in record.dense.items() if v != getattr(record, k)}
 
 
 def key_args(record: TrialRecord) -> dict[str, Any]:
@@ -35,10 +50,12 @@ def format_args(args: dict[str, Any]) -> str:
 
 
 def front_rows(front: Iterable[TrialRecord]) -> list[dict[str, Any]]:
-    """One plain dict per trial (trial, family, key_args, params, valid_ppl, test_ppl), in the given order."""
+    """One plain dict per trial (trial, family, key_args, params, recurrent_params, flops, valid_ppl, test_ppl,
+    the search's ``size`` objective, and ``dense``: the sizes before pruning where they differ), in the given order."""
     return [
         {"trial": r.number, "family": r.family, "key_args": key_args(r), "params": int(r.params),
-         "valid_ppl": r.valid_ppl, "test_ppl": r.test_ppl}
+         "recurrent_params": int(r.recurrent_params), "flops": int(r.flops), "valid_ppl": r.valid_ppl,
+         "test_ppl": r.test_ppl, "size": r.size, "dense": dense_text(r)}
         for r in front
     ]
 
@@ -55,8 +72,9 @@ def cell_text(value: Any) -> str:
 
 
 def front_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """``front_rows`` output as a DataFrame of cell texts (columns ``COLUMNS``): what the CSV and the table show."""
-    return pd.DataFrame([[cell_text(row.get(c)) for c in COLUMNS] for row in rows], columns=list(COLUMNS), dtype=object)
+    """``front_rows`` output as a DataFrame of cell texts (``columns(rows)``): what the CSV and the table show."""
+    names = columns(rows)
+    return pd.DataFrame([[cell_text(row.get(c)) for c in names] for row in rows], columns=list(names), dtype=object)
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -66,11 +84,11 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Aligned plain-text table of ``front_rows`` output, for a terminal: numbers right-aligned."""
-    cells = pd.concat([pd.DataFrame([COLUMNS], columns=list(COLUMNS), dtype=object), front_frame(rows)],
+    names = columns(rows)
+    cells = pd.concat([pd.DataFrame([names], columns=list(names), dtype=object), front_frame(rows)],
                       ignore_index=True)
     widths = cells.apply(lambda column: column.str.len()).max()
-    numeric = {"trial", "params", "valid_ppl", "test_ppl"}
-    for name in COLUMNS:
-        pad = cells[name].str.rjust if name in numeric else cells[name].str.ljust
+    for name in names:
+        pad = cells[name].str.rjust if name in NUMERIC else cells[name].str.ljust
         cells[name] = pad(int(widths[name]))
     return "\n".join(cells.agg("  ".join, axis=1).str.rstrip())

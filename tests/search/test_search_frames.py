@@ -71,20 +71,22 @@ def test_trials_dataframe_reads_a_running_or_finished_search_and_the_result_has_
 # -- the front tables: the csv-module code they replaced, kept here as the reference ----------------
 
 def _csv_reference(rows):
+    names = tables.columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(tables.COLUMNS)
+    writer.writerow(names)
     for row in rows:
-        writer.writerow([tables.cell_text(row.get(c)) for c in tables.COLUMNS])
+        writer.writerow([tables.cell_text(row.get(c)) for c in names])
     return buffer.getvalue()
 
 
 def _table_reference(rows):
-    cells = [list(tables.COLUMNS)] + [[tables.cell_text(row.get(c)) for c in tables.COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(tables.COLUMNS))]
-    numeric = {"trial", "params", "valid_ppl", "test_ppl"}
+    names = tables.columns(rows)
+    cells = [list(names)] + [[tables.cell_text(row.get(c)) for c in names] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
+    numeric = {"trial", "params", "recurrent_params", "flops", "valid_ppl", "test_ppl"}
     return "\n".join(
-        "  ".join(t.rjust(w) if n in numeric else t.ljust(w) for t, w, n in zip(line, widths, tables.COLUMNS)).rstrip()
+        "  ".join(t.rjust(w) if n in numeric else t.ljust(w) for t, w, n in zip(line, widths, names)).rstrip()
         for line in cells)
 
 

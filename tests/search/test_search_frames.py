@@ -43,7 +43,7 @@ def test_records_dataframe_has_one_row_a_trial_with_every_searched_value_and_the
     assert list(frame["trial"]) == [0, 1, 2, 3, 4]
     assert list(frame.columns) == [
         "trial", "status", "family", "model.groups", "model.hidden_size", "model.rank", "model.routing",
-        "params", "flops", "valid_ppl", "test_ppl", "epochs",
+        "params", "recurrent_params", "flops", "valid_ppl", "test_ppl", "epochs",
         "valid_ppl_epoch_1", "train_ppl_epoch_1", "valid_ppl_epoch_2", "train_ppl_epoch_2", "on_front"]
     row = frame.set_index("trial").loc[2]
     assert (row["status"], row["family"], row["model.groups"], row["params"], row["flops"]) == ("finished", "grouped", 4, 900, 50)

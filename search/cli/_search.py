@@ -158,7 +158,7 @@ def continue_command(argv: list[str] | None, args: argparse.Namespace) -> str:
     out = ["squeezelstm", "search", "--space", str(args.space), "--trials", str(args.trials),
            "--experiment", str(args.experiment)]
     for flag, value in (("--sampler", args.sampler), ("--pruner", args.pruner), ("--epochs", args.epochs),
-                        ("--size", args.size),
+                        ("--size", getattr(args, "size", None)),
                         ("--storage", args.storage), ("--tracking-uri", args.tracking_uri), ("--address", args.address)):
         if value is not None:
             out += [flag, str(value)]

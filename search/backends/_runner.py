@@ -300,7 +300,7 @@ def _run_search(
     if tracker is not None:
         tracker.check()
 
-    controller_kwargs: dict[str, Any] = dict(sampler=sampler, seed=seed, epochs=epochs,
+    controller_kwargs: dict[str, Any] = dict(sampler=sampler, seed=seed, epochs=epochs, prefetch=True,
                                               state_dir=paths.state_dir, study_name=experiment)
     if pruner is not None:
         controller_kwargs["pruner"] = pruner

@@ -38,7 +38,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, one_thread, random_draw, space_dists
+from ..samplers import (DEFAULT_SAMPLER, ExactSizeEHVI, Observation, Prefetcher, local_draw, one_thread, random_draw,
+                        space_dists)
 from ..pruners import PruningBridge
 from ..pareto import OBJECTIVES, TrialRecord, pareto_front
 from ..space import SearchSpace, load_space, model_cost
@@ -108,6 +109,7 @@ class SearchController:
     ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters. Extra keyword
     arguments go to the pruner (see ``squeezelstm.search.pruners.make_pruner``); ``sampler_kwargs``
     to the sampler. ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw.
+    ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class SearchController:
         measure: Callable[[dict], tuple[int, int]] | None = None,
         sampler_kwargs: dict | None = None,
         max_retries: int = 200,
+        prefetch: bool = False,
         **pruner_kwargs: Any,
     ) -> None:
         self.space = space if isinstance(space, SearchSpace) else load_space(space)
@@ -171,6 +174,7 @@ class SearchController:
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
         self.sampler = make_sampler(sampler, sampler_seed, **(sampler_kwargs or {}))
         self._ehvi: ExactSizeEHVI | None = None
+        self._prefetch: Prefetcher | None = None
         if sampler == "ehvi":
             dists, families = space_dists(self.space)
             self._ehvi = ExactSizeEHVI(
@@ -179,6 +183,7 @@ class SearchController:
                 ref_params=self.space.max_params, seed=sampler_seed,
                 neighbour=local_draw(self.space, self._measure, epochs), **(sampler_kwargs or {}),
             )
+            self._prefetch = Prefetcher(self._ehvi.propose) if prefetch else None
         self.study = optuna.create_study(
             study_name=study_name,
             storage=storage,
@@ -199,9 +204,13 @@ class SearchController:
         Over-budget samples are told to the study as infeasible and sampled again, at most
         ``max_retries`` times (then ValueError: the budget is too tight for this sampler).
         """
+        if self._prefetch is not None:
+            self._prefetch.wait()  # outside the lock: results are handled while the next proposal is computed
         with self._lock:
             for _ in range(self.max_retries):
-                if self._ehvi is not None:
+                if self._prefetch is not None:
+                    self.study.enqueue_trial(self._prefetch.take(self._observations)[0])
+                elif self._ehvi is not None:
                     with one_thread():
                         values, _, _ = self._ehvi.propose(self._observations())
                     self.study.enqueue_trial(values)
@@ -229,6 +238,8 @@ class SearchController:
                 self._records[trial.number] = record
                 self.bridge.start(trial.number, record.params)
                 self._save()
+                if self._prefetch is not None:
+                    self._prefetch.refill(self._observations())
                 return self._spec(record)
             raise ValueError(
                 f"no configuration within budget (max_params={self.space.max_params}, max_flops={self.space.max_flops}) "

@@ -12,7 +12,7 @@ from ._ehvi import (
     staircase,
 )
 from ._gp import GaussianProcess, fit_gp, fit_gp_ard
-from ._proposals import one_thread
+from ._proposals import Prefetcher, one_thread
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -20,6 +20,7 @@ __all__ = [
     "ExactSizeEHVI",
     "GaussianProcess",
     "Observation",
+    "Prefetcher",
     "expected_hvi",
     "fit_gp",
     "fit_gp_ard",

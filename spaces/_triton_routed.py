@@ -20,7 +20,7 @@ gradients are window-wide matmuls afterwards, from the pre-activation gradients 
 A step's state is written to the window's output buffer, and the next step reads it back after a
 barrier: Triton cannot slice a register tile by sub-cell, and the recurrent matmul needs
 ``h_{t-1}`` by sub-cell and in chunks. Launches per layer and window: the kernel, one each way,
-plus a fixed handful of torch ops (input projection, noise, buffers, weight gradients), none per step.
+plus a fixed ~60 torch ops (input projection, noise, buffers and views, weight gradients), none per step.
 """
 
 from __future__ import annotations
@@ -260,9 +260,10 @@ _backward_kernel = kernel(_routed_backward)
 
 def _blocks(k: int, s: int) -> dict:
     # BS: a sub-cell's gate columns per tile, the whole sub-cell up to 64 (4 gate accumulators of
-    # BN x BS stay in registers); BK: the recurrent matmul's reduction chunk over the sub-cell's s
-    # inputs (forward) and 4s gate rows (backward, wider: its operand is one tile, not four);
-    # BH: columns of the whole state per chunk for the router's k-wide products and the copies.
+    # BN x BS stay in registers); BH: columns of the whole state per chunk for the router's k-wide
+    # products and the copies; KP: k padded for tl.arange. BK, the recurrent matmul's reduction chunk,
+    # is set per direction by the caller: over the sub-cell's s inputs (forward, up to 32: four weight
+    # tiles a chunk) and its 4s gate rows (backward, up to 64: one weight tile a chunk).
     return {"BN": BLOCK_ROWS, "BS": block(s, 64), "BH": block(k * s, 64), "KP": pow2(k)}
 
 

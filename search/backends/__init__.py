@@ -5,6 +5,9 @@ The Ray adapter imports Ray: its names load on first use, so ``squeezelstm train
 
 import importlib
 
+from ._driver_lock import DriverLock, DriverRunning
+from ._driver_lock import acquire as acquire_driver_lock
+from ._interrupt import SearchInterrupted, StopSignals
 from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, log_hv, replay_search
 from ._runner import (
     DEFAULT_STORAGE,
@@ -29,10 +32,15 @@ __all__ = [
     "RECORDS_FILE",
     "Curve",
     "CurveTable",
+    "DriverLock",
+    "DriverRunning",
     "ReplayResult",
     "SearchPaths",
+    "SearchInterrupted",
     "SearchResult",
+    "StopSignals",
     "Stopper",
+    "acquire_driver_lock",
     "check_writable",
     "has_state",
     "is_uri",

@@ -28,6 +28,8 @@ import pandas as pd
 
 from ..samplers import DEFAULT_SAMPLER
 from ..pareto import TrialRecord, pareto_front, records_dataframe
+from ._driver_lock import hold as hold_driver_lock
+from ._interrupt import SearchInterrupted, fit_until_signal
 
 DEFAULT_STORAGE = "squeezelstm_runs"
 RECORDS_FILE = "records.json"
@@ -231,7 +233,14 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_search(
+def run_search(space: Any, *, experiment: str, storage: str | os.PathLike | None = None, **kwargs: Any) -> SearchResult:
+    """``_run_search`` as the only driver of ``experiment``: a second one is refused with ``DriverRunning``."""
+    paths = resolve_paths(experiment, storage)
+    with hold_driver_lock(paths.experiment_dir, experiment, on_os_error=lambda: check_writable(paths)):
+        return _run_search(space, experiment=experiment, storage=storage, **kwargs)
+
+
+def _run_search(
     space: Any,
     *,
     trials: int,
@@ -364,6 +373,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
         release_session,
         run_trial,
     )
+    from ._threads import ray_nodes, trial_threads
 
     available = ray.cluster_resources()
     if not address and not os.environ.get("RAY_ADDRESS"):
@@ -389,7 +399,7 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
     unfinished = controller.unfinished()
     session = SearchSession(
         controller=controller, trials=trials, trials_dir=str(paths.trials_dir),
-        threads=max(1, int(cpus_per_trial)), tracker=tracker, progress=progress,
+        threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
     )
@@ -414,11 +424,13 @@ def _fit(space: Any, controller: Any, paths: SearchPaths, tracker: Any, *, exper
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
-            tuner.fit()
+            fit_until_signal(tuner.fit)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
             if session.error is not None:
                 raise session.error
-    except BaseException:
+    except BaseException as exc:
         status = "KILLED"
+        if isinstance(exc, SearchInterrupted):
+            exc.counts = controller.counts()
         raise
     finally:
         release_session(token)

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
+        args.argv = argv  # what the command was called with (a stopped search prints how to continue it)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("squeezelstm: interrupted", file=sys.stderr)

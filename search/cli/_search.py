@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..samplers import DEFAULT_SAMPLER
+from ..backends import SearchInterrupted
 from ..pareto import TrialRecord
 
 
@@ -133,6 +135,36 @@ def _tracking_outage_is_a_clean_stop(args: argparse.Namespace, experiment: str):
         ) from exc
 
 
+def continue_command(argv: list[str] | None, args: argparse.Namespace) -> str:
+    """The exact command that continues a stopped search: its own arguments with ``--resume``
+    (a ``demo``, or a call without them, gets the equivalent ``search`` command)."""
+    if argv and "search" in argv:
+        argv = list(argv)
+        return shlex.join(["squeezelstm"] + argv + ([] if "--resume" in argv else ["--resume"]))
+    out = ["squeezelstm", "search", "--space", str(args.space), "--trials", str(args.trials),
+           "--experiment", str(args.experiment)]
+    for flag, value in (("--sampler", args.sampler), ("--pruner", args.pruner), ("--epochs", args.epochs),
+                        ("--storage", args.storage), ("--tracking-uri", args.tracking_uri), ("--address", args.address)):
+        if value is not None:
+            out += [flag, str(value)]
+    for item in args.overrides:
+        out += ["--set", item]
+    if args.no_tracking:
+        out.append("--no-tracking")
+    return shlex.join(out + ["--resume"])
+
+
+def interrupted_line(exc: SearchInterrupted, experiment: str, command: str) -> str:
+    """The one line a stopped search prints: which signal, what finished, what was running, how to continue."""
+    counts = exc.counts
+    done = ", ".join(f"{counts[k]} {k}" for k in ("finished", "pruned", "failed", "diverged") if counts.get(k))
+    running = counts.get("running", 0)
+    how = "stopped at once" if exc.immediate else "stopped"
+    kept = f"; {running} running trial(s) keep their last epoch checkpoint" if running else ""
+    return (f"squeezelstm: search {experiment!r} interrupted by {exc.name} ({how}): {done or 'no trial closed'}{kept}; "
+            f"continue with: {command}")
+
+
 def _pruner_args(items: list[str]) -> dict:
     import yaml
 
@@ -177,7 +209,11 @@ def _summary(result: Any) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    result = _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume)
+    try:
+        result = _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume)
+    except SearchInterrupted as exc:
+        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
+        return exc.exit_status
     print(_summary(result), file=sys.stderr)
     if args.json:
         print(json.dumps([_record_json(r) for r in result.front], indent=2, default=str))
@@ -208,7 +244,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not out_dir.is_dir():
         raise FileNotFoundError(f"--out-dir does not exist: {out_dir}")
     experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False)
+    try:
+        result = _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False)
+    except SearchInterrupted as exc:
+        args.experiment = experiment
+        print(interrupted_line(exc, experiment, continue_command(None, args)), file=sys.stderr)
+        return exc.exit_status
     print(_summary(result), file=sys.stderr)
     print(front_table(result.front))
     if not result.front:

@@ -1,5 +1,6 @@
 """The CUDA code path, run on CPU tensors (``SQUEEZELSTM_KERNELS=gpu``; Triton kernels through its
-interpreter, ``TRITON_INTERPRET=1``, set in ``tests/conftest.py``), against the reference path.
+interpreter, ``TRITON_INTERPRET=1``, set in ``tests/conftest.py``) or, on a GPU machine, on CUDA
+tensors (``benchmarks/gpu_check.sh``), against the reference path.
 
 Every family and routing, whole (two layers), over two windows with the state carried from the first
 into the second, ``batch_first`` both ways: outputs, final states and every gradient (input, initial
@@ -13,6 +14,8 @@ To add a family or routing whose GPU path is new (a Triton kernel), append its `
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -39,6 +42,9 @@ CASES = [
 IDS = [f"{c}-{a}" for c, a in CASES]
 
 INPUT, HIDDEN, LAYERS, STEPS, BATCH = 8, 8, 2, (4, 3), 3
+# Without a GPU the path runs on CPU tensors, Triton kernels interpreted; on a GPU machine (where
+# tests/conftest.py leaves the interpreter off) the same checks run on CUDA tensors, kernels compiled.
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 # Autocast tolerances, relative error in norm against the float32 reference (measured here: bf16 <= 0.5%
 # on outputs, <= 1.2% on gradients). H-LSTM's first-layer gradients pass ReLUs: a unit whose pre-activation
 # sits at the kink can flip in bf16 and move them by 10-25% (seed-dependent), so its gradients get 0.3.
@@ -50,15 +56,16 @@ def _model(cell, args, dtype=torch.float32, batch_first=False):
     args = dict(args)
     bias = args.pop("bias", True)
     torch.manual_seed(0)
-    return build_cell(cell, INPUT, HIDDEN, num_layers=LAYERS, bias=bias, batch_first=batch_first, dtype=dtype, **args)
+    return build_cell(cell, INPUT, HIDDEN, num_layers=LAYERS, bias=bias, batch_first=batch_first, dtype=dtype,
+                      device=DEVICE, **args)
 
 
 def _inputs(dtype, batch_first):
     gen = torch.Generator().manual_seed(1)
-    xs = [torch.randn(t, BATCH, INPUT, generator=gen, dtype=dtype) for t in STEPS]
+    xs = [torch.randn(t, BATCH, INPUT, generator=gen, dtype=dtype).to(DEVICE) for t in STEPS]
     if batch_first:
         xs = [x.transpose(0, 1).contiguous() for x in xs]
-    h0, c0 = (0.5 * torch.randn(LAYERS, BATCH, HIDDEN, generator=gen, dtype=dtype) for _ in range(2))
+    h0, c0 = (0.5 * torch.randn(LAYERS, BATCH, HIDDEN, generator=gen, dtype=dtype).to(DEVICE) for _ in range(2))
     return xs, h0, c0
 
 
@@ -94,14 +101,14 @@ def _two_windows(model, reference: bool, dtype=torch.float32, autocast=None):
     h0, c0 = h0.requires_grad_(True), c0.requires_grad_(True)
     model.zero_grad(set_to_none=True)
     call = _stack_call(model, reference)
-    gen = torch.Generator().manual_seed(7)  # Gumbel noise: both paths draw it in the same order
-    ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
+    gen = torch.Generator(device=DEVICE).manual_seed(7)  # Gumbel noise: both paths draw it in the same order
+    ctx = torch.autocast(DEVICE, dtype=autocast) if autocast is not None else torch.autocast(DEVICE, enabled=False)
     with ctx:
         out1, state = call(xs[0], (h0, c0), 0, gen)
         out2, (h_n, c_n) = call(xs[1], state, STEPS[0], gen)
     results = [t.float() for t in (out1, out2, h_n, c_n)]
     proj = torch.Generator().manual_seed(123)
-    loss = sum((t * torch.randn(t.shape, generator=proj)).sum() for t in results)
+    loss = sum((t * torch.randn(t.shape, generator=proj).to(DEVICE)).sum() for t in results)
     loss.backward()
     grads = {"x1": xs[0].grad, "x2": xs[1].grad, "h0": h0.grad, "c0": c0.grad}
     grads.update({name: p.grad for name, p in model.named_parameters()})
@@ -111,7 +118,9 @@ def _two_windows(model, reference: bool, dtype=torch.float32, autocast=None):
 @pytest.fixture
 def gpu_env(monkeypatch):
     monkeypatch.setenv("SQUEEZELSTM_KERNELS", "gpu")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if DEVICE == "cuda":  # float32 means float32 (cuDNN and cuBLAS would otherwise use TF32)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert gpu_path(torch.zeros(1))
 
 
@@ -130,6 +139,8 @@ def test_switch_is_read_at_every_call(monkeypatch):
 @pytest.mark.parametrize("training,batch_first", [(True, False), (False, True)], ids=["train-seq_first", "eval-batch_first"])
 @pytest.mark.parametrize("cell,args", CASES, ids=IDS)
 def test_gpu_path_matches_reference_float32(cell, args, training, batch_first, gpu_env):
+    if DEVICE == "cuda" and args.get("routing") == "hidden":
+        training = False  # CUDA's kernel draws the window's Gumbel noise at once: another stream than the reference's
     model = _model(cell, args, batch_first=batch_first).train(training)
     fast, fast_grads = _two_windows(model, reference=False)
     ref, ref_grads = _two_windows(model, reference=True)
@@ -145,6 +156,8 @@ def test_gpu_path_matches_reference_float32(cell, args, training, batch_first, g
 
 def _autocast_dtypes():
     """bf16, and fp16 where this CPU's fused LSTM kernel runs under fp16 autocast (oneDNN often does not)."""
+    if DEVICE == "cuda":
+        return [torch.bfloat16, torch.float16]
     dtypes = [torch.bfloat16]
     try:
         with torch.autocast("cpu", dtype=torch.float16):
@@ -162,7 +175,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", _autocast_dtypes(), ids=str)
 @pytest.mark.parametrize("cell,args", CASES, ids=IDS)
 def test_gpu_path_under_autocast(cell, args, dtype, gpu_env):
-    model = _model(cell, args).train()
+    model = _model(cell, args).train(not (DEVICE == "cuda" and args.get("routing") == "hidden"))
     low, low_grads = _two_windows(model, reference=False, autocast=dtype)
     ref, ref_grads = _two_windows(model, reference=True)
     tol = AUTOCAST_RTOL[dtype]

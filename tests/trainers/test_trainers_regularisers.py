@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from squeezelstm.trainers import Config, apply_overrides, build_model, count_model_parameters, train
+from squeezelstm.trainers import Config, apply_overrides, build_model, count_model_parameters, model_sizes, train
 from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
 from squeezelstm.trainers.corpus import batchify, load_corpus
 from squeezelstm.trainers.loop import make_optimizer, train_epoch
@@ -124,3 +124,17 @@ def test_penalty_keys_are_validated():
         apply_overrides(Config(), {"train.ar_alpha": -1.0})
     with pytest.raises(ValueError, match="model.embedding_dropout"):
         apply_overrides(Config(), {"model.embedding_dropout": 1.0})
+
+
+@pytest.mark.parametrize("extra,ppl,live", [
+    # a tied decoder of the hidden width needs no projection: the model is the one from before it existed
+    ({"model.tie_weights": True}, 25.92724439463243, 4862),
+    # H-LSTM grow-and-prune, unchanged by the live-size counting and the schedule helpers
+    ({"model.cell": "hidden", "model.gate_hidden": 4, "train.epochs": 3, "train.grow_epochs": [1],
+      "train.prune_epochs": [2, 3], "train.prune_sparsity": 0.5}, 25.935460958672362, 1918),
+])
+def test_tied_and_pruned_runs_match_the_pre_change_trainer(extra, ppl, live):
+    cfg = apply_overrides(Config.from_dict(BASE), extra)
+    result = train(cfg)
+    assert result.valid_ppl == pytest.approx(ppl, rel=1e-6)
+    assert result.live_params == live == model_sizes(cfg, 30).live_params

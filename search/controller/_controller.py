@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from ..samplers import DEFAULT_SAMPLER, ExactSizeEHVI, Observation, local_draw, one_thread, random_draw, space_dists
 from ..pruners import PruningBridge
-from ..pareto import TrialRecord, pareto_front
+from ..pareto import OBJECTIVES, TrialRecord, pareto_front
 from ..space import SearchSpace, load_space, model_cost
 
 SAMPLERS = ("ehvi", "tpe", "nsga2", "gp", "random")
@@ -186,6 +186,9 @@ class SearchController:
             sampler=self.sampler,
             load_if_exists=True,
         )
+        with warnings.catch_warnings():  # named axes in optuna-dashboard; experimental in Optuna since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([name for name, _ in OBJECTIVES])
         self._reconcile()
 
     # -- the three calls a runner makes ---------------------------------------------------------

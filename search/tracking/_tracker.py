@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
+from ._ui import NOTE_TAG, front_markdown, mark_experiment_kind
 from ._store import (  # noqa: F401  (the store's names, re-exported for callers of this module)
     TrackingUnavailable, check_tracking_uri, default_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri,
     sqlite_path)
@@ -273,6 +274,7 @@ class SearchTracker:
                 if found.lifecycle_stage != "active":
                     raise ValueError(f"experiment {self.experiment!r} is deleted in {self.tracking_uri}; restore or rename it")
                 self.experiment_id = found.experiment_id
+            mark_experiment_kind(self.client, self.experiment_id)
         return self.experiment_id
 
     def start_search(self, *, params: dict, tags: dict, resume: bool = False) -> str:
@@ -360,6 +362,7 @@ class SearchTracker:
         self._retag_front(client, experiment_id, parent, {r.number for r in front})
         self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
         self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
+        client.set_tag(parent, NOTE_TAG, front_markdown(front, self.experiment, log_hypervolume(records, ref_params, ref_ppl)))
         from squeezelstm.dashboards.report import write_report
         from squeezelstm.dashboards.tables import front_rows, json_safe, rows_to_csv
 

@@ -274,6 +274,11 @@ def test_controller_ehvi_suggests_in_budget_configs_the_study_records_and_resume
     spec = resumed.suggest()
     assert spec.number > max(numbers) and spec.params <= 40_000
     assert len(resumed.records()) == 8
+    # the journal names the objectives, so optuna-dashboard (which reads it live) labels its axes
+    import optuna
+
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
+    assert optuna.load_study(study_name="exp", storage=journal).metric_names == ["params", "valid_ppl"]
 
 
 def test_controller_ehvi_rejects_unknown_options():

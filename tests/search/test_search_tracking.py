@@ -103,6 +103,14 @@ def test_run_structure_metrics_tags_and_artifacts(store):
     hv = client.get_metric_history(parent, "hypervolume")
     assert [m.step for m in hv] == [1, 2]
     assert hv[-1].value == pytest.approx(log_hypervolume(records, **REF))
+    # the MLflow UI: opens on the runs table (model training, not GenAI traces); the front is the run's description
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    note = prun.data.tags["mlflow.note.content"].splitlines()
+    assert note[0] == (f"**Pareto front of search `structure`**: 2 trial(s), hypervolume "
+                       f"{log_hypervolume(records, **REF):.4f}, smallest first.")
+    assert note[2].startswith("| trial | family | params | valid ppl") and len(note) == 6
+    assert note[4].startswith("| 0 | factorized | 5,000 | 80.00 | 88.00 | rank=4 |")
+    assert note[5].startswith("| 1 | factorized | 9,000 | 60.00 | 66.00 |")
 
     runs = by_trial(children(tracker))
     assert sorted(runs) == [0, 1, 2, 3] and all(len(v) == 1 for v in runs.values())

@@ -192,7 +192,8 @@ class ExactSizeEHVI:
             raise ValueError(f"max_rows must be an integer >= 1 or None, got max_rows={max_rows!r}")
         self.max_rows = max_rows
         self._seed = seed
-        self._codes: dict[int, tuple] = {}  # trial number -> (state, encoding, values key, TrialRows or None)
+        self._codes: dict[int, tuple] = {}  # trial number -> ((status, epochs), encoding, values key, TrialRows or None)
+        self._seen: set[str] = set()  # the values keys of every numbered trial seen
         self._worst = math.nan
         if not isinstance(n_local, int) or isinstance(n_local, bool) or n_local < 0:
             raise ValueError(f"n_local must be an integer >= 0, got n_local={n_local!r}")
@@ -297,7 +298,8 @@ class ExactSizeEHVI:
         fraction of a percent of it); mutating the incumbents puts candidates there, and EHVI still
         decides between them and the pool.
         """
-        seen = {self._key(o) for o in observations}
+        # every numbered trial went through ``_trial`` in this proposal, which keeps its key in ``_seen``
+        seen = self._seen | {_values_key(o.values) for o in observations if o.number is None}
         out = []
         for i in range(self.n_local):
             got = self._neighbour(bases[i % len(bases)], int(self._rng.integers(2**63 - 1)))
@@ -308,14 +310,15 @@ class ExactSizeEHVI:
     def _trial(self, o: Observation) -> tuple:
         """``(encoding without progress, values key, TrialRows or None while running)`` of ``o``, computed once
         per trial number and state (an observation without a number is computed every time)."""
-        sig = (o.family, o.params, o.status, len(o.curve), o.curve[-1] if o.curve else None)
         hit = self._codes.get(o.number) if o.number is not None else None
-        if hit is None or hit[0] != sig:
-            code = hit[1] if hit is not None and hit[0][:2] == sig[:2] else self.encoder.encode(o.values, o.family, o.params)
-            key = hit[2] if hit is not None and hit[0][:2] == sig[:2] else _values_key(o.values)
-            hit = (sig, code, key, None if o.status == "running" else TrialRows.of(o, self.epochs))
-            if o.number is not None:
-                self._codes[o.number] = hit
+        if hit is not None and hit[0] == (o.status, len(o.curve)):  # a trial number's values never change
+            return hit[1:]
+        code = hit[1] if hit is not None else self.encoder.encode(o.values, o.family, o.params)
+        key = hit[2] if hit is not None else _values_key(o.values)
+        hit = ((o.status, len(o.curve)), code, key, None if o.status == "running" else TrialRows.of(o, self.epochs))
+        if o.number is not None:
+            self._codes[o.number] = hit
+            self._seen.add(key)
         return hit[1:]
 
     def _code(self, o: Observation) -> np.ndarray:

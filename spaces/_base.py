@@ -69,8 +69,9 @@ class RecurrentStack(nn.Module):
     and supplies four pieces: ``check_args`` (validate and normalise the family arguments; ValueError
     naming the bad one), ``layer_class`` (built with each layer's own arguments as keywords; or
     override ``make_layer(index, input_size, hidden_size, bias, factory_kwargs, **args)``), and the
-    per-layer formulas ``layer_parameters(m, n, bias, **args)`` and ``layer_flops(m, n, **args)``. The constructor takes the family arguments
-    as keywords and keeps each normalised one as an attribute (``self.rank``, ...).
+    per-layer formulas ``layer_parameters(m, n, bias, **args)`` and ``layer_flops(m, n, **args)``.
+    The constructor takes the family arguments as keywords and keeps each normalised one as an
+    attribute (``self.rank``, ...).
     """
 
     family: str = ""

@@ -26,7 +26,6 @@ import copy
 import functools
 import json
 import math
-import os
 import threading
 import time
 import warnings
@@ -40,11 +39,13 @@ import optuna
 from optuna.trial import TrialState
 
 from squeezelstm.trainers import Config, load_corpus
+from squeezelstm.trainers.files import atomic_write_text
 
 from ..config import SearchConfig
 from ..pareto import OBJECTIVES, TrialRecord, objective_values, pareto_front
 from ..pruners import PruningBridge
-from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, one_thread, random_draw, space_dists
+from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
+                        space_dists)
 from ..space import SearchSpace, model_cost
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
@@ -87,6 +88,7 @@ class SearchController:
     given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters.
     ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
     the study, the records and the config live there, and a new controller over it resumes.
+    ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs.
     """
 
     @quiet_optuna
@@ -98,6 +100,7 @@ class SearchController:
         vocab_size: int | None = None,
         measure: Callable[[dict], tuple[int, int]] | None = None,
         max_retries: int = 200,
+        prefetch: bool = False,
     ) -> None:
         if not isinstance(config, SearchConfig):
             raise TypeError(f"config must be a SearchConfig, got config={config!r}")
@@ -138,6 +141,7 @@ class SearchController:
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
         self.sampler = make_sampler(config.sampler, sampler_seed, **config.sampler_options)
         self._ehvi: ExactSizeEHVI | None = None
+        self._prefetch: Prefetcher | None = None
         epochs = config.epochs
         if config.sampler == "ehvi":
             dists, families = space_dists(self.space)
@@ -147,6 +151,7 @@ class SearchController:
                 ref_params=self.space.max_params, seed=sampler_seed,
                 neighbour=local_draw(self.space, self._measure, epochs), **config.sampler_options,
             )
+            self._prefetch = Prefetcher(self._ehvi.propose) if prefetch else None
         self.study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -168,9 +173,13 @@ class SearchController:
         Over-budget samples are told to the study as infeasible and sampled again, at most
         ``max_retries`` times (then ValueError: the budget is too tight for this sampler).
         """
+        if self._prefetch is not None:
+            self._prefetch.wait()  # outside the lock: results are handled while the next proposal is computed
         with self._lock:
             for _ in range(self.max_retries):
-                if self._ehvi is not None:
+                if self._prefetch is not None:
+                    self.study.enqueue_trial(self._prefetch.take(self._observations)[0])
+                elif self._ehvi is not None:
                     with one_thread():
                         values, _, _ = self._ehvi.propose(self._observations())
                     self.study.enqueue_trial(values)
@@ -199,6 +208,8 @@ class SearchController:
                 self._records[trial.number] = record
                 self.bridge.start(trial.number, record.params)
                 self._save()
+                if self._prefetch is not None:
+                    self._prefetch.refill(self._observations())
                 return self._spec(record)
             raise ValueError(
                 f"no configuration within budget (max_params={self.space.max_params}, max_flops={self.space.max_flops}) "
@@ -356,8 +367,7 @@ class SearchController:
                 self.bridge.finish(number, record.status, record.valid_ppl)
 
     def _meta(self) -> dict:
-        # the config of the latest session rebuilds the search (SearchConfig.from_dict); the three keys
-        # before it must not change between sessions
+        # the latest session's config rebuilds the search; the three keys before it never change
         return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
                 "epochs": self.epochs, "config": self.config.to_dict()}
 
@@ -375,7 +385,7 @@ class SearchController:
                         f"state_dir {self.state_dir} holds a search with a different {key}; "
                         "use a new experiment name or the same settings to resume"
                     )
-        _atomic_write(path, json.dumps(meta, indent=1))
+        atomic_write_text(path, json.dumps(meta, indent=1))
 
     def _load_records(self) -> None:
         path = self.state_dir / "records.json"
@@ -398,7 +408,7 @@ class SearchController:
             "prune_decided": sorted(self._prune_decided),
             "rejected": self.rejected,
         }
-        _atomic_write(self.state_dir / "records.json", json.dumps(_jsonable(state)))
+        atomic_write_text(self.state_dir / "records.json", json.dumps(_jsonable(state)))
 
 
 def corpus_vocab_size(space: SearchSpace) -> int:
@@ -434,12 +444,6 @@ def _plain(value: Any) -> Any:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: _plain(o) if hasattr(o, "item") else str(o)))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["SearchController", "TrialSpec", "corpus_vocab_size"]

@@ -247,6 +247,8 @@ def replay_search(
     measure: Callable[[dict], tuple[int, int]] | None = None,
     max_trials: int = 10000,
     fresh: bool = False,
+    state_dir: str | Path | None = None,
+    on_complete: Callable[[Any, SearchController], None] | None = None,
 ) -> ReplayResult:
     """Simulate the search ``config`` over ``table`` until ``budget`` compute is spent; returns its trace.
 
@@ -260,6 +262,9 @@ def replay_search(
     ``fresh``: map each sample to the nearest recorded configuration *not yet launched* in this search
     (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
     nearby new configuration, as it would in a real search, instead of repeating a known curve.
+    ``state_dir`` keeps the controller's journal and records on disk, as a real search does;
+    ``on_complete(record, controller)`` runs after each completion, as a real driver's tracking does
+    (``benchmarks/driver_scale.py``); both count in the result-handling latency.
     """
     space = config.space
     recorded = tuple(f for f in space.families if f in table.by_family)
@@ -295,7 +300,7 @@ def replay_search(
         mapped[_key(config)] = curve
         return curve.params, curve.flops
 
-    controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure)
+    controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure, state_dir=state_dir)
     result = ReplayResult()
     events: list[tuple[float, int, int, int]] = []  # (time, tie-break, trial number, epoch)
     running: dict[int, Curve] = {}
@@ -364,6 +369,8 @@ def replay_search(
             continue
         start = time.perf_counter()
         record = controller.complete(number, status, {"valid_ppl": trial["valid_ppl"]})
+        if on_complete is not None:
+            on_complete(record, controller)
         result.latency["result"].append(time.perf_counter() - start)
         if stopper is not None:
             stopper.complete(number, trial["epochs"], trial["valid_ppl"])

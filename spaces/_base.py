@@ -27,6 +27,16 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
+def optional_parameters(module: nn.Module, present: bool, shapes: dict[str, tuple[int, ...]], **factory_kwargs: Any) -> None:
+    """Give ``module`` one uninitialised parameter per ``name: shape`` if ``present`` (``bias=True``),
+    else register each name as None, as ``nn.Linear`` does for ``bias=False``."""
+    for name, shape in shapes.items():
+        if present:
+            setattr(module, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+        else:
+            module.register_parameter(name, None)
+
+
 def layer_input_sizes(input_size: int, hidden_size: int, num_layers: int) -> list[int]:
     """Input width of each layer: ``input_size`` for the first, ``hidden_size`` after."""
     return [input_size] + [hidden_size] * (num_layers - 1)
@@ -57,13 +67,15 @@ class RecurrentStack(nn.Module):
 
     A subclass is named in the family table (``families.py``), which gives it its ``family`` name,
     and supplies four pieces: ``check_args`` (validate and normalise the family arguments; ValueError
-    naming the bad one), ``make_layer(index, input_size, hidden_size, bias, factory_kwargs, **args)``
-    (one layer, given that layer's own arguments), and the per-layer formulas ``layer_parameters(m,
-    n, bias, **args)`` and ``layer_flops(m, n, **args)``. The constructor takes the family arguments
-    as keywords and keeps each normalised one as an attribute (``self.rank``, ...).
+    naming the bad one), ``layer_class`` (built with each layer's own arguments as keywords; or
+    override ``make_layer(index, input_size, hidden_size, bias, factory_kwargs, **args)``), and the
+    per-layer formulas ``layer_parameters(m, n, bias, **args)`` and ``layer_flops(m, n, **args)``.
+    The constructor takes the family arguments as keywords and keeps each normalised one as an
+    attribute (``self.rank``, ...).
     """
 
     family: str = ""
+    layer_class: type[RecurrentLayer]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,8 +116,9 @@ class RecurrentStack(nn.Module):
 
     def make_layer(
         self, index: int, input_size: int, hidden_size: int, bias: bool, factory_kwargs: dict, **args: Any
-    ) -> RecurrentLayer:  # pragma: no cover - interface
-        raise NotImplementedError
+    ) -> RecurrentLayer:
+        """Layer ``index``: ``layer_class(input_size, hidden_size, <its family args>, bias=, device=, dtype=)``."""
+        return self.layer_class(input_size, hidden_size, **args, bias=bias, **factory_kwargs)
 
     # -- the family's arguments and formulas -----------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -110,6 +111,22 @@ def _isa() -> tuple[str, list[str]]:
     return "generic", []
 
 
+_STALE_LOCK_S = 15 * 60  # a build takes ~1 min, a few on a loaded machine
+
+
+def _drop_stale_lock(lock: Path, max_age_s: float = _STALE_LOCK_S) -> bool:
+    """Remove torch's build lock if no build has touched it for ``max_age_s``; returns whether it did.
+
+    torch's ``FileBaton`` records no owner: a lock left by a killed builder is only recognisable by age."""
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def _load():
     from torch.utils.cpp_extension import _get_build_directory, load
 
@@ -119,6 +136,16 @@ def _load():
     digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
     name = f"squeezelstm_kernels_{isa}_{digest}"
     built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    if built.exists():
+        # Built before (this process's hash): load it without torch's build step, which takes a lock
+        # file in the build directory in every process and waits forever on one that a killed process
+        # (a Ray worker stopped mid-build, a timed-out test) left behind.
+        try:
+            torch.ops.load_library(str(built))
+            return torch.ops.squeezelstm_kernels
+        except OSError:
+            pass  # a half-written library from an interrupted link: rebuild it below
+    _drop_stale_lock(built.parent / "lock")
     if not built.exists():
         print("squeezelstm: compiling the recurrence kernels (once per machine, about a minute)...",
               file=sys.stderr, flush=True)

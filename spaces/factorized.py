@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _fused
-from ._base import RecurrentLayer, RecurrentStack, State
+from ._base import RecurrentLayer, RecurrentStack, State, optional_parameters
 from ._family_args import per_layer_checked
 from ._kernels import gpu_path
 from ._recurrence import bottleneck_recurrence
@@ -42,10 +42,7 @@ class FactorizedLSTMLayer(RecurrentLayer):
         self.input_size, self.hidden_size, self.rank = input_size, hidden_size, rank
         self.weight_in = nn.Parameter(torch.empty(rank, input_size + hidden_size, **fk))
         self.weight_out = nn.Parameter(torch.empty(4 * hidden_size, rank, **fk))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameters(self, bias, {"bias": (4 * hidden_size,)}, **fk)
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -98,8 +95,7 @@ class FactorizedLSTMLayer(RecurrentLayer):
 class FactorizedLSTM(RecurrentStack):
     """Multi-layer F-LSTM with the ``torch.nn.LSTM`` interface; ``rank`` is an int or one per layer."""
 
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, rank):
-        return FactorizedLSTMLayer(input_size, hidden_size, rank, bias, **factory_kwargs)
+    layer_class = FactorizedLSTMLayer
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, rank: Any = None) -> dict:

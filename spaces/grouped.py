@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import RecurrentLayer, RecurrentStack, State
+from ._base import RecurrentLayer, RecurrentStack, State, optional_parameters
 from ._family_args import per_layer_checked
 from ._fused import grouped_fused
 from ._kernels import gpu_path
@@ -51,10 +51,7 @@ class GroupedLSTMLayer(RecurrentLayer):
         g = groups
         self.weight_ih = nn.Parameter(torch.empty(g, 4 * hidden_size // g, input_size // g, **fk))
         self.weight_hh = nn.Parameter(torch.empty(g, 4 * hidden_size // g, hidden_size // g, **fk))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameters(self, bias, {"bias": (4 * hidden_size,)}, **fk)
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -123,8 +120,7 @@ class GroupedLSTMLayer(RecurrentLayer):
 class GroupedLSTM(RecurrentStack):
     """Multi-layer G-LSTM with the ``torch.nn.LSTM`` interface; ``groups`` is an int or one per layer."""
 
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, groups):
-        return GroupedLSTMLayer(input_size, hidden_size, groups, bias, **factory_kwargs)
+    layer_class = GroupedLSTMLayer
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, groups: Any = None) -> dict:

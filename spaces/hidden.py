@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
+from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int, optional_parameters
 from ._family_args import check_sizes
 from ._kernels import gpu_path
 
@@ -61,12 +61,7 @@ class HiddenLayer(RecurrentLayer):
         self.w1_ih = nn.Parameter(torch.empty(4 * d, input_size, **fk))
         self.w1_hh = nn.Parameter(torch.empty(4 * d, n, **fk))
         self.w2 = nn.Parameter(torch.empty(4, n, d, **fk))
-        if bias:
-            self.b1 = nn.Parameter(torch.empty(4 * d, **fk))
-            self.b2 = nn.Parameter(torch.empty(4 * n, **fk))
-        else:
-            self.register_parameter("b1", None)
-            self.register_parameter("b2", None)
+        optional_parameters(self, bias, {"b1": (4 * d,), "b2": (4 * n,)}, **fk)
         for name in MASKED:
             self.register_buffer(f"mask_{name}", torch.ones_like(getattr(self, name)))
         # Dense gradients of the effective weights, recorded by hooks for grow(); not state.
@@ -173,8 +168,7 @@ class HiddenLayerLSTM(RecurrentStack):
     ``live_parameters``, ``live_flops``, ``sparsity`` and ``clear_growth_grads`` (see the module docstring).
     """
 
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, gate_hidden):
-        return HiddenLayer(input_size, hidden_size, gate_hidden, bias, **factory_kwargs)
+    layer_class = HiddenLayer
 
     # -- grow and prune --------------------------------------------------------------------------
     def _masked(self) -> list[tuple[str, HiddenLayer, str]]:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._base import RecurrentLayer, RecurrentStack, State
+from ._base import RecurrentLayer, RecurrentStack, State, optional_parameters
 from ._family_args import check_sizes
 
 
@@ -54,12 +54,7 @@ class LSTMLayer(RecurrentLayer):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **fk))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **fk))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        optional_parameters(self, bias, {"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)}, **fk)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -97,8 +92,7 @@ class LSTM(RecurrentStack):
     ``i``'s ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh``.
     """
 
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs):
-        return LSTMLayer(input_size, hidden_size, bias, **factory_kwargs)
+    layer_class = LSTMLayer
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, **family_args) -> dict:

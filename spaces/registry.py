@@ -3,8 +3,8 @@
 Every family class is a ``RecurrentStack`` subclass with the classmethods ``check_args``,
 ``count_parameters`` and ``count_flops``; this module only maps a family name to its class and
 checks that the caller passed the family's own arguments (both read from the table in
-``families.py``). Classes are imported lazily, so a family
-module that is missing or broken does not stop the others from being built.
+``families.py``). Classes are imported lazily, so a family module that is missing or broken does
+not stop the others from being built.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import RecurrentLayer, RecurrentStack, State
+from ._base import RecurrentLayer, RecurrentStack, State, optional_parameters
 from ._family_args import check_sizes
 from .lstm import LSTM, fused_lstm, lstm_pointwise
 
@@ -90,10 +90,7 @@ class RestrictedLSTMLayer(RecurrentLayer):
         s = shared_rows(share, n)
         rows = s + 8 * (n - s)
         self.weight = nn.Parameter(torch.empty(rows, max(input_size, n), **fk))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(rows, **fk))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameters(self, bias, {"bias": (rows,)}, **fk)
         rows_x, rows_h = pool_row_indices(share, n)
         # Index maps are structure, not state: rebuilt from (share, n), so kept out of state_dict.
         self.register_buffer("rows_x", rows_x.to(device), persistent=False)
@@ -157,8 +154,7 @@ class RestrictedLSTMLayer(RecurrentLayer):
 class RestrictedLSTM(RecurrentStack):
     """Multi-layer Restricted LSTM with the ``torch.nn.LSTM`` interface; ``share`` in [0, 1] (or one per layer)."""
 
-    def make_layer(self, index, input_size, hidden_size, bias, factory_kwargs, *, share):
-        return RestrictedLSTMLayer(input_size, hidden_size, share, bias, **factory_kwargs)
+    layer_class = RestrictedLSTMLayer
 
     @classmethod
     def check_args(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, share: Any = None) -> dict:

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int
+from ._base import RecurrentLayer, RecurrentStack, State, check_positive_int, optional_parameters
 from ._family_args import check_sizes
 from ._fused import compacted_routing
 from ._kernels import gpu_path
@@ -104,12 +104,7 @@ class RoutedLayer(RecurrentLayer):
         self.cell_size = s = hidden_size // num_cells
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **fk))
         self.weight_hh = nn.Parameter(torch.empty(num_cells, 4 * s, s, **fk))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **fk))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        optional_parameters(self, bias, {"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)}, **fk)
         if num_cells > 1 and routing in ("hidden", "soft"):
             self.router_weight = nn.Parameter(torch.empty(num_cells, hidden_size, **fk))
             self.register_parameter("router_bias", nn.Parameter(torch.empty(num_cells, **fk)) if bias else None)

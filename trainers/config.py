@@ -308,26 +308,18 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be bool, got {key}={value!r}")
         return value
-    if tp is int:
+    if tp in (int, float):
+        # text from an override is parsed; an int field takes a whole float (YAML's 1e3), a float field an int
         if isinstance(value, str):
             try:
-                value = int(value.strip())
+                value = tp(value.strip())
             except ValueError:
-                raise TypeError(f"{key} must be int, got {key}={value!r}") from None
-        if isinstance(value, float) and value.is_integer():
+                raise TypeError(f"{key} must be {tp.__name__}, got {key}={value!r}") from None
+        if tp is int and isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{key} must be int, got {key}={value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise TypeError(f"{key} must be float, got {key}={value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{key} must be float, got {key}={value!r}")
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, int if tp is int else (int, float)):
+            raise TypeError(f"{key} must be {tp.__name__}, got {key}={value!r}")
+        return tp(value)
     if tp is str:
         if not isinstance(value, str):
             raise TypeError(f"{key} must be str, got {key}={value!r}")

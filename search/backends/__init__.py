@@ -9,7 +9,8 @@ import importlib
 from ._driver_lock import DriverLock, DriverRunning
 from ._driver_lock import acquire as acquire_driver_lock
 from ._interrupt import SearchInterrupted, StopSignals
-from ._replay import COSTS, Curve, CurveTable, ReplayResult, Stopper, replay_search
+from ._replay import COSTS, TABLE_COLUMNS, Curve, CurveTable, ReplayResult, Stopper, replay_search
+from ._replay_run import MAPPINGS, check_table, run_replay
 from ._runner import SearchResult, quiet_libraries, run_search
 from ._storage import (
     DEFAULT_STORAGE,
@@ -34,13 +35,16 @@ __all__ = [
     "CurveTable",
     "DriverLock",
     "DriverRunning",
+    "MAPPINGS",
     "ReplayResult",
     "SearchInterrupted",
     "SearchPaths",
     "SearchResult",
     "StopSignals",
     "Stopper",
+    "TABLE_COLUMNS",
     "acquire_driver_lock",
+    "check_table",
     "check_writable",
     "has_state",
     "is_uri",
@@ -48,6 +52,7 @@ __all__ = [
     "read_records",
     "replay_search",
     "resolve_paths",
+    "run_replay",
     "run_search",
     "write_records",
     *_RAY,

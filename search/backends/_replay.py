@@ -24,6 +24,7 @@ import dataclasses
 import heapq
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from ..pareto import log_hypervolume_of, pareto_mask
 from ..space import SearchSpace, model_cost
 
 COSTS = ("epochs", "seconds")
+# the columns ``CurveTable.from_rows`` reads (``benchmarks/record_curves.py`` also writes train_ppl)
+TABLE_COLUMNS = ("index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "epoch_s", "status")
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,22 @@ class CurveTable:
     def from_csv(cls, path: str | Path) -> CurveTable:
         """Read a table written by ``benchmarks/record_curves.py`` (plain or ``.gz`` CSV)."""
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise FileNotFoundError(f"no curve table at {path}")
-        # every field as the text the file holds ("" where empty), as from_rows expects
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
-        return cls.from_rows(table.to_dict("records"))
+        try:  # every field as the text the file holds ("" where empty), as from_rows expects
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+        except (ValueError, OSError, EOFError) as exc:  # not a CSV, a broken gzip, no header at all
+            raise ValueError(f"curve table {path} is unreadable: {' '.join(str(exc).split())[:200]}") from None
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"curve table {path} lacks the column(s) {', '.join(missing)} "
+                             f"(a table of benchmarks/record_curves.py has {', '.join(TABLE_COLUMNS)})")
+        if table.empty:
+            raise ValueError(f"curve table {path} holds no recorded curve (a header and no rows)")
+        try:
+            return cls.from_rows(table.to_dict("records"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"curve table {path} has a bad value: {' '.join(str(exc).split())[:200]}") from None
 
     # -- lookup ---------------------------------------------------------------------------------
 
@@ -195,6 +209,8 @@ class ReplayResult:
     trials: list[dict] = field(default_factory=list)
     compute: float = 0.0
     counts: dict = field(default_factory=dict)
+    # the driver's own cost: seconds of each controller.suggest ("proposal") and report/complete ("result")
+    latency: dict = field(default_factory=lambda: {"proposal": [], "result": []})
 
     def hypervolume_at(self, budget: float) -> float:
         """Hypervolume reached by compute ``budget`` (0 before the first completed trial)."""
@@ -231,6 +247,8 @@ def replay_search(
     measure: Callable[[dict], tuple[int, int]] | None = None,
     max_trials: int = 10000,
     fresh: bool = False,
+    state_dir: str | Path | None = None,
+    on_complete: Callable[[Any, SearchController], None] | None = None,
 ) -> ReplayResult:
     """Simulate the search ``config`` over ``table`` until ``budget`` compute is spent; returns its trace.
 
@@ -244,6 +262,9 @@ def replay_search(
     ``fresh``: map each sample to the nearest recorded configuration *not yet launched* in this search
     (until a family runs out), so that a sampler homing in on one region of a sparse table trains a
     nearby new configuration, as it would in a real search, instead of repeating a known curve.
+    ``state_dir`` keeps the controller's journal and records on disk, as a real search does;
+    ``on_complete(record, controller)`` runs after each completion, as a real driver's tracking does
+    (``benchmarks/driver_scale.py``); both count in the result-handling latency.
     """
     space = config.space
     recorded = tuple(f for f in space.families if f in table.by_family)
@@ -279,7 +300,7 @@ def replay_search(
         mapped[_key(config)] = curve
         return curve.params, curve.flops
 
-    controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure)
+    controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure, state_dir=state_dir)
     result = ReplayResult()
     events: list[tuple[float, int, int, int]] = []  # (time, tie-break, trial number, epoch)
     running: dict[int, Curve] = {}
@@ -297,7 +318,9 @@ def replay_search(
         nonlocal committed, tick
         if spent + committed >= budget or len(result.trials) >= max_trials:
             return False
+        start = time.perf_counter()
         spec = controller.suggest()
+        result.latency["proposal"].append(time.perf_counter() - start)
         curve = mapped[_key(spec.config)]
         used.add(curve.index)
         running[spec.number] = curve
@@ -329,7 +352,9 @@ def replay_search(
         else:
             value = float(curve.valid[epoch - 1])
             trial["epochs"], trial["valid_ppl"] = epoch, value
+            start = time.perf_counter()
             prune = controller.report(number, epoch, {"valid_ppl": value})
+            result.latency["result"].append(time.perf_counter() - start)
             if stopper is not None and epoch < epochs:
                 prune = stopper.result(number, epoch, value) or prune
             if epoch >= epochs:
@@ -342,7 +367,11 @@ def replay_search(
             tick += 1
             heapq.heappush(events, (now + nxt, tick, number, epoch + 1))
             continue
+        start = time.perf_counter()
         record = controller.complete(number, status, {"valid_ppl": trial["valid_ppl"]})
+        if on_complete is not None:
+            on_complete(record, controller)
+        result.latency["result"].append(time.perf_counter() - start)
         if stopper is not None:
             stopper.complete(number, trial["epochs"], trial["valid_ppl"])
         trial["status"] = record.status
@@ -401,4 +430,4 @@ def _float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-__all__ = ["COSTS", "Curve", "CurveTable", "ReplayResult", "Stopper", "replay_search"]
+__all__ = ["COSTS", "TABLE_COLUMNS", "Curve", "CurveTable", "ReplayResult", "Stopper", "replay_search"]

@@ -188,7 +188,7 @@ def _run(config: SearchConfig, resume: bool, progress: Callable | None, front_fi
     if tracker is not None:
         tracker.check()
     try:
-        controller = SearchController(config, state_dir=paths.state_dir)
+        controller = SearchController(config, state_dir=paths.state_dir, prefetch=True)
     except BaseException:
         if not existed:  # a bad sampler/pruner argument must not leave a half-made experiment behind
             shutil.rmtree(paths.state_dir, ignore_errors=True)

@@ -19,6 +19,7 @@ COMMANDS = {
     "export": "squeezelstm.search.cli._search",
     "demo": "squeezelstm.search.cli._search",
     "pareto": "squeezelstm.search.cli._pareto",
+    "replay": "squeezelstm.search.cli._replay",
 }
 
 

@@ -26,7 +26,6 @@ import copy
 import functools
 import json
 import math
-import os
 import threading
 import time
 import warnings
@@ -39,13 +38,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from squeezelstm.trainers import Config, load_corpus, model_sizes
+from squeezelstm.trainers import Config, load_corpus
+from squeezelstm.trainers.files import atomic_write_text
 
 from ..config import SearchConfig
 from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
 from ..pruners import PruningBridge
-from ..samplers import ExactSizeEHVI, Observation, local_draw, make_sampler, one_thread, random_draw, space_dists
+from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
+                        space_dists)
 from ..space import SearchSpace, model_cost
+from ._sizes import corpus_vocab_size, record_sizes, size_reference
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1
@@ -89,6 +91,7 @@ class SearchController:
     given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters.
     ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
     the study, the records and the config live there, and a new controller over it resumes.
+    ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs.
     """
 
     @quiet_optuna
@@ -100,6 +103,7 @@ class SearchController:
         vocab_size: int | None = None,
         measure: Callable[[dict], tuple[int, int]] | None = None,
         max_retries: int = 200,
+        prefetch: bool = False,
     ) -> None:
         if not isinstance(config, SearchConfig):
             raise TypeError(f"config must be a SearchConfig, got config={config!r}")
@@ -142,6 +146,7 @@ class SearchController:
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
         self.sampler = make_sampler(config.sampler, sampler_seed, **config.sampler_options)
         self._ehvi: ExactSizeEHVI | None = None
+        self._prefetch: Prefetcher | None = None
         epochs = config.epochs
         if config.sampler == "ehvi":
             dists, families = space_dists(self.space)
@@ -154,6 +159,7 @@ class SearchController:
                 ref_params=size_reference(self.space, self.size), seed=sampler_seed,
                 neighbour=local_draw(self.space, self._measure, epochs, size), **config.sampler_options,
             )
+            self._prefetch = Prefetcher(self._ehvi.propose) if prefetch else None
         self.study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -175,9 +181,13 @@ class SearchController:
         Over-budget samples are told to the study as infeasible and sampled again, at most
         ``max_retries`` times (then ValueError: the budget is too tight for this sampler).
         """
+        if self._prefetch is not None:
+            self._prefetch.wait()  # outside the lock: results are handled while the next proposal is computed
         with self._lock:
             for _ in range(self.max_retries):
-                if self._ehvi is not None:
+                if self._prefetch is not None:
+                    self.study.enqueue_trial(self._prefetch.take(self._observations)[0])
+                elif self._ehvi is not None:
                     with one_thread():
                         values, _, _ = self._ehvi.propose(self._observations())
                     self.study.enqueue_trial(values)
@@ -193,10 +203,10 @@ class SearchController:
                 trial.set_user_attr("flops", int(flops))
                 for key, value in violation.items():
                     trial.set_constraint(key, value)  # <= 0 feasible; read by TPE, NSGA-II and GP alike
-                sizes = self._sizes(point.config, params, flops)
+                sizes = record_sizes(point.config, params, flops, self.vocab_size)
                 if self.space.exceeds_budget(params, flops):
-                    known = {**sizes, "valid_ppl": self._placeholder_ppl}
-                    self.study.tell(trial, values=tuple(float(known[metric]) for metric, _ in self.objectives))
+                    known = {**sizes, "valid_ppl": self._placeholder_ppl}  # every size: objectives() picks one
+                    self.study.tell(trial, values=tuple(float(known[m]) for m, _ in self.objectives))
                     self.rejected += 1
                     self._save()
                     continue
@@ -208,6 +218,8 @@ class SearchController:
                 self._records[trial.number] = record
                 self.bridge.start(trial.number, record.size_value)
                 self._save()
+                if self._prefetch is not None:
+                    self._prefetch.refill(self._observations())
                 return self._spec(record)
             raise ValueError(
                 f"no configuration within budget (max_params={self.space.max_params}, max_flops={self.space.max_flops}) "
@@ -323,22 +335,8 @@ class SearchController:
                                    curve=curve, number=number))
         return out
 
-    def _sizes(self, config: dict, params: int, flops: int) -> dict:
-        """A trial's recorded sizes: ``params``, ``recurrent_params``, ``flops`` (live after H-LSTM
-        grow-and-prune) and ``dense`` (before), from ``trainers.model_sizes``; ``params`` and ``flops`` are
-        the measured ones (a replay measures its recorded curves) less what pruning masks. Without a
-        vocabulary (a custom ``measure`` alone) the cells are not counted: recurrent_params is 0."""
-        if self.vocab_size is None:
-            dense = {"params": int(params), "recurrent_params": 0, "flops": int(flops)}
-            return {**dense, "dense": dense}
-        s = model_sizes(Config.from_dict(config), int(self.vocab_size))
-        dense = {"params": int(params), "recurrent_params": s.recurrent_params, "flops": int(flops)}
-        return {"params": int(params) - (s.params - s.live_params), "recurrent_params": s.live_recurrent_params,
-                "flops": int(flops) - (s.flops - s.live_flops), "dense": dense}
-
-    def _objective_size(self, config: dict, params: int, flops: int) -> int:
-        """The chosen size objective's exact value for a config measured at (params, flops): what EHVI models."""
-        return int(self._sizes(config, params, flops)[SIZES[self.size]])
+    def _objective_size(self, config: dict, params: int, flops: int) -> int:  # what EHVI models, exact
+        return int(record_sizes(config, params, flops, self.vocab_size)[SIZES[self.size]])
 
     def _get(self, number: int) -> TrialRecord:
         record = self._records.get(number)
@@ -382,9 +380,7 @@ class SearchController:
             if record.status != "running":
                 self.bridge.finish(number, record.status, record.valid_ppl)
 
-    def _meta(self) -> dict:
-        # the config of the latest session rebuilds the search (SearchConfig.from_dict); the three keys
-        # before it must not change between sessions
+    def _meta(self) -> dict:  # the latest session's config rebuilds the search; the keys before it never change
         return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
                 "epochs": self.epochs, "size": self.size, "config": self.config.to_dict()}
 
@@ -403,7 +399,7 @@ class SearchController:
                         f"state_dir {self.state_dir} holds a search with a different {key}; "
                         "use a new experiment name or the same settings to resume"
                     )
-        _atomic_write(path, json.dumps(meta, indent=1))
+        atomic_write_text(path, json.dumps(meta, indent=1))
 
     def _load_records(self) -> None:
         path = self.state_dir / "records.json"
@@ -426,29 +422,7 @@ class SearchController:
             "prune_decided": sorted(self._prune_decided),
             "rejected": self.rejected,
         }
-        _atomic_write(self.state_dir / "records.json", json.dumps(_jsonable(state)))
-
-
-def size_reference(space: SearchSpace, size: str) -> float | None:
-    """The hypervolume's size reference for ``size``: the budget's ``max_params`` (which bounds the
-    recurrent parameters too), for FLOPs ``max_flops`` where set (else ``max_params``: a language model
-    does at most about one multiply-add per weight per token). None without a budget."""
-    if size == "flops" and space.max_flops:
-        return float(space.max_flops)
-    return float(space.max_params) if space.max_params else None
-
-
-def corpus_vocab_size(space: SearchSpace) -> int:
-    """Vocabulary size of the space's corpus, loaded once through the trainer (it caches per process)."""
-    data = Config.from_dict({"data": copy.deepcopy(space.fixed.get("data", {}))}).data
-    if data.corpus == "synthetic":
-        return int(data.vocab_size)  # known without generating the corpus
-    if not data.path:
-        raise ValueError(
-            f"data.path is required for data.corpus={data.corpus!r} in space {space.name!r}: "
-            "set it in the space file or with --set data.path=DIR"
-        )
-    return int(load_corpus(data).vocab_size)
+        atomic_write_text(self.state_dir / "records.json", json.dumps(_jsonable(state)))
 
 
 def _count_trials(storage: Any, study_name: str) -> int:
@@ -473,10 +447,4 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: _plain(o) if hasattr(o, "item") else str(o)))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-__all__ = ["SearchController", "TrialSpec", "corpus_vocab_size", "size_reference"]
+__all__ = ["SearchController", "TrialSpec"]

@@ -13,7 +13,7 @@ from ._ehvi import (
 )
 from ._gp import GaussianProcess, fit_gp, fit_gp_ard
 from ._optuna import EHVI_OPTIONS, SAMPLERS, make_sampler
-from ._proposals import one_thread
+from ._proposals import Prefetcher, one_thread
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -22,6 +22,7 @@ __all__ = [
     "ExactSizeEHVI",
     "GaussianProcess",
     "Observation",
+    "Prefetcher",
     "SAMPLERS",
     "expected_hvi",
     "fit_gp",

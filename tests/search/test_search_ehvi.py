@@ -289,3 +289,37 @@ def test_controller_ehvi_rejects_unknown_options():
     with pytest.raises(ValueError, match="pool_size must be an integer >= 1"):
         SearchController(SearchConfig(parse_space(toy_raw()), sampler="ehvi", sampler_options={"pool_size": 0}),
                          vocab_size=VOCAB)
+
+
+def test_prefetched_proposals_leave_results_unblocked_and_stay_apart(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    space = parse_space(toy_raw())
+    config = SearchConfig(space, sampler="ehvi", pruner="none", seed=1, sampler_options={"n_startup": 2, "pool_size": 24})
+    controller = SearchController(config, vocab_size=VOCAB, prefetch=True)
+    specs = [controller.suggest() for _ in range(3)]  # the third proposal is EHVI's, prepared in the background
+    for spec in specs[:2]:
+        for epoch, value in enumerate(fake_curve(spec), 1):
+            controller.report(spec.number, epoch, {"valid_ppl": value})
+        controller.complete(spec.number, "finished", {"valid_ppl": fake_curve(spec)[-1]})
+    seen_running = []
+    original = controller._ehvi.propose
+
+    def slow(observations):  # a model fit that takes a while
+        seen_running.append({o.number for o in observations if o.status == "running"})
+        time.sleep(1.0)
+        return original(observations)
+
+    controller._prefetch.wait()  # the proposal prepared after the third trial is ready
+    controller._prefetch._propose = slow
+    spec = controller.suggest()  # hands out what was prepared; starts preparing the next one
+    assert controller._prefetch._thread is not None and controller._prefetch._thread.is_alive()
+    start = time.perf_counter()
+    controller.report(specs[2].number, 1, {"valid_ppl": 80.0})  # handled while the proposal is computed
+    assert time.perf_counter() - start < 0.1
+    assert controller._prefetch._thread.is_alive()
+    nxt = controller.suggest()  # waits for the prepared proposal
+    assert seen_running[0] == {specs[2].number, spec.number}  # the kriging believer saw both running trials
+    assert len({repr(r.config) for r in controller.records()}) == len(controller.records()) == 5
+    assert nxt.number == 4 and threading.active_count() >= 1

@@ -22,18 +22,13 @@ def copy_lstm_into_factorized(lstm, flstm):
 
 
 @pytest.mark.parametrize("m,n", [(5, 8), (20, 3)])
-def test_full_rank_is_the_lstm(m, n):
+def test_full_rank_is_the_lstm(m, n, assert_same_function):
     torch.manual_seed(1)
     lstm = LSTM(m, n, 2, dtype=torch.float64)
     ranks = [min(4 * n, m + n), min(4 * n, 2 * n)]
     flstm = FactorizedLSTM(m, n, 2, rank=ranks, dtype=torch.float64)
     copy_lstm_into_factorized(lstm, flstm)
-    x = torch.randn(7, 2, m, dtype=torch.float64)
-    hx = (torch.randn(2, 2, n, dtype=torch.float64), torch.randn(2, 2, n, dtype=torch.float64))
-    out_l, (h_l, c_l) = lstm(x, hx)
-    out_f, (h_f, c_f) = flstm(x, hx)
-    torch.testing.assert_close(out_f, out_l, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(c_f, c_l, rtol=1e-5, atol=1e-8)
+    assert_same_function(flstm, lstm, m, n, 2, atol=1e-8)
 
 
 @pytest.mark.parametrize(

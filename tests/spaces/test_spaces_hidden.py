@@ -45,7 +45,7 @@ def test_pruned_fast_path_matches_reference_forward_and_gradients(bias):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
-def test_wide_identity_gate_layers_reduce_to_the_plain_lstm():
+def test_wide_identity_gate_layers_reduce_to_the_plain_lstm(assert_same_function):
     # relu(z) - relu(-z) = z: with W1_k = [I; -I] and W2_k = [W_k, -W_k] each gate is W_k [x; h] + b_k.
     m_in, n = M, N_HID
     d = 2 * (m_in + n)
@@ -63,12 +63,7 @@ def test_wide_identity_gate_layers_reduce_to_the_plain_lstm():
             wk = w_all[k * n:(k + 1) * n]
             layer.w2[k].copy_(torch.cat([wk, -wk], 1))
         layer.b2.copy_(ref.bias_ih_l0 + ref.bias_hh_l0)
-    x = torch.randn(7, 3, m_in, dtype=torch.double)
-    hx = (torch.randn(1, 3, n, dtype=torch.double), torch.randn(1, 3, n, dtype=torch.double))
-    out, (h, c) = model(x, hx)
-    rout, (rh, rc) = ref(x, hx)
-    torch.testing.assert_close(out, rout)
-    torch.testing.assert_close(c, rc)
+    assert_same_function(model, ref, m_in, n, 1, rtol=1e-7, atol=1e-7)
 
 
 def test_invalid_arguments_name_the_problem():

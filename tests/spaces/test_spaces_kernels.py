@@ -278,3 +278,35 @@ def test_threaded_bottleneck_matches_python_loop(ops, python_loops, two_threads,
     reference = python_loops(_outputs_and_grads, fn, [xz, h0, c0, a, b, bvec])
     _assert_same(compiled[0], reference[0], torch.float32)
     _assert_same(compiled[1], reference[1], torch.float32)
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_path, ops):
+    """torch's build step waits forever on the lock file of a builder that was killed; a library that
+    was already built loads without it, and an old lock with no library is cleared before a build."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    src = Path(_get_build_directory("x", verbose=False)).parent  # the extensions cache in use
+    built = [d for d in src.iterdir() if d.name.startswith("squeezelstm_kernels_") and (d / f"{d.name}.so").exists()]
+    assert built, "no built kernels in the extensions cache"
+    cache = tmp_path / "ext"
+    cache.mkdir()
+    for d in built:
+        shutil.copytree(d, cache / d.name)
+        (cache / d.name / "lock").write_text("")  # as a killed builder leaves it
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(cache)}
+    code = "from squeezelstm.spaces import _kernels; assert _kernels.kernels() is not None; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not _kernels._drop_stale_lock(lock)  # fresh: a build may be running
+    old = time.time() - 2 * _kernels._STALE_LOCK_S
+    os.utime(lock, (old, old))
+    assert _kernels._drop_stale_lock(lock) and not lock.exists()

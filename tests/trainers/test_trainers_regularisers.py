@@ -1,7 +1,5 @@
 """Embedding dropout, AR/TAR, and every regulariser key off leaving the trainer's output unchanged."""
 
-import hashlib
-
 import pytest
 import torch
 from torch.nn import functional as F
@@ -21,15 +19,16 @@ BASE = {"data": {"corpus": "synthetic", "vocab_size": 30, "train_tokens": 1200, 
 FAMILY_ARGS = {"lstm": {}, "factorized": {"model.rank": 4}, "grouped": {"model.groups": 2},
                "routed": {"model.num_cells": 2, "model.routing": "hidden"}, "restricted": {"model.share": 0.5},
                "hidden": {"model.gate_hidden": 4}}
-# Written by the trainer as it was before the regularisers existed (commit 4ec9c86), same runs:
-# valid perplexity and the sha256 (first 16 hex digits) of the final checkpoint's model tensors.
+# Valid perplexity written by the trainer as it was before the regularisers existed (commit 4ec9c86),
+# same runs. (Not a bitwise digest of the weights: those move with the CPU's kernels and BLAS, and
+# routed's compiled loop changed its summation order since; the keys-off equality below is bitwise.)
 BEFORE = {
-    "lstm": (25.91975963417602, "68f4296ed2bad293"),
-    "factorized": (25.940599952707647, "36c444afd9ca3f65"),
-    "grouped": (26.070313734690437, "1946f8a1a7a22b73"),
-    "routed": (26.156536501542487, "2eb815514ec54abf"),
-    "restricted": (26.11523558090511, "8d50b8374c28ad43"),
-    "hidden": (25.993936080779353, "b747be2733a9f4f6"),
+    "lstm": 25.91975963417602,
+    "factorized": 25.940599952707647,
+    "grouped": 26.070313734690437,
+    "routed": 26.156536501542487,
+    "restricted": 26.11523558090511,
+    "hidden": 25.993936080779353,
 }
 OFF = {"model.embedding_dropout": 0.0, "model.weight_drop": 0.0, "train.ar_alpha": 0.0, "train.tar_beta": 0.0,
        "train.asgd": False}
@@ -42,10 +41,6 @@ def run(tmp_path, name, overrides):
     return result, load_checkpoint(checkpoint_path(folder))
 
 
-def digest(state):
-    return hashlib.sha256(b"".join(v.contiguous().numpy().tobytes() for _, v in sorted(state.items()))).hexdigest()[:16]
-
-
 @pytest.mark.parametrize("family", FAMILY_ARGS)
 def test_keys_off_leave_the_trainer_unchanged(tmp_path, family):
     absent, ckpt_absent = run(tmp_path, "absent", {"model.cell": family, **FAMILY_ARGS[family]})
@@ -56,11 +51,7 @@ def test_keys_off_leave_the_trainer_unchanged(tmp_path, family):
     for key, value in ckpt_absent["model"].items():
         assert torch.equal(value, ckpt_off["model"][key]), key
     assert set(ckpt_absent) == set(ckpt_off)  # no new checkpoint entries while the keys are off
-    ppl, sha = BEFORE[family]
-    assert absent.valid_ppl == pytest.approx(ppl, rel=1e-6)
-    if digest(ckpt_absent["model"]) != sha:
-        # A bitwise digest can move with the CPU's kernels; the perplexity above is the portable check.
-        pytest.xfail(f"model digest {digest(ckpt_absent['model'])} != pre-change {sha}: kernels or CPU changed since")
+    assert absent.valid_ppl == pytest.approx(BEFORE[family], rel=1e-6)
 
 
 def test_embedding_dropout_drops_whole_words_for_the_window():

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from squeezelstm.search.pareto import TrialRecord, pareto_front, status_counts
+from squeezelstm.trainers.files import json_safe
 
 from . import figures
-from .tables import COLUMNS, cell_text, front_rows, json_safe, rows_to_csv
+from .tables import COLUMNS, cell_text, front_rows, rows_to_csv
 
 REPORT_FILE = "pareto_report.html"
 

@@ -10,7 +10,6 @@ import pandas as pd
 
 from squeezelstm.search.pareto import TrialRecord
 from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
-from squeezelstm.trainers.files import json_safe  # noqa: F401  (the tables' JSON, re-exported)
 
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")
 COLUMNS = ("trial", "family", "key_args", "params", "valid_ppl", "test_ppl")

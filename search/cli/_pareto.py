@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from squeezelstm import dashboards
-from squeezelstm.dashboards.tables import format_table, front_rows, json_safe
+from squeezelstm.dashboards.tables import format_table, front_rows
+from squeezelstm.trainers.files import json_safe
 
 from ..pareto import log_hypervolume, pareto_front, status_counts
 from ..tracking import load_search

@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from squeezelstm.dashboards.tables import format_table, json_safe
+from squeezelstm.dashboards.tables import format_table
+from squeezelstm.trainers.files import json_safe
 
 from ..backends import MAPPINGS, CurveTable, run_replay
 from ..config import SearchConfig

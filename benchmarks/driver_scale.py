@@ -1,7 +1,8 @@
 """The search driver at scale: its own per-event cost as trials and simulated workers grow, no training.
 
-Each cell replays the default sampler and pruner (``ehvi`` + ``pareto``) over the recorded default-space
-table (``benchmarks/data/default_curves.csv.gz``) with ``squeezelstm.search.backends.replay_search``:
+Each cell replays a sampler (``--sampler``: the default ``ehvi``, or Optuna's ``tpe``, ``gp``, ...) with the
+default pruner (``pareto``) over the recorded default-space table (``benchmarks/data/default_curves.csv.gz``)
+with ``squeezelstm.search.backends.replay_search``:
 ``--trials`` trials on ``--workers`` simulated workers, with 4-epoch curves (as recorded) or 13-epoch
 ones (the ``ptb`` space's epochs: each recorded curve stretched, v(e) = final * (1 + a / e) through its
 recorded first and last epochs; made-up beyond epoch 4, but the same ranking). Two driver set-ups:
@@ -56,7 +57,7 @@ def stretched(table, epochs: int):
     return CurveTable(out)
 
 
-def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 0) -> dict:
+def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 0, sampler: str = "ehvi") -> dict:
     """One replayed search; returns its driver-cost numbers."""
     from squeezelstm.search.backends import CurveTable, replay_search
     from squeezelstm.search.backends._replay_run import latency_summary, peak_rss_mb
@@ -66,7 +67,7 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
     if epochs != 4:
         table = stretched(table, epochs)
     config = SearchConfig("default", experiment=f"scale-{trials}-{workers}-{epochs}", seed=seed, epochs=epochs,
-                          track=tracking != "memory")
+                          sampler=sampler, track=tracking != "memory")
     ref = (float(config.space.max_params), 200.0)
     with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
         state_dir = on_complete = None
@@ -89,6 +90,7 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
                                 max_trials=trials, fresh=True, state_dir=state_dir, on_complete=on_complete)
         wall = time.perf_counter() - start
     out = {"trials": len(res.trials), "workers": workers, "epochs": epochs, "tracking": tracking, "seed": seed,
+           "sampler": sampler,
            "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "counts": res.counts}
     for name in ("proposal", "result"):
         for key, value in latency_summary(res.latency[name]).items():
@@ -103,25 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=[4, 13])
     parser.add_argument("--tracking", nargs="+", default=["memory", "sqlite"], choices=("memory", "sqlite"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", nargs="+", default=["ehvi"],
+                        help="ehvi (the default), tpe, gp, ...: each through the same controller")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per cell here")
     parser.add_argument("--cell", action="store_true", help="run the one cell given, in this process")
     args = parser.parse_args(argv)
     if args.cell:
-        print(json.dumps(run_cell(args.trials[0], args.workers[0], args.epochs[0], args.tracking[0], args.seed)))
+        print(json.dumps(run_cell(args.trials[0], args.workers[0], args.epochs[0], args.tracking[0], args.seed,
+                                  args.sampler[0])))
         return 0
-    for trials in args.trials:
+    for trials, sampler in ((t, s) for t in args.trials for s in args.sampler):
         for tracking in args.tracking:
             for epochs in args.epochs:
                 for workers in args.workers:
                     cmd = [sys.executable, __file__, "--cell", "--trials", str(trials), "--workers", str(workers),
-                           "--epochs", str(epochs), "--tracking", tracking, "--seed", str(args.seed)]
+                           "--epochs", str(epochs), "--tracking", tracking, "--seed", str(args.seed),
+                           "--sampler", sampler]
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode != 0:
                         print(f"cell {cmd[3:]} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                         continue
                     line = done.stdout.strip().splitlines()[-1]
                     row = json.loads(line)
-                    print(f"{trials:>5} trials {workers:>3} workers {epochs:>2} epochs {tracking:>6}: "
+                    print(f"{sampler} {trials:>5} trials {workers:>3} workers {epochs:>2} epochs {tracking:>6}: "
                           f"{row['wall_s']:7.1f} s, proposal p50/p95/max {row['proposal_latency_p50_s']:.3f}/"
                           f"{row['proposal_latency_p95_s']:.3f}/{row['proposal_latency_max_s']:.3f} s, result "
                           f"{row['result_latency_p50_s']:.4f}/{row['result_latency_p95_s']:.4f}/"

@@ -116,8 +116,12 @@ def summarise(table: CurveTable, config: SearchConfig, result: ReplayResult, *, 
                            valid_ppl=t["valid_ppl"], sampled=dict(by_index[t["curve"]].sampled))
                for t in result.trials]
     curve_of = {t["number"]: t["curve"] for t in result.trials}
-    front = [{"trial": r.number, "curve": curve_of[r.number], "family": r.family, "params": r.params,
-              "valid_ppl": r.valid_ppl, "sampled": r.sampled} for r in pareto_front(records)]
+    front, seen = [], set()
+    for r in pareto_front(records):  # a recorded configuration trained again (the table ran out) is listed once
+        if curve_of[r.number] not in seen:
+            seen.add(curve_of[r.number])
+            front.append({"trial": r.number, "curve": curve_of[r.number], "family": r.family, "params": r.params,
+                          "valid_ppl": r.valid_ppl, "sampled": r.sampled})
     hv = result.trace[-1][1] if result.trace else 0.0
     proposal, handling = latency_summary(result.latency["proposal"]), latency_summary(result.latency["result"])
     out = {

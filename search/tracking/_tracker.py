@@ -159,11 +159,19 @@ class TrialLogger:
 class SearchTracker:
     """Driver-side MLflow adapter of one search: the parent run, its children, and the Pareto front on it."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str, front_files: FrontFiles | None = None) -> None:
+    def __init__(self, tracking_uri: str | None, experiment: str, front_files: FrontFiles | None = None,
+                 report_every_s: float = 30.0) -> None:
         """``front_files(records, folder, *, title, optimal_ppl, hypervolume_history, report) -> [names]`` writes
-        the front's files that ``update_front`` logs on the parent run (none without it)."""
+        the front's files that ``update_front`` logs on the parent run (none without it). The HTML report among
+        them is rebuilt at most every ``report_every_s`` seconds (its plotly work grows with the search; the
+        tables are written every time) and once more by ``end_search`` if a rebuild was skipped."""
         if not isinstance(experiment, str) or not experiment.strip():
             raise ValueError(f"experiment must be a non-empty name, got experiment={experiment!r}")
+        if isinstance(report_every_s, bool) or not isinstance(report_every_s, (int, float)) or not report_every_s >= 0:
+            raise ValueError(f"report_every_s must be a number >= 0, got report_every_s={report_every_s!r}")
+        self.report_every_s = float(report_every_s)
+        self._report_at: float | None = None  # when the HTML report was last built (time.monotonic)
+        self._report_due: tuple | None = None  # update_front's arguments of a skipped rebuild
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.front_files = front_files
@@ -283,13 +291,20 @@ class SearchTracker:
         """Bring the parent's front up to date: pareto tags, hypervolume steps, and ``front_files``' files.
 
         Call it after every finished trial with all records so far; ``report=False`` asks ``front_files``
-        to skip the HTML report (about a second of plotly work) when trials finish faster than that matters.
+        to skip the HTML report (about a second of plotly work) when trials finish faster than that matters;
+        it is skipped too within ``report_every_s`` of the last one (``end_search`` builds the one skipped last).
         """
         if ref_params <= 0 or ref_ppl <= 0:
             raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
         parent = self._require_parent()
         client, experiment_id = self.client, self._experiment_id()
         records = list(records)
+        if report and self._report_at is not None and time.monotonic() - self._report_at < self.report_every_s:
+            report, self._report_due = False, (records, ref_params, ref_ppl, optimal_ppl)
+        elif report:
+            self._report_at, self._report_due = time.monotonic(), None
+        elif self._report_due is not None:
+            self._report_due = (records, ref_params, ref_ppl, optimal_ppl)
         front = pareto_front(records)
         self._retag_front(client, experiment_id, parent, {r.number for r in front})
         self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
@@ -346,7 +361,13 @@ class SearchTracker:
         """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got status={status!r}")
-        self.client.set_terminated(self._require_parent(), status=status)
+        try:
+            if self._report_due is not None:  # the report shows the search as it ended
+                records, ref_params, ref_ppl, optimal_ppl = self._report_due
+                self._report_at = None
+                self.update_front(records, ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl)
+        finally:  # the parent run is ended even if the report fails (or a second Ctrl-C cuts it short)
+            self.client.set_terminated(self._require_parent(), status=status)
 
 
 def code_version() -> dict[str, str]:

@@ -56,6 +56,7 @@ def test_json_carries_front_hypervolume_and_driver_cost(capsys):
     assert 0 < data["hypervolume"] <= data["best_hypervolume"] + 1e-12
     front = data["front"]
     assert front and all(f["params"] <= 100000 for f in front)
+    assert len({f["curve"] for f in front}) == len(front)  # each recorded configuration once
     params = [f["params"] for f in front]
     ppl = [f["valid_ppl"] for f in front]
     assert params == sorted(params) and ppl == sorted(ppl, reverse=True)  # a front: smaller is worse

@@ -86,10 +86,15 @@ class StopSignals:
         tune_handler(signal.SIGUSR1, frame)  # the loop ends at its next step; trials are stopped by Ray
 
 
-def fit_until_signal(fit: Callable[[], Any]) -> Any:
-    """``fit()`` (Ray Tune's) inside ``StopSignals``; ``SearchInterrupted`` if a signal ended it."""
-    with StopSignals() as stop:
-        out = fit()
+def fit_until_signal(fit: Callable[[], Any], stop: StopSignals | None = None) -> Any:
+    """``fit()`` (Ray Tune's) inside ``stop`` (a new ``StopSignals`` if None); ``SearchInterrupted`` if a signal ended it.
+
+    Pass the caller's entered ``StopSignals`` to keep its handlers past the loop, so that a second signal
+    during the caller's clean-up still raises ``SearchInterrupted`` rather than ``KeyboardInterrupt``."""
+    if stop is None:
+        with StopSignals() as own:
+            return fit_until_signal(fit, own)
+    out = fit()
     if stop.signum is not None:
         raise SearchInterrupted(stop.signum)
     return out

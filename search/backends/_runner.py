@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from ..controller import SearchController, size_reference
 from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_dataframe
 from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
-from ._interrupt import SearchInterrupted, fit_until_signal
+from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import SearchPaths, check_writable, has_state, resolve_paths, write_records
 from ._threads import ray_nodes, trial_threads
 
@@ -145,6 +146,13 @@ def quiet_libraries() -> Iterator[Callable[[], None]]:
                 os.environ[key] = value
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _stopped_at_once(stop: StopSignals, controller: Any) -> SearchInterrupted:
+    """The interruption a second signal makes: the first signal's name, stopped at once, what finished."""
+    exc = SearchInterrupted(stop.signum or signal.SIGINT, immediate=True)
+    exc.counts = controller.counts()
+    return exc
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, progress: Callable[[Any], None] | None = None,
@@ -263,37 +271,45 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
     status = "FINISHED"
-    try:
-        with live_session(session) as token:
-            if to_run > 0:
-                resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-                name = f"session-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-                tuner = tune.Tuner(
-                    tune.with_resources(run_trial, resources),
-                    tune_config=tune.TuneConfig(
-                        search_alg=ControllerSearcher(token), scheduler=ControllerScheduler(token),
-                        num_samples=to_run, max_concurrent_trials=max_concurrent, reuse_actors=True,
-                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                    ),
-                    run_config=tune.RunConfig(
-                        name=name, storage_path=paths.ray_storage, verbose=0,
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    ),
-                )
-                fit_until_signal(tuner.fit)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
-                if session.error is not None:
-                    raise session.error
-    except BaseException as exc:
-        status = "KILLED"
-        if isinstance(exc, SearchInterrupted):
-            exc.counts = controller.counts()
-        raise
-    finally:
-        records = controller.records()
-        write_records(paths.records_file, records, meta)
-        if tracker is not None:
-            tracker.end_search(status)
+    # The handlers last until the records are written: a second Ctrl-C that lands after Ray's loop has
+    # already ended gracefully still stops as an interruption, not as a bare KeyboardInterrupt.
+    with StopSignals() as stop:
+        try:
+            with live_session(session) as token:
+                if to_run > 0:
+                    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+                    name = f"session-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+                    tuner = tune.Tuner(
+                        tune.with_resources(run_trial, resources),
+                        tune_config=tune.TuneConfig(
+                            search_alg=ControllerSearcher(token), scheduler=ControllerScheduler(token),
+                            num_samples=to_run, max_concurrent_trials=max_concurrent, reuse_actors=True,
+                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                        ),
+                        run_config=tune.RunConfig(
+                            name=name, storage_path=paths.ray_storage, verbose=0,
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                        ),
+                    )
+                    fit_until_signal(tuner.fit, stop)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
+                    if session.error is not None:
+                        raise session.error
+        except BaseException as exc:
+            status = "KILLED"
+            if isinstance(exc, KeyboardInterrupt) and stop.signum is not None:
+                # a second signal that met Python's default handler (Ray may restore it as its loop ends)
+                raise _stopped_at_once(stop, controller) from None
+            if isinstance(exc, SearchInterrupted):
+                exc.counts = controller.counts()
+            raise
+        finally:
+            try:
+                write_records(paths.records_file, controller.records(), meta)
+                if tracker is not None:
+                    tracker.end_search(status)
+            except (SearchInterrupted, KeyboardInterrupt):  # a second signal while closing: stop at once
+                raise _stopped_at_once(stop, controller) from None
 
     records = controller.records()
     hv = log_hypervolume(records, ref_params, ref_ppl) if ref_params and ref_ppl else None

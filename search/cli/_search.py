@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -176,7 +177,8 @@ def interrupted_line(exc: SearchInterrupted, experiment: str, command: str) -> s
     running = counts.get("running", 0)
     how = "stopped at once" if exc.immediate else "stopped"
     kept = f"; {running} running trial(s) keep their last epoch checkpoint" if running else ""
-    return (f"squeezelstm: search {experiment!r} interrupted by {exc.name} ({how}): {done or 'no trial closed'}{kept}; "
+    done = done or ("no trial closed" if counts else "trials as recorded")
+    return (f"squeezelstm: search {experiment!r} interrupted by {exc.name} ({how}): {done}{kept}; "
             f"continue with: {command}")
 
 
@@ -217,6 +219,10 @@ def _summary(result: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     try:
         result = _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume)
+    except KeyboardInterrupt:  # a signal that met Python's default handler, outside the runner's (Ray may restore it)
+        exc = SearchInterrupted(signal.SIGINT, immediate=True)
+        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
+        return exc.exit_status
     except SearchInterrupted as exc:
         print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
         return exc.exit_status

@@ -28,19 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-name: tiny-cluster
-budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 3000, valid_tokens: 600, test_tokens: 600}
-model:
-  cell: {choice: [lstm, grouped]}
-  hidden_size: {int: [16, 32], step: 16}
-  num_layers: 1
-  embedding_size: 16
-train: {epochs: EPOCHS, batch_size: 10, bptt: 10, optimizer: adam, lr: 0.01, device: cpu}
-families:
-  grouped: {groups: {choice: [2, 4]}}
-"""
+SPACE = (Path(__file__).parents[1] / "data" / "tiny_cluster.yaml").read_text()  # a tiny space for fast Ray searches
 
 
 def _free_port() -> int:
@@ -281,6 +269,16 @@ def test_search_runs_on_several_nodes_and_faulty_trials_are_recorded_everywhere(
     assert [t["number"] for t in front] == [0]
 
 
+
+def _closed(proc, log, env, exp: str) -> str:
+    """The search process killed if it still runs (a failed test), its log closed; the log's text."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+    return (env.root / f"{exp}.log").read_text()
+
+
 def test_mlflow_server_down_for_a_while_loses_no_metric(env):
     """The server is stopped after the first epochs are logged and restarted later on the same port."""
     exp = "serverdown"
@@ -302,12 +300,9 @@ def test_mlflow_server_down_for_a_while_loses_no_metric(env):
         # the trials kept training while nobody could log them
         trained = max(len(a["epochs"]) for attempts in env.ran(exp).values() for a in attempts)
         env.server.start()
-        out, _ = proc.communicate(timeout=300)
+        proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    stderr = (env.root / f"{exp}.log").read_text()
+        stderr = _closed(proc, log, env, exp)
     assert proc.returncode == 0, stderr[-4000:]
     assert time.monotonic() - down_at > 4.0 and trained >= 1
 
@@ -393,12 +388,9 @@ def test_worker_node_killed_mid_trial_is_retried_from_checkpoint_on_the_other_no
         assert victim is not None, "no trial trained an epoch on the worker node:\n" + \
             (env.root / f"{exp}.log").read_text()[-3000:]
         env.cluster.remove_node(env.worker, allow_graceful=False)
-        out, _ = proc.communicate(timeout=300)
+        proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    stderr = (env.root / f"{exp}.log").read_text()
+        stderr = _closed(proc, log, env, exp)
     assert proc.returncode == 0, stderr[-4000:]
 
     records = env.records(exp)

@@ -21,19 +21,7 @@ import pytest
 
 from squeezelstm.search.cli import main
 
-SPACE = """
-name: reliability-input
-budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 2000, valid_tokens: 400, test_tokens: 400}
-model:
-  cell: {choice: [lstm, grouped]}
-  hidden_size: {int: [16, 32], step: 16}
-  num_layers: 1
-  embedding_size: 16
-train: {epochs: 1, batch_size: 10, bptt: 10, optimizer: adam, lr: {float: [0.001, 0.01], log: true}, device: cpu}
-families:
-  grouped: {groups: {choice: [2, 4]}}
-"""
+SPACE = (Path(__file__).parents[1] / "data" / "reliability_input.yaml").read_text()  # a tiny space for fast Ray searches
 
 CONFIG = """
 data: {corpus: synthetic, vocab_size: 30, train_tokens: 2000, valid_tokens: 400, test_tokens: 400}

@@ -59,19 +59,7 @@ def test_the_line_says_what_finished_and_the_exact_command_that_continues():
 
 # -- the real command ---------------------------------------------------------------------------
 
-SPACE = """
-name: tiny-interrupt
-budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 20000, valid_tokens: 600, test_tokens: 600}
-model:
-  cell: {choice: [lstm, grouped]}
-  hidden_size: {int: [16, 48], step: 16}
-  num_layers: 1
-  embedding_size: 16
-train: {epochs: 3, batch_size: 10, bptt: 10, optimizer: adam, lr: 0.01, device: cpu}
-families:
-  grouped: {groups: {choice: [2, 4]}}
-"""
+SPACE = (Path(__file__).parents[1] / "data" / "tiny_interrupt.yaml").read_text()  # a tiny space for fast Ray searches
 
 
 def _head() -> list[str]:

@@ -11,6 +11,8 @@ import math
 import pickle
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import pytest
 
 from squeezelstm.search.backends import (
@@ -160,19 +162,7 @@ def test_searcher_and_scheduler_pickle_without_the_controller(session, tmp_path)
 # ---------------------------------------------------------------------------------------------
 # One real search through Ray (slow).
 
-TINY_SPACE = """
-name: tiny
-budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 3000, valid_tokens: 600, test_tokens: 600}
-model:
-  cell: {choice: [lstm, grouped]}
-  hidden_size: {int: [16, 48], step: 16}
-  num_layers: 1
-  embedding_size: 16
-train: {epochs: 2, batch_size: 10, bptt: 10, optimizer: adam, lr: {float: [0.0005, 0.03], log: true}, device: cpu}
-families:
-  grouped: {groups: {choice: [2, 4]}}
-"""
+TINY_SPACE = (Path(__file__).parents[1] / "data" / "tiny_ray.yaml").read_text()  # a tiny space for fast Ray searches
 
 
 @pytest.fixture(scope="module")

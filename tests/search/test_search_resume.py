@@ -19,19 +19,7 @@ from pathlib import Path
 import pytest
 
 # Epochs of about a second: long enough to catch a trial between two epochs, short enough for CI.
-SPACE = """
-name: tiny-resume
-budget: {max_params: 20000}
-data: {corpus: synthetic, vocab_size: 30, train_tokens: 20000, valid_tokens: 600, test_tokens: 600}
-model:
-  cell: {choice: [lstm, grouped]}
-  hidden_size: {int: [16, 48], step: 16}
-  num_layers: 1
-  embedding_size: 16
-train: {epochs: 3, batch_size: 10, bptt: 10, optimizer: adam, lr: 0.01, device: cpu}
-families:
-  grouped: {groups: {choice: [2, 4]}}
-"""
+SPACE = (Path(__file__).parents[1] / "data" / "tiny_resume.yaml").read_text()  # a tiny space for fast Ray searches
 
 
 def _command(tmp: Path, *extra: str) -> list[str]:

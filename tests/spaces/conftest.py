@@ -3,6 +3,18 @@
 import pytest
 import torch
 
+from squeezelstm.spaces import _kernels
+
+
+@pytest.fixture
+def ops():
+    """The compiled recurrence ops (``torch.ops.squeezelstm_kernels``)."""
+    ops = _kernels.kernels()
+    # This suite runs where a C++ compiler exists (CI and every dev machine): a silent fallback to the
+    # Python loops would hide a broken build, so it is an error here, not a skip.
+    assert ops is not None, "the compiled recurrence kernels did not build (see the RuntimeWarning above)"
+    return ops
+
 
 @pytest.fixture
 def assert_same_function():

@@ -20,15 +20,6 @@ TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-
 
 
 @pytest.fixture
-def ops():
-    ops = _kernels.kernels()
-    # This suite runs where a C++ compiler exists (CI and every dev machine): a silent fallback to the
-    # Python loops would hide a broken build, so it is an error here, not a skip.
-    assert ops is not None, "the compiled recurrence kernels did not build (see the RuntimeWarning above)"
-    return ops
-
-
-@pytest.fixture
 def python_loops(monkeypatch):
     """Run ``fn`` with the compiled kernels switched off (the Python loops of ``_recurrence``)."""
 

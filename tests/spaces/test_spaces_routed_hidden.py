@@ -19,13 +19,6 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-
 
 
 @pytest.fixture
-def ops():
-    ops = _kernels.kernels()
-    assert ops is not None, "the compiled recurrence kernels did not build (see the RuntimeWarning above)"
-    return ops
-
-
-@pytest.fixture
 def calls(monkeypatch, ops):
     """Counts the compiled ops' calls, so a test knows the compiled loop ran (not a silent fallback)."""
     counts = {"hidden_forward": 0, "hidden_backward": 0}

@@ -29,11 +29,16 @@ def layer_call(model, layer, x, state, seed):
     return layer, (x, state), kwargs
 
 
+def second_layer(name, **overrides):
+    """``(config, model, layer)``: a model of family ``name`` in training mode and its second layer."""
+    cfg = config(name, **overrides)
+    model = build_model(cfg, 20).train()
+    return cfg, model, model.layers[1]
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_one_mask_serves_the_whole_window(name):
-    cfg = config(name, **{"model.weight_drop": 0.5})
-    model = build_model(cfg, 20).train()
-    layer = model.layers[1]
+    cfg, model, layer = second_layer(name, **{"model.weight_drop": 0.5})
     x = torch.randn(7, 3, 8)
     state = (torch.randn(1, 3, 8), torch.randn(1, 3, 8))
     _, args, kwargs = layer_call(model, layer, x, state, 0)
@@ -51,9 +56,7 @@ def test_one_mask_serves_the_whole_window(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_only_the_recurrence_is_dropped(name):
     # From a zero state a single step never reads the recurrent weights: dropping them changes nothing.
-    cfg = config(name)
-    model = build_model(cfg, 20).train()
-    layer = model.layers[1]
+    cfg, model, layer = second_layer(name)
     x = torch.randn(1, 3, 8)
     zero = (torch.zeros(1, 3, 8), torch.zeros(1, 3, 8))
     _, args, kwargs = layer_call(model, layer, x, zero, 0)

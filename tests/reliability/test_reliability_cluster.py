@@ -300,7 +300,7 @@ def test_mlflow_server_down_for_a_while_loses_no_metric(env):
         # the trials kept training while nobody could log them
         trained = max(len(a["epochs"]) for attempts in env.ran(exp).values() for a in attempts)
         env.server.start()
-        proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=300)
     finally:
         stderr = _closed(proc, log, env, exp)
     assert proc.returncode == 0, stderr[-4000:]
@@ -388,7 +388,7 @@ def test_worker_node_killed_mid_trial_is_retried_from_checkpoint_on_the_other_no
         assert victim is not None, "no trial trained an epoch on the worker node:\n" + \
             (env.root / f"{exp}.log").read_text()[-3000:]
         env.cluster.remove_node(env.worker, allow_graceful=False)
-        proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=300)
     finally:
         stderr = _closed(proc, log, env, exp)
     assert proc.returncode == 0, stderr[-4000:]

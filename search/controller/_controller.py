@@ -287,6 +287,10 @@ class SearchController:
 
     # -- views ----------------------------------------------------------------------------------
 
+    def proposal_ready(self) -> bool:
+        """False while the next proposal is still being prepared in the background (``suggest`` would wait for it)."""
+        return self._prefetch is None or self._prefetch.ready()
+
     def records(self) -> list[TrialRecord]:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
         with self._lock:

@@ -14,9 +14,10 @@ recorded first and last epochs; made-up beyond epoch 4, but the same ranking). T
 * ``server``: the same, through a local ``mlflow server`` (SQLite behind it, started by the cell on a free
   port, one worker) at ``http://127.0.0.1:PORT``, as a team's shared tracking server is used.
 
-Per cell: wall time, proposal latency (``suggest``) and result-handling latency (``report``, and
-``complete`` with the tracking) p50 / p95 / max, and peak RSS (of this process: run one cell per
-process, ``--cell``, for a clean number; the default runs every asked cell in a child process each),
+Per cell: wall time, proposal latency (``suggest``; and its CPU time on the driver's thread, which a shared
+machine's load does not inflate) and result-handling latency (``report``, and ``complete`` with the tracking)
+p50 / p95 / max, and peak RSS (of this process: run one cell per process, ``--cell``, for a clean number; the
+default runs every asked cell in a child process each),
 the cell's CPU time (user, system) and the load average at its start and end (the machine may be shared).
 ``--cap S`` stops a cell after S seconds of wall time (at its next proposal: GPSampler at 1,000 trials) and
 reports the trials it got to, with ``capped: true``.
@@ -77,11 +78,12 @@ def timed_controller(latency: dict, deadline: float):
         def suggest(self):
             if time.perf_counter() > deadline:
                 raise Capped
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return super().suggest()
             finally:
                 latency["proposal"].append(time.perf_counter() - start)
+                latency["proposal_cpu"].append(time.thread_time() - cpu)
 
         def report(self, *args, **kwargs):
             start = time.perf_counter()
@@ -166,7 +168,7 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
                 if capped_latency["result"]:
                     capped_latency["result"][-1] += time.perf_counter() - start
 
-        capped_latency: dict[str, list[float]] = {"proposal": [], "result": []}
+        capped_latency: dict[str, list[float]] = {"proposal": [], "result": [], "proposal_cpu": []}
         deadline = time.perf_counter() + (cap if cap else math.inf)
         original = _replay.SearchController
         _replay.SearchController = timed_controller(capped_latency, deadline)
@@ -197,6 +199,8 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
     for name in ("proposal", "result"):
         for key, value in latency_summary(latency[name]).items():
             out[f"{name}_latency_{key}_s"] = value
+    for key, value in latency_summary(capped_latency["proposal_cpu"]).items():  # the same calls' CPU time (one thread)
+        out[f"proposal_cpu_{key}_s"] = value
     return out
 
 

@@ -293,7 +293,8 @@ def run_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     spec = config["spec"]
     number = int(spec["number"])
-    ckpt_dir = Path(config["trials_dir"]) / f"trial_{number:04d}"
+    # a refinement trains each trial with several seeds, each in a folder of its own (``dirname``)
+    ckpt_dir = Path(config["trials_dir"]) / config.get("dirname", f"trial_{number:04d}")
     _restore_checkpoint(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     logger = config.get("logger")

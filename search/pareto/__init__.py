@@ -1,5 +1,6 @@
 """Trial records, the objectives they are judged on, the Pareto maths over them (numpy), and the
-records as a pandas DataFrame (``records_dataframe``)."""
+records as a pandas DataFrame (``records_dataframe``); a refinement of the front (``Refinement``: members
+trained again with several seeds, their mean and spread, the refined front)."""
 
 from ._frame import records_dataframe
 from ._maths import dominates, hypervolume, non_dominated_sort, pareto_mask, to_minimization
@@ -20,8 +21,38 @@ from ._records import (
     pareto_front,
     status_counts,
 )
+from ._refine import (
+    MIN_SEEDS,
+    REFINE_OVERRIDABLE,
+    REFINED_FILE,
+    RefinedMember,
+    Refinement,
+    SeedRun,
+    Spread,
+    check_overrides,
+    check_seeds,
+    choose_members,
+    new_refinement,
+    refine_config,
+    refined_front,
+    spread,
+)
 
 __all__ = [
+    "MIN_SEEDS",
+    "REFINED_FILE",
+    "REFINE_OVERRIDABLE",
+    "RefinedMember",
+    "Refinement",
+    "SeedRun",
+    "Spread",
+    "check_overrides",
+    "check_seeds",
+    "choose_members",
+    "new_refinement",
+    "refine_config",
+    "refined_front",
+    "spread",
     "DEFAULT_SIZE",
     "OBJECTIVES",
     "SIZES",

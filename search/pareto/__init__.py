@@ -18,6 +18,7 @@ from ._records import (
     objectives,
     objective_values,
     pareto_front,
+    size_text,
     status_counts,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "records_dataframe",
+    "size_text",
     "status_counts",
     "to_minimization",
 ]

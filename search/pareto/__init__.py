@@ -19,6 +19,7 @@ from ._records import (
     objectives,
     objective_values,
     pareto_front,
+    size_text,
     status_counts,
 )
 from ._refine import (
@@ -72,6 +73,7 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "records_dataframe",
+    "size_text",
     "status_counts",
     "to_minimization",
 ]

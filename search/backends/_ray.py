@@ -37,7 +37,7 @@ from ray.tune.search import Searcher
 from squeezelstm.trainers import Config, train
 from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
 
-from ..pareto import TrialRecord, log_hypervolume, pareto_front, status_counts
+from ..pareto import TrialRecord, log_hypervolume, pareto_front, size_text, status_counts
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
@@ -56,11 +56,11 @@ class SearchEvent:
     hypervolume: float | None
 
     def line(self) -> str:
-        """One line for the console, e.g. ``trial 3 finished: grouped 12,345 params ppl 41.2 | ...``."""
+        """One line for the console, e.g. ``trial 3 finished: grouped 12,345 params, 4,567 recurrent, 89,012 flops, valid ppl 41.2 | ...``."""
         rec = self.record
         what = f"trial {self.number} {self.kind}"
         if rec is not None:
-            what += f": {rec.family} {rec.params:,} params"
+            what += f": {rec.family} {size_text(rec)}"
             if self.kind != "started" and rec.valid_ppl is not None and math.isfinite(rec.valid_ppl):
                 what += f", valid ppl {rec.valid_ppl:.2f} after {rec.epochs} epoch(s)"
         done = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("finished", "pruned", "failed", "diverged"))
@@ -325,7 +325,8 @@ def run_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     spec = config["spec"]
     number = int(spec["number"])
-    ckpt_dir = Path(config["trials_dir"]) / f"trial_{number:04d}"
+    # a refinement trains each trial with several seeds, each in a folder of its own (``dirname``)
+    ckpt_dir = Path(config["trials_dir"]) / config.get("dirname", f"trial_{number:04d}")
     _restore_checkpoint(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     logger = config.get("logger")

@@ -224,6 +224,20 @@ def _run(config: SearchConfig, resume: bool, progress: Callable | None, front_fi
             ray.shutdown()
 
 
+def concurrency(address: str | None, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> int:
+    """Trials at once on the connected Ray (``max_concurrent``, else as its CPUs allow); ValueError when a
+    local Ray cannot hold one trial (a local Ray never grows: the trial would wait forever)."""
+    import ray
+
+    available = ray.cluster_resources()
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
+            if want > available.get(key, 0):
+                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
+                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
+    return max_concurrent or max(1, int(available.get("CPU", 1) // cpus_per_trial))
+
+
 def _forget_if_empty(paths: SearchPaths, existed: bool, controller: Any) -> None:
     """A new search that failed before its first trial leaves nothing behind (so it needs no --resume)."""
     if not existed and not controller.records():
@@ -236,20 +250,12 @@ def _trial_name(trial: Any) -> str:
 
 def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths, tracker: SearchTracker | None, *,
          resume: bool, progress: Callable | None, refs: tuple) -> SearchResult:
-    import ray
     from ray import tune
 
     from ._ray import ControllerScheduler, ControllerSearcher, SearchSession, live_session, run_trial
 
-    available = ray.cluster_resources()
     cpus_per_trial, gpus_per_trial = config.cpus_per_trial, config.gpus_per_trial
-    if not config.address and not os.environ.get("RAY_ADDRESS"):
-        # A local Ray never grows: a trial asking for more than it has would wait forever.
-        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
-            if want > available.get(key, 0):
-                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
-                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
-    max_concurrent = config.max_concurrent or max(1, int(available.get("CPU", 1) // cpus_per_trial))
+    max_concurrent = concurrency(config.address, cpus_per_trial, gpus_per_trial, config.max_concurrent)
     t0 = time.time()
     ref_params, ref_ppl, optimal_ppl = refs
     space = config.space

@@ -420,12 +420,8 @@ class SearchController:
     def _save(self) -> None:
         if self.state_dir is None:
             return
-        state = {
-            "version": _STATE_VERSION,
-            "records": [self._records[n].to_dict() for n in sorted(self._records)],
-            "prune_decided": sorted(self._prune_decided),
-            "rejected": self.rejected,
-        }
+        state = {"version": _STATE_VERSION, "records": [self._records[n].to_dict() for n in sorted(self._records)],
+                 "prune_decided": sorted(self._prune_decided), "rejected": self.rejected}
         atomic_write_text(self.state_dir / "records.json", json.dumps(_jsonable(state)))
 
 

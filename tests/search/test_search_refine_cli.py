@@ -193,3 +193,46 @@ def test_resume_runs_only_what_has_not_ended_and_continues_from_the_checkpoint(r
     # continued from the checkpoint written after epoch 2: no epoch trained again (the same times and numbers)
     assert after[0]["history"] == trained and [h["epoch"] for h in trained] == [1, 2]
     assert old["members"][0]["runs"][1] == after[1]
+
+
+# -- Ctrl-C on the real command ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_refinement_with_130_and_prints_the_command_that_continues_it(tmp_path):
+    import os
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
+
+    # epochs of about a second (the search interrupt test's corpus), one run at a time
+    config = {**SYNTHETIC, "data": {**SYNTHETIC["data"], "train_tokens": 20000}, "train": {**SYNTHETIC["train"], "epochs": 3}}
+    _search(tmp_path, config=config)
+    script = Path(sys.executable).with_name("squeezelstm")
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "squeezelstm.search.cli._main"]
+    argv = ["refine", "--experiment", "exp", "--storage", str(tmp_path / "runs"), "--no-tracking", "--max-concurrent",
+            "1", "--quiet"]
+    path = tmp_path / "runs" / "exp" / "refined.json"
+    proc = subprocess.Popen(head + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        ckpt = checkpoint_path(tmp_path / "runs" / "exp" / "refine" / "member_0000_seed_0")
+        while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    [line] = [x for x in err.splitlines() if "interrupted by" in x]
+    assert "refine of 'exp' interrupted by SIGINT" in line and out == ""
+    runs = json.loads(path.read_text())["members"][0]["runs"]
+    assert runs[0]["status"] in ("running", "finished") and runs[1]["status"] in ("pending", "running")
+    assert load_checkpoint(ckpt)["history"]  # what --resume continues from (tested in-process above)
+    assert shlex.split(line.split("continue with: ", 1)[1]) == ["squeezelstm", *argv, "--resume"]

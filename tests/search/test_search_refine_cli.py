@@ -169,6 +169,10 @@ def test_pareto_refined_prints_mean_plus_minus_std(refined, capsys, tmp_path):
     assert "refined: 1 members (top 1) x 2 seeds, 2 epochs" in out
     assert f"{mean:.2f} +- {std:.2f}" in out and "2/2" in out
     assert "error_y" in (tmp_path / "r.html").read_text()
+    assert main(["pareto", "--experiment", "tiny", "--tracking-uri", uri, "--refined", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["refined"]
+    assert got["front"] == [member["number"]] and got["members"][0]["valid_mean"] == pytest.approx(mean)
+    assert got["members"][0]["valid_std"] == pytest.approx(std) and got["members"][0]["seeds"] == 2
 
 
 @pytest.mark.slow

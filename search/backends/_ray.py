@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class SearchSession:
     optimal_ppl: float | None = None
     reissue: list = field(default_factory=list)
     on_change: Callable[[], None] | None = None
+    events: Any = None  # a DriverEventLog (SQUEEZELSTM_DRIVER_EVENTS), or None
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
     error: Exception | None = None
@@ -176,8 +178,15 @@ class ControllerSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         s = _session(self._token)
+        start, cpu = time.time(), time.thread_time()
         if s.reissue:
             spec = s.reissue.pop(0)
+        elif s.started - s.completed and not getattr(s.controller, "proposal_ready", lambda: True)():
+            # The next proposal is still being computed in the background: hand out nothing now, so Ray's
+            # loop goes on handling results and pruning decisions; it asks again on its next step.
+            if s.events is not None:
+                s.events.write("suggest", number=None, start=start, end=time.time(), deferred=True, cpu_s=0.0)
+            return None
         elif s.issued() >= s.trials:
             return Searcher.FINISHED
         else:
@@ -189,6 +198,9 @@ class ControllerSearcher(Searcher):
                 s.error = exc
                 return Searcher.FINISHED
         number = int(spec.number)
+        if s.events is not None:
+            s.events.write("suggest", number=number, start=start, end=time.time(), deferred=False,
+                           cpu_s=time.thread_time() - cpu)
         self._numbers[trial_id] = number
         s.started.add(number)
         logger = s.tracker.trial_logger(number) if s.tracker is not None else None
@@ -209,6 +221,8 @@ class ControllerSearcher(Searcher):
             number = result.get("number", result.get("config", {}).get("number"))
         if number is None:
             return
+        arrived = time.time()
+        proposing = _proposing(s.controller) if s.events is not None else None
         if error:
             status, final = "failed", None
         elif result is not None and result.get("final"):
@@ -228,6 +242,11 @@ class ControllerSearcher(Searcher):
         if s.on_change is not None:
             s.on_change()
         s.emit(record.status, number, record)
+        if s.events is not None:
+            reported = result.get("reported_at") if result is not None and result.get("final") else None
+            s.events.write("complete", number=number, status=record.status, reported_at=reported, arrived=arrived,
+                           wait_s=None if reported is None else arrived - reported, handle_s=time.time() - arrived,
+                           proposing=proposing)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({"numbers": self._numbers}))
@@ -253,9 +272,22 @@ class ControllerScheduler(FIFOScheduler):
         if result.get("final") or "epoch" not in result:
             return TrialScheduler.CONTINUE
         s = _session(self._token)
+        arrived = time.time()
+        proposing = _proposing(s.controller) if s.events is not None else None
         metrics = _epoch_metrics(result)
         prune = s.controller.report(int(trial.config["number"]), int(result["epoch"]), metrics)
+        if s.events is not None:
+            reported = result.get("reported_at")
+            s.events.write("result", number=int(trial.config["number"]), epoch=int(result["epoch"]),
+                           reported_at=reported, arrived=arrived, wait_s=None if reported is None else arrived - reported,
+                           handle_s=time.time() - arrived, proposing=proposing, prune=bool(prune))
         return TrialScheduler.STOP if prune else TrialScheduler.CONTINUE
+
+
+def _proposing(controller: Any) -> bool | None:
+    """Whether the controller's next proposal is being computed now (None: it does not say)."""
+    ready = getattr(controller, "proposal_ready", None)
+    return None if ready is None else not ready()
 
 
 def _epoch_metrics(result: dict) -> dict:
@@ -308,7 +340,8 @@ def run_trial(config: dict) -> None:
             logger.log_epoch(epoch, clean)
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if any(ckpt_dir.iterdir()) else None
         tune.report(
-            {"number": number, "epoch": int(epoch), "metrics": clean, "valid_ppl": clean.get("valid_ppl")},
+            {"number": number, "epoch": int(epoch), "metrics": clean, "valid_ppl": clean.get("valid_ppl"),
+             "reported_at": time.time()},  # the driver's event log measures how long a result waits
             checkpoint=checkpoint,
         )
         return True  # Ray stops the trial itself when the controller prunes it.
@@ -335,7 +368,7 @@ def run_trial(config: dict) -> None:
     }
     if logger is not None:
         logger.finish(result.status, {k: v for k, v in final.items() if v is not None and k != "history"})
-    tune.report(final)
+    tune.report({**final, "reported_at": time.time()})
 
 
 def _num(value: Any) -> float | None:

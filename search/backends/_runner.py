@@ -35,6 +35,7 @@ from ..controller import SearchController, size_reference
 from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_dataframe
 from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
+from ._event_log import DriverEventLog
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import SearchPaths, check_writable, has_state, resolve_paths, write_records
 from ._threads import ray_nodes, trial_threads
@@ -274,6 +275,7 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
         threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
+        events=DriverEventLog.from_env(paths.experiment_dir),
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
     status = "FINISHED"
@@ -316,6 +318,9 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
                     tracker.end_search(status)
             except (SearchInterrupted, KeyboardInterrupt):  # a second signal while closing: stop at once
                 raise _stopped_at_once(stop, controller) from None
+            finally:
+                if session.events is not None:
+                    session.events.close()
 
     records = controller.records()
     hv = log_hypervolume(records, ref_params, ref_ppl) if ref_params and ref_ppl else None

@@ -88,6 +88,24 @@ def test_an_unreachable_tracking_server_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "runs" / "exp" / "refined.json").exists(), err
 
 
+def test_pareto_refined_reads_refined_json_where_the_store_has_no_refinement(tmp_path):
+    import argparse
+
+    from squeezelstm.search.backends import read_records, write_refinement
+    from squeezelstm.search.cli._pareto import _refinement
+    from squeezelstm.search.pareto import new_refinement
+
+    args = argparse.Namespace(experiment="exp", storage=str(tmp_path / "runs"),
+                              tracking_uri=f"sqlite:///{tmp_path}/none.db")
+    _search(tmp_path)
+    with pytest.raises(ValueError, match="has no refinement in the tracking store nor in .*refined.json: run squeezelstm refine"):
+        _refinement(args)
+    _, records = read_records(tmp_path / "runs" / "exp" / "records.json")
+    write_refinement(tmp_path / "runs" / "exp" / "refined.json", new_refinement("exp", records, seeds=2))
+    assert _refinement(args).to_dict() == new_refinement("exp", records, seeds=2).to_dict()
+    assert not (tmp_path / "none.db").exists()  # looking did not create a store
+
+
 def test_the_stop_line_names_the_signal_and_the_command_that_continues():
     exc = SearchInterrupted(signal.SIGTERM, counts={"finished": 3, "running": 1, "pending": 2})
     argv = ["refine", "--experiment", "my exp", "--seeds", "3"]

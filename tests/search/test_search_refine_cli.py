@@ -220,6 +220,8 @@ def test_one_mlflow_parent_tagged_as_a_refinement_of_the_search_with_a_child_per
     assert sorted(r.data.tags["squeezelstm.seed"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and r.data.tags["squeezelstm.status"] == "finished" for r in children)
     assert all(len(client.get_metric_history(r.info.run_id, "valid_ppl")) == 2 for r in children)
+    note = parent.data.tags["mlflow.note.content"]  # the run's description in the UI: the refined table
+    assert "Refinement of search `tiny`" in note and " ± " in note and "| 2/2 | * |" in note
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"refined.json", "refined_report.html"} <= artifacts
 

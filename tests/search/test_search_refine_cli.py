@@ -50,6 +50,12 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatc
     _error(capsys, base + ["--set", "model.hidden_size=8"], "only train.* keys and data.path may change")
     _error(capsys, base + ["--set", "train.lr=-1"], "member 0 (lstm): train.lr must be")
     _error(capsys, base + ["--resume"], "nothing to resume")
+    pruned = {**SYNTHETIC, "model": {**SYNTHETIC["model"], "cell": "hidden"},
+              "train": {**SYNTHETIC["train"], "epochs": 3, "grow_epochs": [1], "prune_epochs": [2, 3],
+                        "prune_sparsity": 0.5}}
+    storage_h = _search(tmp_path / "h", config=pruned)
+    _error(capsys, ["refine", "--experiment", "exp", *storage_h, "--no-tracking", "--epochs", "2"],
+           "grows or prunes after epoch 3: --epochs must be at least 3")
     with pytest.raises(SystemExit) as exit_:
         main(base + ["--front", "--top", "2"])
     err = capsys.readouterr().err.strip()

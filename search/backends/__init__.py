@@ -1,4 +1,5 @@
-"""Where trials run: Ray Tune (the runner and its adapter), or a replay of recorded learning curves; the storage layout.
+"""Where trials run: Ray Tune (the runner and its adapter), or a replay of recorded learning curves; the storage layout;
+a refinement's (member, seed) runs on Ray Tune (``run_refine``).
 
 The Ray adapter imports Ray (about two seconds): its names load on first use, so the command's other
 jobs do not pay for it.
@@ -11,6 +12,7 @@ from ._driver_lock import acquire as acquire_driver_lock
 from ._interrupt import SearchInterrupted, StopSignals
 from ._replay import COSTS, TABLE_COLUMNS, Curve, CurveTable, ReplayResult, Stopper, replay_search
 from ._replay_run import MAPPINGS, check_table, run_replay
+from ._refine import REFINE_DIR, RefineEvent, read_refinement, refined_path, run_dirname, run_refine, write_refinement
 from ._runner import SearchResult, quiet_libraries, run_search
 from ._storage import (
     DEFAULT_STORAGE,
@@ -30,6 +32,13 @@ _RAY = ("ControllerScheduler", "ControllerSearcher", "SearchEvent", "SearchSessi
         "register_session", "release_session", "run_trial", "spec_to_dict")
 
 __all__ = [
+    "REFINE_DIR",
+    "RefineEvent",
+    "read_refinement",
+    "refined_path",
+    "run_dirname",
+    "run_refine",
+    "write_refinement",
     "COSTS",
     "DEFAULT_STORAGE",
     "RECORDS_FILE",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import threading
 import time
@@ -40,7 +39,6 @@ import optuna
 from optuna.trial import TrialState
 
 from squeezelstm.trainers import Config, load_corpus
-from squeezelstm.trainers.files import atomic_write_text
 
 from ..config import SearchConfig
 from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
@@ -48,7 +46,7 @@ from ..pruners import PruningBridge
 from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
                         space_dists)
 from ..space import SearchSpace, model_cost
-from ._journal import JournalState, RecordJournal, jsonable, plain
+from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain
 from ._sizes import corpus_vocab_size, record_sizes, size_reference
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
@@ -141,7 +139,7 @@ class SearchController:
         storage: Any = optuna.storages.InMemoryStorage()
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._check_meta()
+            check_meta(self.state_dir, jsonable(self._meta()))
             self._journal = RecordJournal(self.state_dir, snapshot_every_s=snapshot_every_s)
             state = self._journal.load()
             self._records, self._prune_decided, self.rejected = state.records, state.prune_decided, state.rejected
@@ -294,6 +292,10 @@ class SearchController:
 
     # -- views ----------------------------------------------------------------------------------
 
+    def proposal_ready(self) -> bool:
+        """False while the next proposal is still being prepared in the background (``suggest`` would wait for it)."""
+        return self._prefetch is None or self._prefetch.ready()
+
     def records(self) -> list[TrialRecord]:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
         with self._lock:
@@ -400,23 +402,6 @@ class SearchController:
     def _meta(self) -> dict:  # the latest session's config rebuilds the search; the keys before it never change
         return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
                 "epochs": self.epochs, "size": self.size, "config": self.config.to_dict()}
-
-    def _check_meta(self) -> None:
-        path = self.state_dir / "controller.json"
-        meta = jsonable(self._meta())
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                raise ValueError(f"controller state {path} is not valid JSON") from None
-            old.setdefault("size", "total")  # written before the size objective was a setting
-            for key in ("space", "study_name", "epochs", "size"):
-                if old.get(key) != meta[key]:
-                    raise ValueError(
-                        f"state_dir {self.state_dir} holds a search with a different {key}; "
-                        "use a new experiment name or the same settings to resume"
-                    )
-        atomic_write_text(path, json.dumps(meta, indent=1))
 
     def _event(self, record: TrialRecord | None = None) -> None:
         """One event into the journal: ``record``'s new state (with its prune decision) and the rejected count."""

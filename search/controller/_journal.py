@@ -1,4 +1,5 @@
-"""The controller's records on disk: a whole snapshot now and then, and one appended line per event between.
+"""The controller's records on disk: a whole snapshot now and then, and one appended line per event between
+(and ``controller.json``, the settings a resumed search must match: ``check_meta``).
 
 Rewriting every record on every report and completion costs O(trials) an event. Instead each event (a trial
 sampled, an epoch reported, a trial closed, an over-budget sample rejected) appends one JSON line to
@@ -64,6 +65,23 @@ def _default(obj: Any) -> Any:
 def jsonable(obj: Any) -> Any:
     """``obj`` as JSON would give it back (numpy scalars as numbers, anything else unknown as its ``str``)."""
     return json.loads(json.dumps(obj, default=_default))
+
+
+def check_meta(folder: Path, meta: dict) -> None:
+    """Write ``meta`` (the controller's settings) to ``controller.json``; ValueError if the folder holds a search
+    with another space, study, epochs or size objective (a resume must not mix two searches' records)."""
+    path = folder / "controller.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"controller state {path} is not valid JSON") from None
+        old.setdefault("size", "total")  # written before the size objective was a setting
+        for key in ("space", "study_name", "epochs", "size"):
+            if old.get(key) != meta[key]:
+                raise ValueError(f"state_dir {folder} holds a search with a different {key}; "
+                                 "use a new experiment name or the same settings to resume")
+    atomic_write_text(path, json.dumps(meta, indent=1))
 
 
 def read_journal(folder: str | os.PathLike) -> JournalState:
@@ -164,5 +182,5 @@ class RecordJournal:
             self._log = None
 
 
-__all__ = ["LOG_FILE", "SNAPSHOT_FILE", "JournalState", "RecordJournal", "apply_event", "jsonable", "plain",
-           "read_journal"]
+__all__ = ["LOG_FILE", "SNAPSHOT_FILE", "JournalState", "RecordJournal", "apply_event", "check_meta", "jsonable",
+           "plain", "read_journal"]

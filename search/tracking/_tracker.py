@@ -18,7 +18,6 @@ finds everything again from the store alone:
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 
 from ..pareto import STATUSES, TrialRecord
 from ._front import ParentFront
-from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, PARETO_TAG, REF_TAGS, ROLE_TAG,
+from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, REF_TAGS, ROLE_TAG,
                      SAMPLED_TAG, SEARCH_CONFIG_FILE, SEARCH_TAG, SIZE_TAG, STATUS_TAG, STEP0_METRICS, TRIAL_TAG, _find_child,
                      _log, _param_value, _scalar_metrics, child_runs, flatten,
                      quote_filter_value, search_all_runs)

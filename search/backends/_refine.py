@@ -17,14 +17,13 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from squeezelstm.spaces._kernels import kernels
 from squeezelstm.trainers.files import atomic_write_text, json_safe
 
-from ..pareto import REFINED_FILE, RefinedMember, Refinement, SeedRun, refine_config
+from ..pareto import REFINED_FILE, Refinement
 from ._driver_lock import hold as hold_driver_lock
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._runner import _check_reachable, _start_ray, concurrency, quiet_libraries
@@ -53,110 +52,13 @@ def read_refinement(path: Path) -> Refinement:
 
 
 def run_dirname(member: int, seed: int) -> str:
+    """The checkpoint (and Ray trial) folder of one run: ``member_NNNN_seed_S``."""
     return f"member_{int(member):04d}_seed_{int(seed)}"
-
-
-@dataclass(frozen=True)
-class RefineEvent:
-    """One run of a refinement started or ended, for live progress (``line()`` is the human form)."""
-
-    kind: str  # started | finished | failed | diverged | pruned
-    member: RefinedMember
-    run: SeedRun
-    counts: dict[str, int]
-
-    def line(self) -> str:
-        m, r = self.member, self.run
-        what = f"member {m.number} ({m.family}) seed {r.seed} {self.kind}"
-        if self.kind != "started" and r.valid_ppl is not None:
-            what += f": valid ppl {r.valid_ppl:.2f} after {r.epochs} epoch(s)"
-        total = sum(self.counts.values())
-        return f"{what} | {self.counts.get('finished', 0)} of {total} runs finished, {self.counts.get('running', 0)} running"
-
-
-@dataclass
-class RefineSession:
-    """Driver-side state of one ``fit()``: the refinement, the queue of runs to hand out, who listens."""
-
-    refinement: Refinement
-    checkpoints: str
-    threads: int = 1
-    tracker: Any = None
-    progress: Callable[[RefineEvent], None] | None = None
-    on_change: Callable[[], None] | None = None
-    queue: list[tuple[int, int]] = field(default_factory=list)  # (member, seed)
-    by_trial: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def emit(self, kind: str, member: RefinedMember, run: SeedRun) -> None:
-        if self.on_change is not None:
-            self.on_change()
-        if self.progress is not None:
-            self.progress(RefineEvent(kind, member, run, self.refinement.counts()))
-
-
-_SESSIONS: dict[str, RefineSession] = {}
-
-
-def _make_searcher(token: str):
-    """A Ray ``Searcher`` that hands out the session's queued runs (defined on first use: Ray loads with it)."""
-    from ray.tune.search import Searcher
-
-    class RefineSearcher(Searcher):
-        def __init__(self, token: str):
-            super().__init__()
-            self._token = token
-
-        def __getstate__(self) -> dict:
-            return {"_token": self._token, "_metric": None, "_mode": None}
-
-        def __setstate__(self, state: dict) -> None:
-            self.__dict__.update(state)
-
-        def suggest(self, trial_id: str) -> dict | None:
-            s = _SESSIONS[self._token]
-            if not s.queue:
-                return Searcher.FINISHED
-            number, seed = s.queue.pop(0)
-            s.by_trial[trial_id] = (number, seed)
-            member = s.refinement.member(number)
-            run = member.run(seed)
-            run.status = "running"
-            ref = s.refinement
-            spec = {"number": number, "family": member.family, "sampled": member.sampled, "params": member.params,
-                    "flops": member.flops, "recurrent_params": member.recurrent_params, "size": member.size,
-                    "config": refine_config(member.config, epochs=ref.epochs, seed=seed, overrides=ref.overrides)}
-            logger = s.tracker.seed_logger(number, seed) if s.tracker is not None else None
-            s.emit("started", member, run)
-            return {"number": number, "spec": spec, "trials_dir": s.checkpoints, "dirname": run_dirname(number, seed),
-                    "threads": s.threads, "logger": logger}
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            s = _SESSIONS[self._token]
-            if trial_id not in s.by_trial:
-                return
-            member = s.refinement.member(s.by_trial[trial_id][0])
-            run = member.run(s.by_trial[trial_id][1])
-            if error:
-                run.status = "failed"
-            elif result is not None and result.get("final"):
-                run.status = str(result.get("trial_status", "finished"))
-                run.valid_ppl, run.test_ppl = result.get("valid_ppl"), result.get("test_ppl")
-                run.history = list(result.get("history") or [])
-                run.epochs = int(result.get("epochs", len(run.history)))
-                run.elapsed_s = run.history[-1].get("elapsed_s") if run.history else None
-            else:
-                return  # stopped by Ray's shutdown (an interruption): it stays unfinished and resumes
-            if s.tracker is not None:
-                s.tracker.end_seed(member, run)
-                s.tracker.update(s.refinement)
-            s.emit(run.status, member, run)
-
-    return RefineSearcher(token)
 
 
 def run_refine(refinement: Refinement, *, storage: str | None = None, tracker: Any = None, address: str | None = None,
                cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent: int | None = None,
-               max_failures: int = 0, progress: Callable[[RefineEvent], None] | None = None) -> Refinement:
+               max_failures: int = 0, progress: Callable[[Any], None] | None = None) -> Refinement:
     """Train every (member, seed) run of ``refinement`` that has not ended, on Ray Tune; returns it, filled in.
 
     ``refined.json`` under ``storage`` is written as runs start and end (and at the stop); ``tracker``
@@ -192,6 +94,7 @@ def _fit(refinement: Refinement, paths: SearchPaths, tracker: Any, address: str 
     from ray import tune
 
     from ._ray import run_trial
+    from ._refine_trials import RefineSearcher, RefineSession, live_refine_session
 
     limit = concurrency(address, cpus_per_trial, gpus_per_trial, max_concurrent)
     out = refined_path(paths)
@@ -204,16 +107,14 @@ def _fit(refinement: Refinement, paths: SearchPaths, tracker: Any, address: str 
         refinement=refinement, checkpoints=str(paths.experiment_dir / REFINE_DIR),
         threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         on_change=lambda: write_refinement(out, refinement), queue=[(m.number, r.seed) for m, r in refinement.pending()])
-    token = uuid.uuid4().hex
-    _SESSIONS[token] = session
     status = "FINISHED"
-    with StopSignals() as stop:
+    with StopSignals() as stop, live_refine_session(session) as token:
         try:
             if session.queue:
                 tuner = tune.Tuner(
                     tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
                     tune_config=tune.TuneConfig(
-                        search_alg=_make_searcher(token), num_samples=len(session.queue),
+                        search_alg=RefineSearcher(token), num_samples=len(session.queue),
                         max_concurrent_trials=limit, reuse_actors=True,
                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
                     run_config=tune.RunConfig(
@@ -231,7 +132,6 @@ def _fit(refinement: Refinement, paths: SearchPaths, tracker: Any, address: str 
                 exc.counts = refinement.counts()
             raise
         finally:
-            _SESSIONS.pop(token, None)
             try:
                 write_refinement(out, refinement)
                 if tracker is not None:
@@ -252,5 +152,5 @@ def _trial_name(trial: Any) -> str:
     return str(trial.config["dirname"])
 
 
-__all__ = ["REFINE_DIR", "RefineEvent", "read_refinement", "refined_path", "run_dirname", "run_refine",
+__all__ = ["REFINE_DIR", "read_refinement", "refined_path", "run_dirname", "run_refine",
            "write_refinement"]

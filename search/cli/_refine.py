@@ -115,6 +115,11 @@ def _check_members(ref: Refinement) -> None:
                                                         overrides=ref.overrides))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"member {m.number} ({m.family}): {exc}") from None
+            phases = [*config.train.grow_epochs, *config.train.prune_epochs]
+            if phases and max(phases) > config.train.epochs:
+                # an H-LSTM that stops before its last prune phase would not have the live size the search recorded
+                raise ValueError(f"member {m.number} ({m.family}) grows or prunes after epoch {max(phases)}: "
+                                 f"--epochs must be at least {max(phases)} to keep the sizes the search recorded")
             path = config.data.path
             if config.data.corpus != "synthetic" and (not path or not Path(path).expanduser().exists()):
                 raise FileNotFoundError(f"data path of member {m.number} does not exist: {path!r} (give the "

@@ -91,6 +91,9 @@ def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     for key in overrides:
         if key == "train.seed":
             raise ValueError("--set train.seed is not allowed: --seeds chooses the seeds of a refinement")
+        if key == "train.prune_sparsity":
+            raise ValueError("--set train.prune_sparsity is not allowed: it sets an H-LSTM's live size, which a "
+                             "refinement keeps as the search recorded it")
         if not any(key == p or (p.endswith(".") and key.startswith(p) and len(key) > len(p)) for p in REFINE_OVERRIDABLE):
             raise ValueError(f"--set {key} is not allowed: a refinement keeps each member's model and corpus "
                              "(its sizes are the search's); only train.* keys and data.path may change")

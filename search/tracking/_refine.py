@@ -20,12 +20,29 @@ from ._runs import (FAMILY_TAG, PARENT_TAG, PARETO_TAG, ROLE_TAG, SEARCH_TAG, ST
                     quote_filter_value, search_all_runs)
 from ._store import check_tracking_uri, mlflow_client, sqlite_path
 from ._tracker import SearchTracker, TrialLogger, code_version
+from ._ui import NOTE_TAG
 
 REFINES_TAG = "squeezelstm.refines"
 MEMBER_TAG = "squeezelstm.member"
 SEED_TAG = "squeezelstm.seed"
 # Writes the refinement's report files into a folder and returns their names (the CLI wires in the dashboards').
 RefinedFiles = Callable[[Refinement, Path], list[str]]
+
+
+def refined_markdown(refinement: Refinement) -> str:
+    """The refinement as a Markdown table for the parent run's description: each member's mean +- std over seeds."""
+    epochs = f"{refinement.epochs} epochs" if refinement.epochs else "the search's epochs"
+    front = {m.number for m in refinement.front()}
+    lines = [f"**Refinement of search `{refinement.experiment}`**: {len(refinement.members)} member(s) "
+             f"({refinement.selection}) x {refinement.seeds} seeds, {epochs}; refined front marked *.", "",
+             "| trial | family | params | recurrent | flops | valid ppl (mean ± std) | test ppl (mean ± std) | seeds | front |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    for m in sorted(refinement.members, key=lambda m: (m.size_value, m.number)):
+        valid = "" if m.valid is None else f"{m.valid.mean:.2f} ± {m.valid.std:.2f}"
+        test = "" if m.test is None else f"{m.test.mean:.2f} ± {m.test.std:.2f}"
+        lines.append(f"| {m.number} | {m.family} | {m.params:,} | {m.recurrent_params:,} | {m.flops:,} | {valid} | "
+                     f"{test} | {m.seeds_finished}/{len(m.runs)} | {'*' if m.number in front else ''} |")
+    return "\n".join(lines)
 
 
 def _find_seed_run(client, experiment_id: str, parent_run_id: str, member: int, seed: int):
@@ -140,7 +157,8 @@ class RefineTracker(SearchTracker):
                     metrics[f"member_{m.number}.{name}_ppl_std"] = value.std
         front = {m.number for m in refinement.front()}
         metrics["refined_front"] = float(len(front))
-        _log(client, parent, metrics=metrics, tags={"squeezelstm.refined_front": ",".join(map(str, sorted(front)))})
+        _log(client, parent, metrics=metrics, tags={"squeezelstm.refined_front": ",".join(map(str, sorted(front))),
+                                                    NOTE_TAG: refined_markdown(refinement)})
         for m in refinement.members:
             for r in m.runs:
                 child = _find_seed_run(client, self._experiment_id(), parent, m.number, r.seed)
@@ -185,4 +203,5 @@ def load_refinement(tracking_uri: str | None, experiment: str) -> tuple[dict[str
     return None
 
 
-__all__ = ["MEMBER_TAG", "REFINES_TAG", "SEED_TAG", "RefineLogger", "RefineTracker", "RefinedFiles", "load_refinement"]
+__all__ = ["MEMBER_TAG", "REFINES_TAG", "SEED_TAG", "RefineLogger", "RefineTracker", "RefinedFiles", "load_refinement",
+           "refined_markdown"]

@@ -219,7 +219,8 @@ def test_searcher_defers_while_a_proposal_is_computed_so_results_are_handled(tmp
                                                               "reported_at": time.time()}) == "CONTINUE"
         searcher.on_trial_complete("id1", {"final": True, "trial_status": "finished", "valid_ppl": 60.0,
                                            "reported_at": time.time()})
-        assert time.perf_counter() - start < 0.5 and not controller.proposal_ready()
+        # none of it waited for the gated proposal (which holds out for 10 s); generous for a loaded machine
+        assert time.perf_counter() - start < 5 and not controller.proposal_ready()
         release.set()
         controller._prefetch.wait()
         assert searcher.suggest("id4")["number"] == 4

@@ -89,7 +89,7 @@ def test_each_seed_trains_the_members_config_with_its_seed_epochs_and_the_train_
     assert out["model"] == config["model"] and out["data"] == {"path": "/books"}
     assert config["train"] == {"seed": 0, "epochs": 4}  # the record is left alone
     assert refine_config(config, epochs=None, seed=1, overrides={})["train"]["epochs"] == 4
-    for key in ("model.hidden_size", "data.vocab_cap", "train.seed", "trainer.x"):
+    for key in ("model.hidden_size", "data.vocab_cap", "train.seed", "train.prune_sparsity", "trainer.x"):
         with pytest.raises(ValueError, match=f"--set {key} is not allowed"):
             refine_config(config, epochs=None, seed=0, overrides={key: 1})
 

@@ -50,11 +50,33 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatc
     _error(capsys, base + ["--set", "model.hidden_size=8"], "only train.* keys and data.path may change")
     _error(capsys, base + ["--set", "train.lr=-1"], "member 0 (lstm): train.lr must be")
     _error(capsys, base + ["--resume"], "nothing to resume")
+    pruned = {**SYNTHETIC, "model": {**SYNTHETIC["model"], "cell": "hidden"},
+              "train": {**SYNTHETIC["train"], "epochs": 3, "grow_epochs": [1], "prune_epochs": [2, 3],
+                        "prune_sparsity": 0.5}}
+    storage_h = _search(tmp_path / "h", config=pruned)
+    _error(capsys, ["refine", "--experiment", "exp", *storage_h, "--no-tracking", "--epochs", "2"],
+           "grows or prunes after epoch 3: --epochs must be at least 3")
     with pytest.raises(SystemExit) as exit_:
         main(base + ["--front", "--top", "2"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err and "not allowed with argument" in err
     assert not (tmp_path / "runs" / "exp" / "refined.json").exists()
+
+
+def test_resume_keeps_the_settings_it_started_with(tmp_path, capsys):
+    from squeezelstm.search.backends import read_records, write_refinement
+    from squeezelstm.search.pareto import new_refinement
+
+    storage = _search(tmp_path)
+    _, records = read_records(tmp_path / "runs" / "exp" / "records.json")
+    write_refinement(tmp_path / "runs" / "exp" / "refined.json",
+                     new_refinement("exp", records, seeds=3, epochs=2, overrides={"train.lr": 0.02}))
+    base = ["refine", "--experiment", "exp", *storage, "--no-tracking", "--resume"]
+    _error(capsys, base + ["--epochs", "5"], "was started with --epochs 2")
+    _error(capsys, base + ["--top", "1"], "was started with --front")
+    _error(capsys, base + ["--set", "train.lr=0.5"], "was started with --set train.lr=0.02")
+    _error(capsys, base + ["--seeds", "2"], "--seeds 2 is fewer than the 3")
+    _error(capsys, ["refine", "--experiment", "exp", *storage, "--no-tracking"], "is already refined")
 
 
 def test_a_search_without_finished_trials_or_its_corpus_is_refused(tmp_path, capsys):
@@ -72,6 +94,24 @@ def test_an_unreachable_tracking_server_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "runs" / "exp" / "refined.json").exists(), err
 
 
+def test_pareto_refined_reads_refined_json_where_the_store_has_no_refinement(tmp_path):
+    import argparse
+
+    from squeezelstm.search.backends import read_records, write_refinement
+    from squeezelstm.search.cli._pareto import _refinement
+    from squeezelstm.search.pareto import new_refinement
+
+    args = argparse.Namespace(experiment="exp", storage=str(tmp_path / "runs"),
+                              tracking_uri=f"sqlite:///{tmp_path}/none.db")
+    _search(tmp_path)
+    with pytest.raises(ValueError, match="has no refinement in the tracking store nor in .*refined.json: run squeezelstm refine"):
+        _refinement(args)
+    _, records = read_records(tmp_path / "runs" / "exp" / "records.json")
+    write_refinement(tmp_path / "runs" / "exp" / "refined.json", new_refinement("exp", records, seeds=2))
+    assert _refinement(args).to_dict() == new_refinement("exp", records, seeds=2).to_dict()
+    assert not (tmp_path / "none.db").exists()  # looking did not create a store
+
+
 def test_the_stop_line_names_the_signal_and_the_command_that_continues():
     exc = SearchInterrupted(signal.SIGTERM, counts={"finished": 3, "running": 1, "pending": 2})
     argv = ["refine", "--experiment", "my exp", "--seeds", "3"]
@@ -79,6 +119,39 @@ def test_the_stop_line_names_the_signal_and_the_command_that_continues():
     assert exc.exit_status == 143 and "\n" not in line and "interrupted by SIGTERM (stopped)" in line
     assert "3 of 6 runs finished; 1 running run(s) keep their last epoch checkpoint" in line
     assert line.endswith("continue with: squeezelstm refine --experiment 'my exp' --seeds 3 --resume")
+
+
+def test_the_ray_searcher_hands_out_each_pending_run_once_and_records_how_it_ended(tmp_path):
+    pytest.importorskip("ray")
+    from squeezelstm.search.backends import RefineSearcher, RefineSession, live_refine_session
+    from squeezelstm.search.pareto import new_refinement
+
+    recs = [TrialRecord(number=4, family="lstm", params=1000, recurrent_params=300, flops=2000, status="finished",
+                        valid_ppl=20.0, config=SYNTHETIC)]
+    ref = new_refinement("exp", recs, seeds=2, epochs=3, overrides={"train.lr": 0.02})
+    ref.member(4).run(1).status = "finished"  # ended in an earlier session: not handed out again
+    changes = []
+    session = RefineSession(refinement=ref, checkpoints=str(tmp_path), threads=2, on_change=lambda: changes.append(1),
+                            queue=[(m.number, r.seed) for m, r in ref.pending()])
+    with live_refine_session(session) as token:
+        searcher = RefineSearcher(token)
+        config = searcher.suggest("a")
+        assert searcher.suggest("b") == searcher.FINISHED
+        assert config["dirname"] == "member_0004_seed_0" and config["trials_dir"] == str(tmp_path)
+        spec = config["spec"]
+        assert (spec["params"], spec["recurrent_params"], spec["flops"]) == (1000, 300, 2000)
+        assert spec["config"]["train"] == {**SYNTHETIC["train"], "epochs": 3, "seed": 0, "lr": 0.02}
+        assert ref.member(4).run(0).status == "running" and changes
+        searcher.on_trial_complete("a", {"epoch": 2})  # Ray's shutdown at a stop: no final result
+        assert ref.member(4).run(0).status == "running"
+        history = [{"epoch": 1, "valid_ppl": 21.0, "elapsed_s": 1.5}, {"epoch": 2, "valid_ppl": 19.0, "elapsed_s": 3.0}]
+        searcher.on_trial_complete("a", {"final": True, "trial_status": "finished", "valid_ppl": 19.0,
+                                         "test_ppl": 19.5, "epochs": 2, "history": history})
+        run = ref.member(4).run(0)
+        assert (run.status, run.valid_ppl, run.test_ppl, run.epochs, run.elapsed_s) == ("finished", 19.0, 19.5, 2, 3.0)
+        import pickle
+
+        assert pickle.loads(pickle.dumps(searcher))._token == token  # Ray pickles it: the session stays behind
 
 
 # -- a real refinement through Ray and MLflow --------------------------------------------------------------------
@@ -153,6 +226,8 @@ def test_one_mlflow_parent_tagged_as_a_refinement_of_the_search_with_a_child_per
     assert sorted(r.data.tags["squeezelstm.seed"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and r.data.tags["squeezelstm.status"] == "finished" for r in children)
     assert all(len(client.get_metric_history(r.info.run_id, "valid_ppl")) == 2 for r in children)
+    note = parent.data.tags["mlflow.note.content"]  # the run's description in the UI: the refined table
+    assert "Refinement of search `tiny`" in note and " ± " in note and "| 2/2 | * |" in note
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"refined.json", "refined_report.html"} <= artifacts
 

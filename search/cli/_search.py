@@ -216,16 +216,25 @@ def _summary(result: Any) -> str:
             f"Pareto front of {len(result.front)}{hv}; results in {result.paths.experiment_dir}")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _search_or_stop(args: argparse.Namespace, experiment: str, resume: bool, argv: list[str] | None
+                    ) -> tuple[Any, int | None]:
+    """``(result, None)`` of the search, or ``(None, exit status)`` of a search stopped by a signal, after
+    its one line on stderr (what finished, how to continue: ``continue_command(argv, args)``)."""
     try:
-        result = _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume)
+        return _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=resume), None
     except KeyboardInterrupt:  # a signal that met Python's default handler, outside the runner's (Ray may restore it)
         exc = SearchInterrupted(signal.SIGINT, immediate=True)
-        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
-    except SearchInterrupted as exc:
-        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
+    except SearchInterrupted as stopped:
+        exc = stopped
+    args.experiment = experiment
+    print(interrupted_line(exc, experiment, continue_command(argv, args)), file=sys.stderr)
+    return None, exc.exit_status
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    result, stopped = _search_or_stop(args, args.experiment, args.resume, getattr(args, "argv", None))
+    if stopped is not None:
+        return stopped
     print(_summary(result), file=sys.stderr)
     if args.json:
         print(json.dumps([_record_json(r) for r in result.front], indent=2, default=str))
@@ -252,12 +261,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not out_dir.is_dir():
         raise FileNotFoundError(f"--out-dir does not exist: {out_dir}")
     experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        result = _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False)
-    except SearchInterrupted as exc:
-        args.experiment = experiment
-        print(interrupted_line(exc, experiment, continue_command(None, args)), file=sys.stderr)
-        return exc.exit_status
+    result, stopped = _search_or_stop(args, experiment, False, None)  # continued by the equivalent `search`
+    if stopped is not None:
+        return stopped
     print(_summary(result), file=sys.stderr)
     print(front_table(result.front))
     if not result.front:

@@ -12,8 +12,9 @@ _EXPORTS = {
         "draw_pareto", "family_budget_table", "hypervolume_data", "learning_curve_data",
         "parallel_coordinates_data", "pareto_data",
     ),
-    "report": ("REPORT_FILE", "report_figures", "write_front_files", "write_report"),
-    "tables": ("format_table", "front_rows", "rows_to_csv"),
+    "report": ("REFINED_REPORT_FILE", "REPORT_FILE", "report_figures", "write_front_files", "write_refined_files",
+               "write_report"),
+    "tables": ("format_refined_table", "format_table", "front_rows", "refined_rows", "rows_to_csv"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

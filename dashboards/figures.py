@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from squeezelstm.search.pareto import SIZE_LABELS, TrialRecord, finished, log_hypervolume, pareto_front
+from squeezelstm.search.pareto import SIZE_LABELS, Refinement, TrialRecord, finished, log_hypervolume, pareto_front
 from squeezelstm.spaces.families import FAMILY_NAMES
 
 from .tables import format_args, key_args
@@ -58,7 +58,8 @@ def _hover(r: TrialRecord) -> str:
 
 
 # ---------------------------------------------------------------- Pareto plot
-def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None) -> dict[str, Any]:
+def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None,
+                refined: Refinement | None = None) -> dict[str, Any]:
     """Points per family (faded unless finished), the front and its staircase, and the optimum line.
 
     Returns ``{"families": {family: {"trial", "params", "valid_ppl", "status", "faded", "hover"}},
@@ -66,7 +67,10 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
     "y_range", "size"}``: ``params`` holds the search's size objective (``size``: total parameters,
     recurrent parameters or FLOPs; ``TrialRecord.size_value``); ``y_range`` spans every point but stops at 3x the worst finished perplexity;
     ``step`` is the front as a staircase (each point, then right to the next point's parameter
-    count at the same perplexity); ``unplotted`` lists trials without any perplexity.
+    count at the same perplexity); ``unplotted`` lists trials without any perplexity. With ``refined`` (a
+    refinement of the search) also ``"refined": {"member", "family", "params", "valid_mean", "valid_std",
+    "valid_min", "valid_max", "seeds", "on_front", "hover"}`` (members with a finished seed: the error bars) and
+    ``"refined_step"``, the refined front's staircase.
     """
     records = list(records)
     families: dict[str, dict[str, list]] = {}
@@ -83,16 +87,11 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
         fam["faded"].append(r.status != "finished")
         fam["hover"].append(_hover(r))
     front = pareto_front(records)
-    step_x: list[float] = []
-    step_y: list[float] = []
-    for i, r in enumerate(front):
-        if i:
-            step_x.append(float(r.size_value))
-            step_y.append(step_y[-1])
-        step_x.append(float(r.size_value))
-        step_y.append(float(r.valid_ppl))
+    refined_pts = _refined_points(refined)
     # a diverged trial's perplexity can be astronomic: keep the axis on the trials worth reading
     every = [v for fam in families.values() for v in fam["valid_ppl"]]
+    every += [m + s for m, s in zip(refined_pts["valid_mean"], refined_pts["valid_std"])]
+    every += [m - s for m, s in zip(refined_pts["valid_mean"], refined_pts["valid_std"]) if m - s > 0]
     done = [v for fam in families.values() for v, f in zip(fam["valid_ppl"], fam["faded"]) if not f]
     y_range = None
     if every:
@@ -105,10 +104,51 @@ def pareto_data(records: Iterable[TrialRecord], optimal_ppl: float | None = None
         "size": records[0].size if records else "total",
         "front": {"trial": [r.number for r in front], "params": [int(r.size_value) for r in front],
                   "valid_ppl": [float(r.valid_ppl) for r in front]},
-        "step": {"x": step_x, "y": step_y},
+        "step": _staircase([(r.size_value, r.valid_ppl) for r in front]),
         "optimal_ppl": float(optimal_ppl) if _finite(optimal_ppl) else None,
         "unplotted": unplotted,
+        "refined": refined_pts,
+        "refined_step": _staircase([(m.size_value, m.valid.mean) for m in refined.front()] if refined else []),
     }
+
+
+def _staircase(points: Sequence[tuple[float, float]]) -> dict[str, list[float]]:
+    """A front's points (sorted by size) as a staircase: each point, then right to the next one's size."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, (x, y) in enumerate(points):
+        if i:
+            xs.append(float(x))
+            ys.append(ys[-1])
+        xs.append(float(x))
+        ys.append(float(y))
+    return {"x": xs, "y": ys}
+
+
+def _refined_points(refined: Refinement | None) -> dict[str, list]:
+    keys = ("member", "family", "params", "valid_mean", "valid_std", "valid_min", "valid_max", "seeds", "on_front",
+            "hover")
+    out: dict[str, list] = {k: [] for k in keys}
+    if refined is None:
+        return out
+    front = {m.number for m in refined.front()}
+    for m in sorted(refined.members, key=lambda m: (m.size_value, m.number)):
+        valid, test = m.valid, m.test
+        if valid is None or m.size_value <= 0:
+            continue
+        hover = [f"refined: trial {m.number} · {m.family} · {m.seeds_finished}/{len(m.runs)} seeds",
+                 f"params {m.params:,} · recurrent {m.recurrent_params:,} · flops {m.flops:,}",
+                 f"valid ppl {valid.mean:.3f} ± {valid.std:.3f} (min {valid.min:.3f}, max {valid.max:.3f})"]
+        if test is not None:
+            hover.append(f"test ppl {test.mean:.3f} ± {test.std:.3f}")
+        if m.search_valid_ppl is not None:
+            hover.append(f"search: valid ppl {m.search_valid_ppl:.3f} after {m.search_epochs} epoch(s)")
+        for key, value in (("member", m.number), ("family", m.family), ("params", m.size_value),
+                           ("valid_mean", valid.mean), ("valid_std", valid.std), ("valid_min", valid.min),
+                           ("valid_max", valid.max), ("seeds", m.seeds_finished), ("on_front", m.number in front),
+                           ("hover", "<br>".join(hover))):
+            out[key].append(value)
+    return out
 
 
 def draw_pareto(data: dict[str, Any]) -> go.Figure:
@@ -132,6 +172,20 @@ def draw_pareto(data: dict[str, Any]) -> go.Figure:
     if data["step"]["x"]:
         fig.add_trace(go.Scatter(x=data["step"]["x"], y=data["step"]["y"], mode="lines", name="Pareto front",
                                  line={"color": "black", "width": 2}, hoverinfo="skip"))
+    ref = data.get("refined") or {}
+    if ref.get("member"):
+        # the refined members: mean over seeds with the std as error bars, in the family's colour
+        fig.add_trace(go.Scatter(
+            x=ref["params"], y=ref["valid_mean"], mode="markers", name="refined (mean ± std over seeds)",
+            error_y={"type": "data", "array": ref["valid_std"], "visible": True, "thickness": 1.5, "width": 6},
+            text=ref["hover"], hovertemplate="%{text}<extra></extra>",
+            marker={"symbol": "diamond", "size": 11, "color": [family_color(f) for f in ref["family"]],
+                    "line": {"width": 1.5, "color": "black"}},
+        ))
+    if data.get("refined_step", {}).get("x"):
+        fig.add_trace(go.Scatter(x=data["refined_step"]["x"], y=data["refined_step"]["y"], mode="lines",
+                                 name="refined front", line={"color": "black", "width": 2, "dash": "dash"},
+                                 hoverinfo="skip"))
     if data["optimal_ppl"] is not None:
         fig.add_hline(y=data["optimal_ppl"], line_dash="dash", line_color="grey",
                       annotation_text=f"optimal ppl {data['optimal_ppl']:.3g}", annotation_position="top left")

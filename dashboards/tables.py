@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from squeezelstm.search.pareto import SIZES, TrialRecord
+from squeezelstm.search.pareto import SIZES, Refinement, TrialRecord
 from squeezelstm.spaces.families import FAMILY_ARGS  # the family table: torch-free, so a report never imports torch
 
 SHAPE_ARGS = ("hidden_size", "num_layers", "embedding_size")
@@ -91,3 +91,46 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         pad = cells[name].str.rjust if name in NUMERIC else cells[name].str.ljust
         cells[name] = pad(int(widths[name]))
     return "\n".join(cells.agg("  ".join, axis=1).str.rstrip())
+
+
+# ---------------------------------------------------------------- a refinement (members trained again with seeds)
+def refined_rows(refinement: Refinement) -> list[dict[str, Any]]:
+    """One plain dict per member of a refinement, sorted by size: its search trial (``member``), family, the three
+    sizes (the search's, exact) and the objective's name (``size``), validation and test perplexity over the
+    finished seeds (``*_mean``, ``*_std``, ``*_min``, ``*_max``), ``seeds`` finished of ``seeds_total``, the
+    search's own ``search_valid_ppl`` (after ``search_epochs``) and ``on_front`` (the refined front)."""
+    front = {m.number for m in refinement.front()}
+    rows = []
+    for m in sorted(refinement.members, key=lambda m: (m.size_value, m.number)):
+        row = {"member": m.number, "family": m.family, "key_args": format_args(key_args(m)), "size": m.size,
+               "params": m.params, "recurrent_params": m.recurrent_params, "flops": m.flops}
+        for name, value in (("valid", m.valid), ("test", m.test)):
+            for stat in ("mean", "std", "min", "max"):
+                row[f"{name}_{stat}"] = getattr(value, stat) if value is not None else None
+        row.update({"seeds": m.seeds_finished, "seeds_total": len(m.runs), "search_valid_ppl": m.search_valid_ppl,
+                    "search_epochs": m.search_epochs, "on_front": m.number in front})
+        rows.append(row)
+    return rows
+
+
+def format_refined_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aligned plain-text table of ``refined_rows``: member, family, the search's size objective, validation and
+    test perplexity as mean +- std (and the validation range), seeds finished, the search's perplexity, front."""
+    if not rows:
+        return "(no member)"
+    size = SIZES[rows[0]["size"]]
+    head = ("member", "family", size, "valid ppl (mean +- std)", "valid min-max", "test ppl (mean +- std)", "seeds",
+            "search valid ppl", "front")
+    body = []
+    for r in rows:
+        valid = "" if r["valid_mean"] is None else f"{r['valid_mean']:.2f} +- {r['valid_std']:.2f}"
+        test = "" if r["test_mean"] is None else f"{r['test_mean']:.2f} +- {r['test_std']:.2f}"
+        span = "" if r["valid_min"] is None else f"{r['valid_min']:.2f}-{r['valid_max']:.2f}"
+        search = "" if r["search_valid_ppl"] is None else f"{r['search_valid_ppl']:.2f} ({r['search_epochs']} ep)"
+        body.append((str(r["member"]), r["family"], f"{r[size]:,}", valid, span, test,
+                     f"{r['seeds']}/{r['seeds_total']}", search, "*" if r["on_front"] else ""))
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    left = {1}  # the family is text; the rest are numbers
+    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in [head, *body]]
+    return "\n".join(lines)

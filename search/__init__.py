@@ -7,18 +7,20 @@ storage layout), ``tracking`` (MLflow), ``export``, ``cli`` (the command, which 
 Ray and MLflow load only when a search or a store is used.
 """
 
-from .backends import SearchResult, replay_search, run_search
+from .backends import SearchResult, read_refinement, replay_search, run_refine, run_search
 from .config import SearchConfig
 from .controller import SearchController, TrialSpec
 from .export import export_trial, knee_point, pick, trials_dataframe
 from .pareto import (
     OBJECTIVES,
     STATUSES,
+    Refinement,
     TrialRecord,
     dominates,
     finished,
     hypervolume,
     log_hypervolume,
+    new_refinement,
     non_dominated_sort,
     pareto_front,
     pareto_mask,
@@ -30,6 +32,10 @@ from .samplers import SAMPLERS
 from .space import RandomSuggester, SearchSpace, load_space, parse_space, shipped_spaces
 
 __all__ = [
+    "Refinement",
+    "new_refinement",
+    "read_refinement",
+    "run_refine",
     "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",

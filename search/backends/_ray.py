@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ray.tune.search import Searcher
 from squeezelstm.trainers import Config, train
 from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
 
-from ..pareto import TrialRecord, log_hypervolume, pareto_front, status_counts
+from ..pareto import TrialRecord, log_hypervolume, pareto_front, size_text, status_counts
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
@@ -55,11 +56,11 @@ class SearchEvent:
     hypervolume: float | None
 
     def line(self) -> str:
-        """One line for the console, e.g. ``trial 3 finished: grouped 12,345 params ppl 41.2 | ...``."""
+        """One line for the console, e.g. ``trial 3 finished: grouped 12,345 params, 4,567 recurrent, 89,012 flops, valid ppl 41.2 | ...``."""
         rec = self.record
         what = f"trial {self.number} {self.kind}"
         if rec is not None:
-            what += f": {rec.family} {rec.params:,} params"
+            what += f": {rec.family} {size_text(rec)}"
             if self.kind != "started" and rec.valid_ppl is not None and math.isfinite(rec.valid_ppl):
                 what += f", valid ppl {rec.valid_ppl:.2f} after {rec.epochs} epoch(s)"
         done = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("finished", "pruned", "failed", "diverged"))
@@ -87,6 +88,7 @@ class SearchSession:
     optimal_ppl: float | None = None
     reissue: list = field(default_factory=list)
     on_change: Callable[[], None] | None = None
+    events: Any = None  # a DriverEventLog (SQUEEZELSTM_DRIVER_EVENTS), or None
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
     error: Exception | None = None
@@ -176,8 +178,15 @@ class ControllerSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         s = _session(self._token)
+        start, cpu = time.time(), time.thread_time()
         if s.reissue:
             spec = s.reissue.pop(0)
+        elif s.started - s.completed and not getattr(s.controller, "proposal_ready", lambda: True)():
+            # The next proposal is still being computed in the background: hand out nothing now, so Ray's
+            # loop goes on handling results and pruning decisions; it asks again on its next step.
+            if s.events is not None:
+                s.events.write("suggest", number=None, start=start, end=time.time(), deferred=True, cpu_s=0.0)
+            return None
         elif s.issued() >= s.trials:
             return Searcher.FINISHED
         else:
@@ -189,6 +198,9 @@ class ControllerSearcher(Searcher):
                 s.error = exc
                 return Searcher.FINISHED
         number = int(spec.number)
+        if s.events is not None:
+            s.events.write("suggest", number=number, start=start, end=time.time(), deferred=False,
+                           cpu_s=time.thread_time() - cpu)
         self._numbers[trial_id] = number
         s.started.add(number)
         logger = s.tracker.trial_logger(number) if s.tracker is not None else None
@@ -209,6 +221,8 @@ class ControllerSearcher(Searcher):
             number = result.get("number", result.get("config", {}).get("number"))
         if number is None:
             return
+        arrived = time.time()
+        proposing = _proposing(s.controller) if s.events is not None else None
         if error:
             status, final = "failed", None
         elif result is not None and result.get("final"):
@@ -228,6 +242,11 @@ class ControllerSearcher(Searcher):
         if s.on_change is not None:
             s.on_change()
         s.emit(record.status, number, record)
+        if s.events is not None:
+            reported = result.get("reported_at") if result is not None and result.get("final") else None
+            s.events.write("complete", number=number, status=record.status, reported_at=reported, arrived=arrived,
+                           wait_s=None if reported is None else arrived - reported, handle_s=time.time() - arrived,
+                           proposing=proposing)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({"numbers": self._numbers}))
@@ -253,9 +272,22 @@ class ControllerScheduler(FIFOScheduler):
         if result.get("final") or "epoch" not in result:
             return TrialScheduler.CONTINUE
         s = _session(self._token)
+        arrived = time.time()
+        proposing = _proposing(s.controller) if s.events is not None else None
         metrics = _epoch_metrics(result)
         prune = s.controller.report(int(trial.config["number"]), int(result["epoch"]), metrics)
+        if s.events is not None:
+            reported = result.get("reported_at")
+            s.events.write("result", number=int(trial.config["number"]), epoch=int(result["epoch"]),
+                           reported_at=reported, arrived=arrived, wait_s=None if reported is None else arrived - reported,
+                           handle_s=time.time() - arrived, proposing=proposing, prune=bool(prune))
         return TrialScheduler.STOP if prune else TrialScheduler.CONTINUE
+
+
+def _proposing(controller: Any) -> bool | None:
+    """Whether the controller's next proposal is being computed now (None: it does not say)."""
+    ready = getattr(controller, "proposal_ready", None)
+    return None if ready is None else not ready()
 
 
 def _epoch_metrics(result: dict) -> dict:
@@ -293,7 +325,8 @@ def run_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     spec = config["spec"]
     number = int(spec["number"])
-    ckpt_dir = Path(config["trials_dir"]) / f"trial_{number:04d}"
+    # a refinement trains each trial with several seeds, each in a folder of its own (``dirname``)
+    ckpt_dir = Path(config["trials_dir"]) / config.get("dirname", f"trial_{number:04d}")
     _restore_checkpoint(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     logger = config.get("logger")
@@ -307,7 +340,8 @@ def run_trial(config: dict) -> None:
             logger.log_epoch(epoch, clean)
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if any(ckpt_dir.iterdir()) else None
         tune.report(
-            {"number": number, "epoch": int(epoch), "metrics": clean, "valid_ppl": clean.get("valid_ppl")},
+            {"number": number, "epoch": int(epoch), "metrics": clean, "valid_ppl": clean.get("valid_ppl"),
+             "reported_at": time.time()},  # the driver's event log measures how long a result waits
             checkpoint=checkpoint,
         )
         return True  # Ray stops the trial itself when the controller prunes it.
@@ -334,7 +368,7 @@ def run_trial(config: dict) -> None:
     }
     if logger is not None:
         logger.finish(result.status, {k: v for k, v in final.items() if v is not None and k != "history"})
-    tune.report(final)
+    tune.report({**final, "reported_at": time.time()})
 
 
 def _num(value: Any) -> float | None:

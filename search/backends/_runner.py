@@ -35,6 +35,7 @@ from ..controller import SearchController, size_reference
 from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_dataframe
 from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
+from ._event_log import DriverEventLog
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import SearchPaths, check_writable, has_state, resolve_paths, write_records
 from ._threads import ray_nodes, trial_threads
@@ -223,6 +224,20 @@ def _run(config: SearchConfig, resume: bool, progress: Callable | None, front_fi
             ray.shutdown()
 
 
+def concurrency(address: str | None, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> int:
+    """Trials at once on the connected Ray (``max_concurrent``, else as its CPUs allow); ValueError when a
+    local Ray cannot hold one trial (a local Ray never grows: the trial would wait forever)."""
+    import ray
+
+    available = ray.cluster_resources()
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
+            if want > available.get(key, 0):
+                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
+                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
+    return max_concurrent or max(1, int(available.get("CPU", 1) // cpus_per_trial))
+
+
 def _forget_if_empty(paths: SearchPaths, existed: bool, controller: Any) -> None:
     """A new search that failed before its first trial leaves nothing behind (so it needs no --resume)."""
     if not existed and not controller.records():
@@ -235,20 +250,12 @@ def _trial_name(trial: Any) -> str:
 
 def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths, tracker: SearchTracker | None, *,
          resume: bool, progress: Callable | None, refs: tuple) -> SearchResult:
-    import ray
     from ray import tune
 
     from ._ray import ControllerScheduler, ControllerSearcher, SearchSession, live_session, run_trial
 
-    available = ray.cluster_resources()
     cpus_per_trial, gpus_per_trial = config.cpus_per_trial, config.gpus_per_trial
-    if not config.address and not os.environ.get("RAY_ADDRESS"):
-        # A local Ray never grows: a trial asking for more than it has would wait forever.
-        for key, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
-            if want > available.get(key, 0):
-                raise ValueError(f"each trial asks for {want:g} {key}(s) but this machine's Ray has "
-                                 f"{available.get(key, 0):g}; lower --{key.lower()}s-per-trial")
-    max_concurrent = config.max_concurrent or max(1, int(available.get("CPU", 1) // cpus_per_trial))
+    max_concurrent = concurrency(config.address, cpus_per_trial, gpus_per_trial, config.max_concurrent)
     t0 = time.time()
     ref_params, ref_ppl, optimal_ppl = refs
     space = config.space
@@ -268,6 +275,7 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
         threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: write_records(paths.records_file, controller.records(), meta),
+        events=DriverEventLog.from_env(paths.experiment_dir),
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
     status = "FINISHED"
@@ -310,6 +318,9 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
                     tracker.end_search(status)
             except (SearchInterrupted, KeyboardInterrupt):  # a second signal while closing: stop at once
                 raise _stopped_at_once(stop, controller) from None
+            finally:
+                if session.events is not None:
+                    session.events.close()
 
     records = controller.records()
     hv = log_hypervolume(records, ref_params, ref_ppl) if ref_params and ref_ppl else None

@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "squeezelstm.search.cli._search",
     "pareto": "squeezelstm.search.cli._pareto",
     "replay": "squeezelstm.search.cli._replay",
+    "refine": "squeezelstm.search.cli._refine",
 }
 
 

@@ -18,7 +18,7 @@ from squeezelstm.dashboards.tables import format_table, front_rows
 from ..backends import SearchInterrupted, read_records, run_search
 from ..config import SearchConfig
 from ..export import export_trial, knee_point, load_records, pick, trial_checkpoint_dir
-from ..pareto import TrialRecord, status_counts
+from ..pareto import TrialRecord, size_text, status_counts
 from ..samplers import DEFAULT_SAMPLER
 from ..space import load_space, override_items
 from ._main import UserError
@@ -195,13 +195,6 @@ def front_table(front: list[TrialRecord]) -> str:
     return format_table(front_rows(front))
 
 
-def _size_text(r: TrialRecord) -> str:
-    """``1,234 params, 567 recurrent, 890 flops``: every size, the search's objective first."""
-    sizes = {"total": f"{r.params:,} params", "recurrent": f"{r.recurrent_params:,} recurrent",
-             "flops": f"{r.flops:,} flops"}
-    return ", ".join([sizes.pop(r.size), *sizes.values()])
-
-
 def _record_json(r: TrialRecord) -> dict:
     return {"number": r.number, "family": r.family, "size": r.size, "params": r.params,
             "recurrent_params": r.recurrent_params, "flops": r.flops, "dense": r.dense, "valid_ppl": r.valid_ppl,
@@ -251,7 +244,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(f"trial {record.number} ({record.family}, {_size_text(record)}, valid ppl {record.valid_ppl:.2f}) "
+        print(f"trial {record.number} ({record.family}, {size_text(record)}, valid ppl {record.valid_ppl:.2f}) "
               f"-> {args.out}")
     return 0
 
@@ -276,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report: {report}", file=sys.stderr)
     best = knee_point(result.front)
     export_trial(best, out_dir / "best.yaml", experiment=experiment)
-    print(f"best (knee): trial {best.number}, {best.family}, {_size_text(best)}, valid ppl "
+    print(f"best (knee): trial {best.number}, {best.family}, {size_text(best)}, valid ppl "
           f"{best.valid_ppl:.2f} -> {out_dir / 'best.yaml'}", file=sys.stderr)
     return 0
 

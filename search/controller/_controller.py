@@ -287,6 +287,10 @@ class SearchController:
 
     # -- views ----------------------------------------------------------------------------------
 
+    def proposal_ready(self) -> bool:
+        """False while the next proposal is still being prepared in the background (``suggest`` would wait for it)."""
+        return self._prefetch is None or self._prefetch.ready()
+
     def records(self) -> list[TrialRecord]:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
         with self._lock:
@@ -416,12 +420,8 @@ class SearchController:
     def _save(self) -> None:
         if self.state_dir is None:
             return
-        state = {
-            "version": _STATE_VERSION,
-            "records": [self._records[n].to_dict() for n in sorted(self._records)],
-            "prune_decided": sorted(self._prune_decided),
-            "rejected": self.rejected,
-        }
+        state = {"version": _STATE_VERSION, "records": [self._records[n].to_dict() for n in sorted(self._records)],
+                 "prune_decided": sorted(self._prune_decided), "rejected": self.rejected}
         atomic_write_text(self.state_dir / "records.json", json.dumps(_jsonable(state)))
 
 

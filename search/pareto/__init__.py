@@ -1,5 +1,6 @@
 """Trial records, the objectives they are judged on, the Pareto maths over them (numpy), and the
-records as a pandas DataFrame (``records_dataframe``)."""
+records as a pandas DataFrame (``records_dataframe``); a refinement of the front (``Refinement``: members
+trained again with several seeds, their mean and spread, the refined front)."""
 
 from ._frame import records_dataframe
 from ._maths import dominates, hypervolume, non_dominated_sort, pareto_mask, to_minimization
@@ -18,10 +19,41 @@ from ._records import (
     objectives,
     objective_values,
     pareto_front,
+    size_text,
     status_counts,
+)
+from ._refine import (
+    MIN_SEEDS,
+    REFINE_OVERRIDABLE,
+    REFINED_FILE,
+    RefinedMember,
+    Refinement,
+    SeedRun,
+    Spread,
+    check_overrides,
+    check_seeds,
+    choose_members,
+    new_refinement,
+    refine_config,
+    refined_front,
+    spread,
 )
 
 __all__ = [
+    "MIN_SEEDS",
+    "REFINED_FILE",
+    "REFINE_OVERRIDABLE",
+    "RefinedMember",
+    "Refinement",
+    "SeedRun",
+    "Spread",
+    "check_overrides",
+    "check_seeds",
+    "choose_members",
+    "new_refinement",
+    "refine_config",
+    "refined_front",
+    "spread",
     "DEFAULT_SIZE",
     "OBJECTIVES",
     "SIZES",
@@ -41,6 +73,7 @@ __all__ = [
     "pareto_front",
     "pareto_mask",
     "records_dataframe",
+    "size_text",
     "status_counts",
     "to_minimization",
 ]

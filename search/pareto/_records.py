@@ -115,6 +115,13 @@ def status_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
     return counts
 
 
+def size_text(record: TrialRecord) -> str:
+    """``1,234 params, 567 recurrent, 890 flops``: every size of the record, the search's objective first."""
+    sizes = {"total": f"{record.params:,} params", "recurrent": f"{record.recurrent_params:,} recurrent",
+             "flops": f"{record.flops:,} flops"}
+    return ", ".join([sizes.pop(record.size), *sizes.values()])
+
+
 def objective_values(record: TrialRecord) -> tuple:
     """The record's value of each objective, in ``objectives(record.size)`` order."""
     return tuple(getattr(record, metric) for metric, _ in objectives(record.size))

@@ -53,6 +53,10 @@ class Prefetcher:
                                             daemon=True)
             self._thread.start()
 
+    def ready(self) -> bool:
+        """False while a proposal is being computed (``take`` would wait for it)."""
+        return self._thread is None or not self._thread.is_alive()
+
     def wait(self) -> None:
         """Block until the proposal under way (if any) is ready."""
         if self._thread is not None:

@@ -1,7 +1,9 @@
 """The MLflow adapter: a search's parent run and one child run per trial (``_tracker``), their tags and
-lookups (``_runs``), reading a search back (``_read``), the store (``_store``). It never imports the dashboards."""
+lookups (``_runs``), reading a search back (``_read``), the store (``_store``), and a refinement of a search's
+front (``_refine``: its own parent run, a child per member and seed). It never imports the dashboards."""
 
 from ._read import load_search
+from ._refine import MEMBER_TAG, REFINES_TAG, SEED_TAG, RefinedFiles, RefineLogger, RefineTracker, load_refinement
 from ._store import (
     TrackingUnavailable,
     check_tracking_uri,
@@ -34,6 +36,13 @@ from ._runs import (
 from ._tracker import FrontFiles, SearchTracker, TrialLogger, code_version
 
 __all__ = [
+    "MEMBER_TAG",
+    "REFINES_TAG",
+    "SEED_TAG",
+    "RefineLogger",
+    "RefineTracker",
+    "RefinedFiles",
+    "load_refinement",
     "CONFIG_TAG",
     "FAMILY_TAG",
     "FINAL_PREFIX",

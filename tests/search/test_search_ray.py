@@ -7,6 +7,7 @@ agrees with the controller, and an exported trial trains again to the same perpl
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -157,6 +158,77 @@ def test_searcher_and_scheduler_pickle_without_the_controller(session, tmp_path)
     fresh.restore(str(tmp_path / "s.json"))
     assert fresh._numbers == {"abc": 0}
     assert pickle.loads(pickle.dumps(ControllerScheduler(token)))._token == token
+
+
+def test_searcher_defers_while_a_proposal_is_computed_so_results_are_handled(tmp_path):
+    """A slow ehvi proposal never holds Ray's event loop: ``suggest`` hands out nothing (Ray asks again) while
+    it is computed, results and completions are handled meanwhile, and the proposal saw every running trial."""
+    import threading
+    import time
+
+    from squeezelstm.search.backends._event_log import DriverEventLog
+    from squeezelstm.search.config import SearchConfig
+    from squeezelstm.search.controller import SearchController
+    from squeezelstm.search.space import parse_space
+
+    raw = {"name": "toy", "data": {"corpus": "synthetic", "vocab_size": 200},
+           "model": {"cell": {"choice": ["lstm", "grouped"]}, "hidden_size": {"int": [8, 96], "step": 8},
+                     "embedding_size": 16},
+           "train": {"lr": {"float": [1e-3, 1e-2], "log": True}, "epochs": 3},
+           "families": {"grouped": {"groups": {"choice": [2, 4]}}}, "budget": {"max_params": 40_000}}
+    config = SearchConfig(parse_space(raw), sampler="ehvi", pruner="none", seed=1,
+                          sampler_options={"n_startup": 2, "pool_size": 24})
+    controller = SearchController(config, vocab_size=200, prefetch=True)
+    events = DriverEventLog(tmp_path / "events.jsonl")
+    s = SearchSession(controller=controller, trials=6, trials_dir=str(tmp_path), events=events)
+    token = register_session(s)
+    release, seen = threading.Event(), []
+    try:
+        searcher, scheduler = ControllerSearcher(token), ControllerScheduler(token)
+        first = []
+        for i in range(3):
+            controller._prefetch.wait()
+            first.append(searcher.suggest(f"id{i}"))
+        assert [c["number"] for c in first] == [0, 1, 2]
+        original = controller._ehvi.propose
+
+        def gated(observations):  # a model fit that lasts until the test releases it
+            seen.append({o.number for o in observations if o.status == "running"})
+            assert release.wait(10)
+            return original(observations)
+
+        controller._prefetch.wait()
+        controller._prefetch._propose = gated
+        assert searcher.suggest("id3")["number"] == 3  # the prepared proposal; the gated one starts
+        assert not controller.proposal_ready()
+        start = time.perf_counter()
+        assert searcher.suggest("id4") is None  # not ready: nothing handed out, the loop goes on
+        assert scheduler.on_trial_result(None, FakeTrial(0), {"epoch": 1, "metrics": {"valid_ppl": 80.0},
+                                                              "reported_at": time.time()}) == "CONTINUE"
+        searcher.on_trial_complete("id1", {"final": True, "trial_status": "finished", "valid_ppl": 60.0,
+                                           "reported_at": time.time()})
+        assert time.perf_counter() - start < 0.5 and not controller.proposal_ready()
+        release.set()
+        controller._prefetch.wait()
+        assert searcher.suggest("id4")["number"] == 4
+        assert seen[0] == {0, 1, 2, 3}  # the kriging believer kept the running trials apart
+        for trial_id in ("id0", "id2", "id3", "id4"):  # with nothing running, suggest waits for the proposal
+            searcher.on_trial_complete(trial_id, {"final": True, "trial_status": "finished", "valid_ppl": 70.0})
+        controller._prefetch.wait()
+        release.clear()
+        threading.Timer(0.2, release.set).start()
+        controller._prefetch._result = None
+        controller._prefetch.refill(controller._observations())
+        assert searcher.suggest("id5")["number"] == 5
+    finally:
+        release.set()
+        release_session(token)
+        events.close()
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in logged].count("suggest") == 7
+    assert sum(e.get("deferred", False) for e in logged) == 1
+    result = next(e for e in logged if e["event"] == "result")
+    assert result["proposing"] is True and 0 <= result["wait_s"] < 5 and result["handle_s"] >= 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from squeezelstm.search.cli._search import search_config
 from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.controller import SearchController
 from squeezelstm.search.export import pick
-from squeezelstm.search.pareto import SIZES, objective_values, objectives, pareto_front
+from squeezelstm.search.pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
 from squeezelstm.search.space import SIZE_NAMES, load_space, parse_space
 from squeezelstm.trainers import Config, model_sizes
 
@@ -169,3 +169,15 @@ def test_unknown_size_is_a_one_line_error(tmp_path, capsys, monkeypatch, where):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("squeezelstm: error:") and "\n" not in err, err
     assert "cells" in err and "size" in err
+
+
+def test_progress_lines_name_the_search_s_size_objective_first():
+    from squeezelstm.search.backends import SearchEvent
+
+    rec = TrialRecord(number=3, family="grouped", params=746_900, recurrent_params=52_224, flops=104_448,
+                      status="finished", valid_ppl=41.25, history=[{"epoch": 1, "valid_ppl": 41.25}],
+                      size="recurrent")
+    line = SearchEvent("finished", 3, rec, 1, {"finished": 1}, 1, None).line()
+    assert line.startswith("trial 3 finished: grouped 52,224 recurrent, 746,900 params, 104,448 flops, valid ppl 41.25")
+    rec.size = "total"
+    assert "grouped 746,900 params, 52,224 recurrent" in SearchEvent("started", 3, rec, 1, {}, 0, None).line()

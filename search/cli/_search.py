@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from squeezelstm import dashboards
 from squeezelstm.dashboards.tables import format_table, front_rows
@@ -209,23 +209,24 @@ def _summary(result: Any) -> str:
             f"Pareto front of {len(result.front)}{hv}; results in {result.paths.experiment_dir}")
 
 
-def _search_or_stop(args: argparse.Namespace, experiment: str, resume: bool, argv: list[str] | None
-                    ) -> tuple[Any, int | None]:
-    """``(result, None)`` of the search, or ``(None, exit status)`` of a search stopped by a signal, after
-    its one line on stderr (what finished, how to continue: ``continue_command(argv, args)``)."""
+def run_or_stop(run: Callable[[], Any], line: Callable[[SearchInterrupted], str]) -> tuple[Any, int | None]:
+    """``(run(), None)``, or ``(None, exit status)`` where a signal stopped it, after ``line(exc)`` (what
+    finished, how to continue) on stderr. A KeyboardInterrupt that met Python's default handler, outside
+    the runner's (Ray may restore it), is a SIGINT that stopped the run at once."""
     try:
-        return _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=resume), None
-    except KeyboardInterrupt:  # a signal that met Python's default handler, outside the runner's (Ray may restore it)
+        return run(), None
+    except KeyboardInterrupt:
         exc = SearchInterrupted(signal.SIGINT, immediate=True)
     except SearchInterrupted as stopped:
         exc = stopped
-    args.experiment = experiment
-    print(interrupted_line(exc, experiment, continue_command(argv, args)), file=sys.stderr)
+    print(line(exc), file=sys.stderr)
     return None, exc.exit_status
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    result, stopped = _search_or_stop(args, args.experiment, args.resume, getattr(args, "argv", None))
+    result, stopped = run_or_stop(
+        lambda: _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume),
+        lambda exc: interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)))
     if stopped is not None:
         return stopped
     print(_summary(result), file=sys.stderr)
@@ -253,8 +254,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"--out-dir does not exist: {out_dir}")
-    experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    result, stopped = _search_or_stop(args, experiment, False, None)  # continued by the equivalent `search`
+    experiment = args.experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    result, stopped = run_or_stop(  # a stopped demo is continued by the equivalent `search` command
+        lambda: _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False),
+        lambda exc: interrupted_line(exc, experiment, continue_command(None, args)))
     if stopped is not None:
         return stopped
     print(_summary(result), file=sys.stderr)

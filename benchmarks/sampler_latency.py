@@ -63,12 +63,13 @@ def measure_latency(space, measure, *, trials: int, epochs: int, running: int, p
     sampler = ExactSizeEHVI(random_draw(space, measure, epochs), dists, families, epochs=epochs,
                             smallest=space.check_budget(measure)[0], ref_params=space.max_params, seed=seed,
                             neighbour=local_draw(space, measure, epochs), max_rows=max_rows)
-    times, rows, refits = [], [], 0
+    times, cpu, rows, refits = [], [], [], 0
     for k in range(proposals):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         with one_thread():  # as the controller runs it
             sampler.propose(obs)
         times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - cpu_start)  # what a shared machine's load does not inflate
         rows.append(sampler.last.get("rows", 0))
         refits += bool(sampler.last.get("refit"))
         obs.append(one(len(obs), "finished"))  # one more closed trial before the next proposal
@@ -76,6 +77,8 @@ def measure_latency(space, measure, *, trials: int, epochs: int, running: int, p
     return {"trials": trials, "epochs": epochs, "running": running, "max_rows": max_rows, "proposals": proposals,
             "p50_s": float(np.percentile(t, 50)), "p95_s": float(np.percentile(t, 95)), "max_s": float(t.max()),
             "first_s": float(t[0]), "gp_rows": int(max(rows)), "refits": refits,
+            "cpu_p50_s": float(np.percentile(cpu, 50)), "cpu_p95_s": float(np.percentile(cpu, 95)),
+            "cpu_max_s": float(max(cpu)), "loadavg": os.getloadavg(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         out.append(res)
         print(f"{n} trials x {args.epochs} epochs, {args.running} running, max_rows={max_rows}: p50 {res['p50_s']:.3f} s, "
               f"p95 {res['p95_s']:.3f} s, max {res['max_s']:.3f} s (first {res['first_s']:.3f} s, {res['refits']} refits, "
-              f"{res['gp_rows']} GP rows), peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+              f"{res['gp_rows']} GP rows), CPU p50 {res['cpu_p50_s']:.3f} s p95 {res['cpu_p95_s']:.3f} s, peak RSS "
+              f"{res['peak_rss_mb']:.0f} MB, load {res['loadavg'][0]:.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "cpus": os.cpu_count(), "results": out}, f, indent=1)

@@ -6,7 +6,6 @@ The handler is checked in-process (fast); the whole command with real Ray search
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from squeezelstm.search.backends import SearchInterrupted, StopSignals
+from squeezelstm.search.controller import read_journal
 from squeezelstm.search.cli._search import continue_command, interrupted_line
 
 
@@ -94,10 +94,12 @@ def _args(tmp: Path) -> list[str]:
 
 
 def _records(tmp: Path) -> list[dict]:
+    """The controller's records as they are now: the snapshot and the event log's tail."""
     try:
-        return json.loads((tmp / "runs" / "stop" / "controller" / "records.json").read_text())["records"]
-    except (OSError, ValueError, KeyError):
+        state = read_journal(tmp / "runs" / "stop" / "controller")
+    except (OSError, ValueError):
         return []
+    return [state.records[n].to_dict() for n in sorted(state.records)]
 
 
 def _start_and_signal(tmp: Path, signals: list[int]) -> tuple[subprocess.CompletedProcess, float]:

@@ -1,10 +1,12 @@
 """Benchmark: the squeezelstm trainer against a plain ``torch.nn.LSTM`` loop, same data, same process.
 
-Both train the Zaremba et al. (2014) "small" LSTM language model (2 x 200, bptt 20, batch 20, SGD
-lr 1 halved after epoch 4, clip 5, no dropout) on a raw-text corpus (default: War and Peace from
-``../shared/data/warandpeace``, word level, vocabulary capped at 10k) for ``--epochs`` epochs, and
-print validation/test perplexity and training tokens/s of each. The trainer should match the plain
-loop's perplexity (within seed noise) and not be slower.
+Both train the Zaremba et al. (2014) "small" LSTM language model with the shipped recipe,
+``trainers/configs/zaremba_small.yaml`` (2 x 200, bptt 20, batch 20, no dropout, SGD lr 20 halved
+after epoch 4, gradient norm clipped at 0.25: the paper's lr 1 and clip 5 on the loss summed over the
+20 steps, as both loops here average the loss over all tokens), on a raw-text corpus (default: War and
+Peace from ``../shared/data/warandpeace``, word level, vocabulary capped at 10k) for ``--epochs``
+epochs, and print validation/test perplexity and training tokens/s of each. The trainer should match
+the plain loop's perplexity (within seed noise) and not be slower.
 
     python benchmarks/trainer_vs_plain.py --epochs 1 [--train-tokens 200000] [--device auto] [--json]
 """
@@ -22,22 +24,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from squeezelstm.trainers import Config, apply_overrides, load_corpus, train
+from squeezelstm import trainers
+from squeezelstm.trainers import Config, apply_overrides, load_config, load_corpus, train
 from squeezelstm.trainers.corpus import batchify
 from squeezelstm.trainers.device import resolve_device, thread_budget
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "warandpeace"
+ZAREMBA_SMALL = pathlib.Path(trainers.__file__).resolve().parent / "configs" / "zaremba_small.yaml"
 
 
 def zaremba_config(data: str, epochs: int, device: str, threads: int, seed: int) -> Config:
-    """The trainer config of the Zaremba-small baseline on a raw-text directory."""
-    return apply_overrides(Config(), {
+    """The shipped Zaremba-small recipe (model, batches, SGD lr 20 / clip 0.25 and its schedule, from
+    ``ZAREMBA_SMALL``) on a raw-text directory, word level with a 10k vocabulary, for ``epochs`` epochs."""
+    return apply_overrides(load_config(ZAREMBA_SMALL), {
         "data.corpus": "text", "data.path": data, "data.vocab_cap": 10_000,
-        "model.cell": "lstm", "model.hidden_size": 200, "model.num_layers": 2, "model.dropout": 0.0,
-        "train.epochs": epochs, "train.batch_size": 20, "train.eval_batch_size": 10, "train.bptt": 20,
-        "train.optimizer": "sgd", "train.lr": 1.0, "train.clip": 5.0, "train.schedule": "epoch",
-        "train.lr_decay": 0.5, "train.decay_start": 4, "train.seed": seed, "train.device": device,
-        "train.threads": threads,
+        "train.epochs": epochs, "train.seed": seed, "train.device": device, "train.threads": threads,
     })
 
 

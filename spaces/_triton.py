@@ -84,3 +84,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+def incoming_grads(hs: torch.Tensor, d_out, d_hn, d_cn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A window recurrence's backward inputs: the gradients of ``(out (T, N, n), h_n, c_n)``, contiguous
+    for the kernels, zeros where autograd passes None; ``hs`` (T + 1, N, n) are the saved states."""
+    N, n = hs.shape[1], hs.shape[2]
+    return (torch.zeros_like(hs[1:]) if d_out is None else d_out.contiguous(),
+            hs.new_zeros(N, n) if d_hn is None else d_hn.contiguous(),
+            hs.new_zeros(N, n) if d_cn is None else d_cn.contiguous())

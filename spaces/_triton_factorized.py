@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, kernel
+from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, incoming_grads, kernel
+from ._triton_common import (col_block, gate_accumulators, gate_matmuls, load_gates, lstm_cell, lstm_cell_backward,
+                             matmul_acc, row_block, store_gates, tanh)
 
 try:
     import triton.language as tl
@@ -34,68 +36,35 @@ def _bottleneck_step(zs, a, b, bias, hs, cs, acts, h_n, c_n, t, T, N,
                      NH: tl.constexpr, R: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BN: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr):
     n = NH
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.program_id(1) * BS + tl.arange(0, BS)
-    rmask = rows < N
-    cm = cols < n
-    m = rmask[:, None] & cm[None, :]
-    a_i = tl.zeros((BN, BS), dtype=hs.dtype.element_ty)
-    a_f = tl.zeros((BN, BS), dtype=hs.dtype.element_ty)
-    a_g = tl.zeros((BN, BS), dtype=hs.dtype.element_ty)
-    a_o = tl.zeros((BN, BS), dtype=hs.dtype.element_ty)
-    if HAS_BIAS:
-        a_i += tl.load(bias + cols, mask=cm, other=0.0)[None, :]
-        a_f += tl.load(bias + n + cols, mask=cm, other=0.0)[None, :]
-        a_g += tl.load(bias + 2 * n + cols, mask=cm, other=0.0)[None, :]
-        a_o += tl.load(bias + 3 * n + cols, mask=cm, other=0.0)[None, :]
-    for r0 in range(0, R, BR):
-        rr = r0 + tl.arange(0, BR)
-        rm = rr < R
-        z = tl.load(zs + t * N * R + rows[:, None] * R + rr[None, :], mask=rmask[:, None] & rm[None, :], other=0.0)
-        bp = b + rr[:, None] * (4 * n) + cols[None, :]
-        bm = rm[:, None] & cm[None, :]
-        a_i += tl.dot(z, tl.load(bp, mask=bm, other=0.0), input_precision=PREC)
-        a_f += tl.dot(z, tl.load(bp + n, mask=bm, other=0.0), input_precision=PREC)
-        a_g += tl.dot(z, tl.load(bp + 2 * n, mask=bm, other=0.0), input_precision=PREC)
-        a_o += tl.dot(z, tl.load(bp + 3 * n, mask=bm, other=0.0), input_precision=PREC)
-    gi = tl.sigmoid(a_i)
-    gf = tl.sigmoid(a_f)
-    eg = tl.exp(-2.0 * tl.abs(a_g))  # tanh without overflow
-    gg = tl.where(a_g >= 0, 1.0, -1.0) * (1.0 - eg) / (1.0 + eg)
-    go = tl.sigmoid(a_o)
+    rows, rmask = row_block(N, BN)
+    cols, cm, m = col_block(tl.program_id(1) * BS, BS, n, rmask)
+    a_i, a_f, a_g, a_o = gate_accumulators(bias, n, cols, cm, BN, BS, hs.dtype.element_ty, HAS_BIAS)
+    # + z_t B: B's (rr, gate cols) at b + rr * 4n + gate * n + cols
+    a_i, a_f, a_g, a_o = gate_matmuls(a_i, a_f, a_g, a_o, zs + t * N * R, R, b, 4 * n, 1, n,
+                                      rows, rmask, cols, cm, R, BR, PREC)
     soff = rows[:, None] * n + cols[None, :]
-    c = gf * tl.load(cs + t * N * n + soff, mask=m, other=0.0) + gi * gg
-    ec = tl.exp(-2.0 * tl.abs(c))
-    h = go * tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+    gi, gf, gg, go, c, h = lstm_cell(a_i, a_f, a_g, a_o, tl.load(cs + t * N * n + soff, mask=m, other=0.0))
     h = tl.where(m, h, 0.0)
     tl.store(hs + (t + 1) * N * n + soff, h, mask=m)
     tl.store(cs + (t + 1) * N * n + soff, c, mask=m)
     if t == T - 1:
         tl.store(h_n + soff, h, mask=m)
         tl.store(c_n + soff, c, mask=m)
-    aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
-    tl.store(acts + aoff, gi, mask=m)
-    tl.store(acts + aoff + n, gf, mask=m)
-    tl.store(acts + aoff + 2 * n, gg, mask=m)
-    tl.store(acts + aoff + 3 * n, go, mask=m)
+    store_gates(acts + t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :], n, m, gi, gf, gg, go)
     if t + 1 < T:  # this program's share of z_{t+1} = xz_{t+1} + h_t A
         for r0 in range(0, R, BR):
-            rr = r0 + tl.arange(0, BR)
-            rm = rr < R
+            rr, rm, zm = col_block(r0, BR, R, rmask)
             part = tl.dot(h, tl.load(a + cols[:, None] * R + rr[None, :], mask=cm[:, None] & rm[None, :], other=0.0),
                           input_precision=PREC)
-            tl.atomic_add(zs + (t + 1) * N * R + rows[:, None] * R + rr[None, :], part, mask=rmask[:, None] & rm[None, :])
+            tl.atomic_add(zs + (t + 1) * N * R + rows[:, None] * R + rr[None, :], part, mask=zm)
 
 
 def _bottleneck_step_backward(dout, dh_last, dzs, dc, a, b, cs, acts, dpre, t, T, N,
                               NH: tl.constexpr, R: tl.constexpr,
                               BN: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr):
     n = NH
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.program_id(1) * BS + tl.arange(0, BS)
-    rmask = rows < N
-    cm = cols < n
-    m = rmask[:, None] & cm[None, :]
+    rows, rmask = row_block(N, BN)
+    cols, cm, m = col_block(tl.program_id(1) * BS, BS, n, rmask)
     soff = rows[:, None] * n + cols[None, :]
     # dL/dh_t: the output's gradient plus dz_{t+1} A^T (complete: step t + 1's launch has finished),
     # or at the window's last step the final state's gradient.
@@ -103,42 +72,29 @@ def _bottleneck_step_backward(dout, dh_last, dzs, dc, a, b, cs, acts, dpre, t, T
     if t == T - 1:
         dh += tl.load(dh_last + soff, mask=m, other=0.0)
     else:
-        for r0 in range(0, R, BR):
-            rr = r0 + tl.arange(0, BR)
-            rm = rr < R
-            dz = tl.load(dzs + (t + 1) * N * R + rows[:, None] * R + rr[None, :], mask=rmask[:, None] & rm[None, :], other=0.0)
-            at = tl.load(a + cols[None, :] * R + rr[:, None], mask=rm[:, None] & cm[None, :], other=0.0)  # A[cols, rr]^T
-            dh += tl.dot(dz, at, input_precision=PREC)
+        dh = matmul_acc(dh, dzs + (t + 1) * N * R, R, a, 1, R, rows, rmask, cols, cm, R, BR, PREC)  # A[cols, rr]^T
     dcv = tl.load(dc + soff, mask=m, other=0.0)  # dL/dc_t; only this program reads and writes these entries
     aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
-    gi = tl.load(acts + aoff, mask=m, other=0.0)
-    gf = tl.load(acts + aoff + n, mask=m, other=0.0)
-    gg = tl.load(acts + aoff + 2 * n, mask=m, other=0.0)
-    go = tl.load(acts + aoff + 3 * n, mask=m, other=0.0)
-    c = tl.load(cs + (t + 1) * N * n + soff, mask=m, other=0.0)
-    ec = tl.exp(-2.0 * tl.abs(c))
-    tc = tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
-    dct = dcv + dh * go * (1.0 - tc * tc)
-    d_i = tl.where(m, dct * gg * gi * (1.0 - gi), 0.0)
-    d_f = tl.where(m, dct * tl.load(cs + t * N * n + soff, mask=m, other=0.0) * gf * (1.0 - gf), 0.0)
-    d_g = tl.where(m, dct * gi * (1.0 - gg * gg), 0.0)
-    d_o = tl.where(m, dh * tc * go * (1.0 - go), 0.0)
-    tl.store(dpre + aoff, d_i, mask=m)
-    tl.store(dpre + aoff + n, d_f, mask=m)
-    tl.store(dpre + aoff + 2 * n, d_g, mask=m)
-    tl.store(dpre + aoff + 3 * n, d_o, mask=m)
+    gi, gf, gg, go = load_gates(acts + aoff, n, m)
+    tc = tanh(tl.load(cs + (t + 1) * N * n + soff, mask=m, other=0.0))
+    c_prev = tl.load(cs + t * N * n + soff, mask=m, other=0.0)
+    d_i, d_f, d_g, d_o, dct = lstm_cell_backward(dh, dcv, gi, gf, gg, go, tc, c_prev)
+    d_i = tl.where(m, d_i, 0.0)
+    d_f = tl.where(m, d_f, 0.0)
+    d_g = tl.where(m, d_g, 0.0)
+    d_o = tl.where(m, d_o, 0.0)
+    store_gates(dpre + aoff, n, m, d_i, d_f, d_g, d_o)
     tl.store(dc + soff, dct * gf, mask=m)
     # this program's share of dz_t = dpre_t B^T
     for r0 in range(0, R, BR):
-        rr = r0 + tl.arange(0, BR)
-        rm = rr < R
+        rr, rm, zm = col_block(r0, BR, R, rmask)
         bp = b + rr[None, :] * (4 * n) + cols[:, None]  # B[rr, gate cols]^T: (BS, BR)
         bm = cm[:, None] & rm[None, :]
         part = tl.dot(d_i, tl.load(bp, mask=bm, other=0.0), input_precision=PREC)
         part += tl.dot(d_f, tl.load(bp + n, mask=bm, other=0.0), input_precision=PREC)
         part += tl.dot(d_g, tl.load(bp + 2 * n, mask=bm, other=0.0), input_precision=PREC)
         part += tl.dot(d_o, tl.load(bp + 3 * n, mask=bm, other=0.0), input_precision=PREC)
-        tl.atomic_add(dzs + t * N * R + rows[:, None] * R + rr[None, :], part, mask=rmask[:, None] & rm[None, :])
+        tl.atomic_add(dzs + t * N * R + rows[:, None] * R + rr[None, :], part, mask=zm)
 
 
 _step_kernel = kernel(_bottleneck_step)
@@ -173,7 +129,6 @@ class BottleneckRecurrence(torch.autograd.Function):
             _step_kernel[grid](zs, a_in, b_out, bias if bias is not None else h0, hs, cs, acts, h_n, c_n, t, T, N,
                                NH=n, R=r, HAS_BIAS=bias is not None, PREC=prec, **bl)
         ctx.save_for_backward(a_in, b_out, zs, hs, cs, acts)
-        ctx.has_bias = bias is not None
         return hs[1:], h_n, c_n
 
     @staticmethod
@@ -182,9 +137,8 @@ class BottleneckRecurrence(torch.autograd.Function):
         a_in, b_out, zs, hs, cs, acts = ctx.saved_tensors
         T, N, r = zs.shape
         n = hs.shape[2]
-        d_out = torch.zeros_like(hs[1:]) if d_out is None else d_out.contiguous()
-        d_hn = hs.new_zeros(N, n) if d_hn is None else d_hn.contiguous()
-        dc = hs.new_zeros(N, n) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
+        d_out, d_hn, d_cn = incoming_grads(hs, d_out, d_hn, d_cn)
+        dc = d_cn.clone()  # dL/dc_t, updated in place by the kernels step by step
         dzs = zs.new_zeros(T, N, r)
         dpre = hs.new_empty(T, N, 4 * n)
         bl = _blocks(n, r)
@@ -197,7 +151,7 @@ class BottleneckRecurrence(torch.autograd.Function):
         d_h0 = dzs[0] @ a_in.t()
         d_a = hs[:-1].reshape(T * N, n).t() @ dz
         d_b = zs.view(T * N, r).t() @ dpre.view(T * N, 4 * n)
-        d_bias = dpre.sum((0, 1)) if ctx.has_bias else None
+        d_bias = dpre.sum((0, 1)) if ctx.needs_input_grad[5] else None  # bias given (and trained)
         return dzs, d_h0, dc, d_a, d_b, d_bias
 
 

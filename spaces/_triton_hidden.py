@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, kernel
+from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, incoming_grads, kernel
+from ._triton_common import (col_block, copy_final_grads, copy_states, gate_accumulators, load_gates, lstm_cell,
+                             lstm_cell_backward, matmul_acc, store_gates, tanh, window_rows)
 
 try:
     import triton.language as tl
@@ -35,79 +37,32 @@ def _hidden_forward(xw, w1hh, w2, b2, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
                     BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
                     BKD: tl.constexpr, PREC: tl.constexpr):
     n = NH
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    for c0_ in range(0, n, BS):
-        cols = c0_ + tl.arange(0, BS)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(hs + off, tl.load(h0 + off, mask=m), mask=m)
-        tl.store(cs + off, tl.load(c0 + off, mask=m), mask=m)
-    tl.debug_barrier()
+    rows, rmask = window_rows(N, BN, hs, h0, cs, c0, n, BS)
     for t in range(T):
         # -- first layer of all four gates: z = relu(xw_t + h_{t-1} W1_hh^T), (BN, 4d)
         for d0 in range(0, 4 * D, BD):
-            dc = d0 + tl.arange(0, BD)
-            dm = dc < 4 * D
-            m = rmask[:, None] & dm[None, :]
+            dc, dm, m = col_block(d0, BD, 4 * D, rmask)
             zoff = t * N * 4 * D + rows[:, None] * (4 * D) + dc[None, :]
-            acc = tl.load(xw + zoff, mask=m, other=0.0)
-            for k0 in range(0, n, BK):
-                kk = k0 + tl.arange(0, BK)
-                km = kk < n
-                hch = tl.load(hs + t * N * n + rows[:, None] * n + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-                w = tl.load(w1hh + dc[None, :] * n + kk[:, None], mask=km[:, None] & dm[None, :], other=0.0)
-                acc += tl.dot(hch, w, input_precision=PREC)
+            acc = matmul_acc(tl.load(xw + zoff, mask=m, other=0.0), hs + t * N * n, n, w1hh, 1, n,
+                             rows, rmask, dc, dm, n, BK, PREC)
             tl.store(zs + zoff, tl.maximum(acc, 0.0), mask=m)
         tl.debug_barrier()  # z is complete before the second layer reduces over it
-        # -- second layer per gate and the cell update, by column tiles of the state
+        # -- second layer per gate (z_k W2_k[cols, :]^T) and the cell update, by column tiles of the state
+        z = zs + t * N * 4 * D
         for s0 in range(0, n, BS):
-            cols = s0 + tl.arange(0, BS)
-            cm = cols < n
-            m = rmask[:, None] & cm[None, :]
-            a_i = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
-            a_f = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
-            a_g = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
-            a_o = tl.zeros((BN, BS), dtype=h0.dtype.element_ty)
-            if HAS_B2:
-                a_i += tl.load(b2 + cols, mask=cm, other=0.0)[None, :]
-                a_f += tl.load(b2 + n + cols, mask=cm, other=0.0)[None, :]
-                a_g += tl.load(b2 + 2 * n + cols, mask=cm, other=0.0)[None, :]
-                a_o += tl.load(b2 + 3 * n + cols, mask=cm, other=0.0)[None, :]
-            for k0 in range(0, D, BKD):
-                kk = k0 + tl.arange(0, BKD)
-                km = kk < D
-                zp = zs + t * N * 4 * D + rows[:, None] * (4 * D) + kk[None, :]
-                zm = rmask[:, None] & km[None, :]
-                wp = w2 + cols[None, :] * D + kk[:, None]  # W2_k[cols, kk]^T: (BKD, BS)
-                wm = km[:, None] & cm[None, :]
-                a_i += tl.dot(tl.load(zp, mask=zm, other=0.0), tl.load(wp, mask=wm, other=0.0), input_precision=PREC)
-                a_f += tl.dot(tl.load(zp + D, mask=zm, other=0.0), tl.load(wp + n * D, mask=wm, other=0.0), input_precision=PREC)
-                a_g += tl.dot(tl.load(zp + 2 * D, mask=zm, other=0.0), tl.load(wp + 2 * n * D, mask=wm, other=0.0), input_precision=PREC)
-                a_o += tl.dot(tl.load(zp + 3 * D, mask=zm, other=0.0), tl.load(wp + 3 * n * D, mask=wm, other=0.0), input_precision=PREC)
-            gi = tl.sigmoid(a_i)
-            gf = tl.sigmoid(a_f)
-            eg = tl.exp(-2.0 * tl.abs(a_g))  # tanh without overflow
-            gg = tl.where(a_g >= 0, 1.0, -1.0) * (1.0 - eg) / (1.0 + eg)
-            go = tl.sigmoid(a_o)
+            cols, cm, m = col_block(s0, BS, n, rmask)
+            a_i, a_f, a_g, a_o = gate_accumulators(b2, n, cols, cm, BN, BS, h0.dtype.element_ty, HAS_B2)
+            a_i = matmul_acc(a_i, z, 4 * D, w2, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
+            a_f = matmul_acc(a_f, z + D, 4 * D, w2 + n * D, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
+            a_g = matmul_acc(a_g, z + 2 * D, 4 * D, w2 + 2 * n * D, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
+            a_o = matmul_acc(a_o, z + 3 * D, 4 * D, w2 + 3 * n * D, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
             soff = rows[:, None] * n + cols[None, :]
-            c = gf * tl.load(cs + t * N * n + soff, mask=m, other=0.0) + gi * gg
-            ec = tl.exp(-2.0 * tl.abs(c))
-            h = go * tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+            gi, gf, gg, go, c, h = lstm_cell(a_i, a_f, a_g, a_o, tl.load(cs + t * N * n + soff, mask=m, other=0.0))
             tl.store(hs + (t + 1) * N * n + soff, h, mask=m)
             tl.store(cs + (t + 1) * N * n + soff, c, mask=m)
-            aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
-            tl.store(acts + aoff, gi, mask=m)
-            tl.store(acts + aoff + n, gf, mask=m)
-            tl.store(acts + aoff + 2 * n, gg, mask=m)
-            tl.store(acts + aoff + 3 * n, go, mask=m)
+            store_gates(acts + t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :], n, m, gi, gf, gg, go)
         tl.debug_barrier()  # h_t is complete before step t + 1 reads it
-    for c0_ in range(0, n, BS):
-        cols = c0_ + tl.arange(0, BS)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(h_n + off, tl.load(hs + T * N * n + off, mask=m), mask=m)
-        tl.store(c_n + off, tl.load(cs + T * N * n + off, mask=m), mask=m)
+    copy_states(h_n, hs + T * N * n, c_n, cs + T * N * n, rows, rmask, n, BS)
 
 
 def _hidden_backward(dout, dh_last, dc_last, cs, zs, acts, w1hh, w2, dpre2, dpre1, dh_buf, dc_buf, dh0, dc0, T, N,
@@ -115,81 +70,45 @@ def _hidden_backward(dout, dh_last, dc_last, cs, zs, acts, w1hh, w2, dpre2, dpre
                      BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
                      BKD: tl.constexpr, PREC: tl.constexpr):
     n = NH
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
     # dh_buf / dc_buf (2, N, n): the gradient reaching the state after the step being processed,
     # double-buffered by step parity so that a step never overwrites what it is reading.
-    for c0_ in range(0, n, BS):
-        cols = c0_ + tl.arange(0, BS)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(dh_buf + off, tl.load(dh_last + off, mask=m), mask=m)
-        tl.store(dc_buf + off, tl.load(dc_last + off, mask=m), mask=m)
-    tl.debug_barrier()
+    rows, rmask = window_rows(N, BN, dh_buf, dh_last, dc_buf, dc_last, n, BS)
     for i in range(T):
         t = T - 1 - i
         cur = (i % 2) * N * n
         nxt = ((i + 1) % 2) * N * n
         # -- phase A: the cell, gradients of the second layers' outputs (dpre2) and of c_{t-1}
         for s0 in range(0, n, BS):
-            cols = s0 + tl.arange(0, BS)
-            m = rmask[:, None] & (cols < n)[None, :]
+            cols, cm, m = col_block(s0, BS, n, rmask)
             soff = rows[:, None] * n + cols[None, :]
             dh = tl.load(dout + t * N * n + soff, mask=m, other=0.0) + tl.load(dh_buf + cur + soff, mask=m, other=0.0)
-            dc = tl.load(dc_buf + cur + soff, mask=m, other=0.0)
             aoff = t * N * 4 * n + rows[:, None] * (4 * n) + cols[None, :]
-            gi = tl.load(acts + aoff, mask=m, other=0.0)
-            gf = tl.load(acts + aoff + n, mask=m, other=0.0)
-            gg = tl.load(acts + aoff + 2 * n, mask=m, other=0.0)
-            go = tl.load(acts + aoff + 3 * n, mask=m, other=0.0)
-            c = tl.load(cs + (t + 1) * N * n + soff, mask=m, other=0.0)
-            ec = tl.exp(-2.0 * tl.abs(c))
-            tc = tl.where(c >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
-            dct = dc + dh * go * (1.0 - tc * tc)
-            tl.store(dpre2 + aoff, dct * gg * gi * (1.0 - gi), mask=m)
-            tl.store(dpre2 + aoff + n, dct * tl.load(cs + t * N * n + soff, mask=m, other=0.0) * gf * (1.0 - gf), mask=m)
-            tl.store(dpre2 + aoff + 2 * n, dct * gi * (1.0 - gg * gg), mask=m)
-            tl.store(dpre2 + aoff + 3 * n, dh * tc * go * (1.0 - go), mask=m)
+            gi, gf, gg, go = load_gates(acts + aoff, n, m)
+            dc = tl.load(dc_buf + cur + soff, mask=m, other=0.0)
+            tc = tanh(tl.load(cs + (t + 1) * N * n + soff, mask=m, other=0.0))
+            c_prev = tl.load(cs + t * N * n + soff, mask=m, other=0.0)
+            d_i, d_f, d_g, d_o, dct = lstm_cell_backward(dh, dc, gi, gf, gg, go, tc, c_prev)
+            store_gates(dpre2 + aoff, n, m, d_i, d_f, d_g, d_o)
             tl.store(dc_buf + nxt + soff, dct * gf, mask=m)
         tl.debug_barrier()
         # -- phase B: through each gate's second layer and the ReLU: dpre1 (BN, 4d)
         for g in range(4):
             for d0 in range(0, D, BD):
-                dcol = d0 + tl.arange(0, BD)
-                dm = dcol < D
-                acc = tl.zeros((BN, BD), dtype=dh_buf.dtype.element_ty)
-                for k0 in range(0, n, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    km = kk < n
-                    dp = tl.load(dpre2 + t * N * 4 * n + rows[:, None] * (4 * n) + g * n + kk[None, :],
-                                 mask=rmask[:, None] & km[None, :], other=0.0)
-                    w = tl.load(w2 + g * n * D + kk[:, None] * D + dcol[None, :], mask=km[:, None] & dm[None, :], other=0.0)
-                    acc += tl.dot(dp, w, input_precision=PREC)
+                dcol, dm, m = col_block(d0, BD, D, rmask)
+                acc = matmul_acc(tl.zeros((BN, BD), dtype=dh_buf.dtype.element_ty), dpre2 + t * N * 4 * n + g * n, 4 * n,
+                                 w2 + g * n * D, D, 1, rows, rmask, dcol, dm, n, BK, PREC)
                 zoff = t * N * 4 * D + rows[:, None] * (4 * D) + g * D + dcol[None, :]
-                m = rmask[:, None] & dm[None, :]
                 z = tl.load(zs + zoff, mask=m, other=0.0)
                 tl.store(dpre1 + zoff, tl.where(z > 0, acc, 0.0), mask=m)
         tl.debug_barrier()
         # -- phase C: dL/dh_{t-1} = dpre1 W1_hh
         for s0 in range(0, n, BS):
-            cols = s0 + tl.arange(0, BS)
-            cm = cols < n
-            acc = tl.zeros((BN, BS), dtype=dh_buf.dtype.element_ty)
-            for k0 in range(0, 4 * D, BKD):
-                kk = k0 + tl.arange(0, BKD)
-                km = kk < 4 * D
-                dp = tl.load(dpre1 + t * N * 4 * D + rows[:, None] * (4 * D) + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-                w = tl.load(w1hh + kk[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-                acc += tl.dot(dp, w, input_precision=PREC)
-            tl.store(dh_buf + nxt + rows[:, None] * n + cols[None, :], acc, mask=rmask[:, None] & cm[None, :])
+            cols, cm, m = col_block(s0, BS, n, rmask)
+            acc = matmul_acc(tl.zeros((BN, BS), dtype=dh_buf.dtype.element_ty), dpre1 + t * N * 4 * D, 4 * D,
+                             w1hh, n, 1, rows, rmask, cols, cm, 4 * D, BKD, PREC)
+            tl.store(dh_buf + nxt + rows[:, None] * n + cols[None, :], acc, mask=m)
         tl.debug_barrier()
-    fin = (T % 2) * N * n
-    for c0_ in range(0, n, BS):
-        cols = c0_ + tl.arange(0, BS)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(dh0 + off, tl.load(dh_buf + fin + off, mask=m), mask=m)
-        tl.store(dc0 + off, tl.load(dc_buf + fin + off, mask=m), mask=m)
+    copy_final_grads(dh0, dc0, dh_buf, dc_buf, T, N, rows, rmask, n, BS)
 
 
 _forward_kernel = kernel(_hidden_forward)
@@ -221,7 +140,6 @@ class HiddenRecurrence(torch.autograd.Function):
             xw, w1_hh, w2, b2 if b2 is not None else h0, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
             NH=n, D=d, HAS_B2=b2 is not None, PREC=dot_precision(xw.dtype), **bl)
         ctx.save_for_backward(w1_hh, w2, hs, cs, zs, acts)
-        ctx.has_b2 = b2 is not None
         return hs[1:], h_n, c_n
 
     @staticmethod
@@ -230,9 +148,7 @@ class HiddenRecurrence(torch.autograd.Function):
         w1_hh, w2, hs, cs, zs, acts = ctx.saved_tensors
         T, N, n = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         d = w2.shape[2]
-        d_out = torch.zeros_like(hs[1:]) if d_out is None else d_out.contiguous()
-        d_hn = hs.new_zeros(N, n) if d_hn is None else d_hn.contiguous()
-        d_cn = hs.new_zeros(N, n) if d_cn is None else d_cn.contiguous()
+        d_out, d_hn, d_cn = incoming_grads(hs, d_out, d_hn, d_cn)
         dpre2, dpre1 = hs.new_empty(T, N, 4 * n), hs.new_empty(T, N, 4 * d)
         dh_buf, dc_buf = hs.new_empty(2, N, n), hs.new_empty(2, N, n)
         dh0, dc0 = hs.new_empty(N, n), hs.new_empty(N, n)
@@ -245,7 +161,7 @@ class HiddenRecurrence(torch.autograd.Function):
         # Weight gradients for the whole window: three matmuls.
         d_w1 = dpre1.view(T * N, 4 * d).t() @ hs[:-1].reshape(T * N, n)
         d_w2 = torch.bmm(dpre2.view(T * N, 4, n).permute(1, 2, 0), zs.view(T * N, 4, d).transpose(0, 1))
-        d_b2 = dpre2.sum((0, 1)) if ctx.has_b2 else None
+        d_b2 = dpre2.sum((0, 1)) if ctx.needs_input_grad[3] else None  # b2 given (and trained)
         return dpre1, d_w1, d_w2, d_b2, dh0, dc0
 
 

@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, kernel, pow2
+from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, incoming_grads, kernel, pow2
+from ._triton_common import (col_block, copy_final_grads, copy_states, gate_matmuls, load_gates, lstm_cell,
+                             lstm_cell_backward, matmul_acc, store_gates, tanh, window_rows)
 
 try:
     import triton.language as tl
@@ -45,27 +47,18 @@ def _routed_forward(xw, whh, wr, br, noise, h0, c0, hs, cs, acts, ys, ps, h_n, c
                     BN: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
                     KP: tl.constexpr, PREC: tl.constexpr):
     n = K * S
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    kr = tl.arange(0, KP)
-    kmask = kr < K
     # h_0, c_0 into slot 0 of the state buffers (slot t + 1 holds the state after step t).
-    for c0_ in range(0, n, BH):
-        cols = c0_ + tl.arange(0, BH)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(hs + off, tl.load(h0 + off, mask=m), mask=m)
-        tl.store(cs + off, tl.load(c0 + off, mask=m), mask=m)
-    tl.debug_barrier()
+    rows, rmask = window_rows(N, BN, hs, h0, cs, c0, n, BH)
+    kr = tl.arange(0, KP)  # the sub-cells, padded to a power of two
+    kmask = kr < K
     for t in range(T):
         hp_base = hs + t * N * n
         cp_base = cs + t * N * n
         # -- router: logits (BN, KP) from the whole h_{t-1}
         logits = tl.zeros((BN, KP), dtype=h0.dtype.element_ty)
         for c0_ in range(0, n, BH):
-            cols = c0_ + tl.arange(0, BH)
-            cm = cols < n
-            hch = tl.load(hp_base + rows[:, None] * n + cols[None, :], mask=rmask[:, None] & cm[None, :], other=0.0)
+            cols, cm, m = col_block(c0_, BH, n, rmask)
+            hch = tl.load(hp_base + rows[:, None] * n + cols[None, :], mask=m, other=0.0)
             wch = tl.load(wr + kr[:, None] * n + cols[None, :], mask=kmask[:, None] & cm[None, :], other=0.0)
             logits += tl.sum(hch[:, None, :] * wch[None, :, :], axis=2)
         if HAS_RBIAS:
@@ -94,35 +87,16 @@ def _routed_forward(xw, whh, wr, br, noise, h0, c0, hs, cs, acts, ys, ps, h_n, c
         for j in range(K):
             yj = tl.sum(tl.where(kr[None, :] == j, y, 0.0), axis=1)[:, None]  # (BN, 1)
             for s0 in range(0, S, BS):
-                cols = s0 + tl.arange(0, BS)
-                cm = cols < S
-                m = rmask[:, None] & cm[None, :]
-                xoff = t * N * 4 * n + rows[:, None] * (4 * n) + j * 4 * S + cols[None, :]
-                a_i = tl.load(xw + xoff, mask=m, other=0.0)
-                a_f = tl.load(xw + xoff + S, mask=m, other=0.0)
-                a_g = tl.load(xw + xoff + 2 * S, mask=m, other=0.0)
-                a_o = tl.load(xw + xoff + 3 * S, mask=m, other=0.0)
-                for k0 in range(0, S, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    km = kk < S
-                    hch = tl.load(hp_base + rows[:, None] * n + j * S + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-                    wptr = whh + j * 4 * S * S + cols[None, :] * S + kk[:, None]  # W_hh_j[gate rows, kk]^T: (BK, BS)
-                    wm = km[:, None] & cm[None, :]
-                    a_i += tl.dot(hch, tl.load(wptr, mask=wm, other=0.0), input_precision=PREC)
-                    a_f += tl.dot(hch, tl.load(wptr + S * S, mask=wm, other=0.0), input_precision=PREC)
-                    a_g += tl.dot(hch, tl.load(wptr + 2 * S * S, mask=wm, other=0.0), input_precision=PREC)
-                    a_o += tl.dot(hch, tl.load(wptr + 3 * S * S, mask=wm, other=0.0), input_precision=PREC)
-                gi = tl.sigmoid(a_i)
-                gf = tl.sigmoid(a_f)
-                eg = tl.exp(-2.0 * tl.abs(a_g))  # tanh without overflow
-                gg = tl.where(a_g >= 0, 1.0, -1.0) * (1.0 - eg) / (1.0 + eg)
-                go = tl.sigmoid(a_o)
+                cols, cm, m = col_block(s0, BS, S, rmask)
+                aoff = t * N * 4 * n + rows[:, None] * (4 * n) + j * 4 * S + cols[None, :]
+                a_i, a_f, a_g, a_o = load_gates(xw + aoff, S, m)
+                # + h_{t-1,j} W_hh_j^T, gate by gate: W_hh_j's gate rows (cols) by kk at whh_j + gate * S * S
+                a_i, a_f, a_g, a_o = gate_matmuls(a_i, a_f, a_g, a_o, hp_base + j * S, n, whh + j * 4 * S * S, 1, S, S * S,
+                                                  rows, rmask, cols, cm, S, BK, PREC)
                 soff = rows[:, None] * n + j * S + cols[None, :]
                 cp = tl.load(cp_base + soff, mask=m, other=0.0)
                 hp = tl.load(hp_base + soff, mask=m, other=0.0)
-                cn = gf * cp + gi * gg
-                ec = tl.exp(-2.0 * tl.abs(cn))
-                hn = go * tl.where(cn >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+                gi, gf, gg, go, cn, hn = lstm_cell(a_i, a_f, a_g, a_o, cp)
                 if MODE == 0:
                     hnew = yj * hn + (1.0 - yj) * hp
                     cnew = yj * cn + (1.0 - yj) * cp
@@ -131,18 +105,9 @@ def _routed_forward(xw, whh, wr, br, noise, h0, c0, hs, cs, acts, ys, ps, h_n, c
                     cnew = tl.where(yj > 0.5, cn, cp)
                 tl.store(hs + (t + 1) * N * n + soff, hnew, mask=m)
                 tl.store(cs + (t + 1) * N * n + soff, cnew, mask=m)
-                aoff = t * N * 4 * n + rows[:, None] * (4 * n) + j * 4 * S + cols[None, :]
-                tl.store(acts + aoff, gi, mask=m)
-                tl.store(acts + aoff + S, gf, mask=m)
-                tl.store(acts + aoff + 2 * S, gg, mask=m)
-                tl.store(acts + aoff + 3 * S, go, mask=m)
+                store_gates(acts + aoff, S, m, gi, gf, gg, go)
         tl.debug_barrier()  # step t's state is complete before step t + 1 reads it
-    for c0_ in range(0, n, BH):
-        cols = c0_ + tl.arange(0, BH)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(h_n + off, tl.load(hs + T * N * n + off, mask=m), mask=m)
-        tl.store(c_n + off, tl.load(cs + T * N * n + off, mask=m), mask=m)
+    copy_states(h_n, hs + T * N * n, c_n, cs + T * N * n, rows, rmask, n, BH)
 
 
 def _routed_backward(dout, dh_last, dc_last, hs, cs, acts, ys, ps, whh, wr,
@@ -152,19 +117,11 @@ def _routed_backward(dout, dh_last, dc_last, hs, cs, acts, ys, ps, whh, wr,
                      BN: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
                      KP: tl.constexpr, PREC: tl.constexpr):
     n = K * S
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
     kr = tl.arange(0, KP)
     kmask = kr < K
     # dh_buf / dc_buf (2, N, n): the gradient reaching the state after the step being processed,
     # double-buffered by step parity so that a step never overwrites what it is reading.
-    for c0_ in range(0, n, BH):
-        cols = c0_ + tl.arange(0, BH)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(dh_buf + off, tl.load(dh_last + off, mask=m), mask=m)
-        tl.store(dc_buf + off, tl.load(dc_last + off, mask=m), mask=m)
-    tl.debug_barrier()
+    rows, rmask = window_rows(N, BN, dh_buf, dh_last, dc_buf, dc_last, n, BH)
     for i in range(T):
         t = T - 1 - i
         cur = (i % 2) * N * n
@@ -177,20 +134,15 @@ def _routed_backward(dout, dh_last, dc_last, hs, cs, acts, ys, ps, whh, wr,
         for j in range(K):
             yj = tl.sum(tl.where(kr[None, :] == j, y, 0.0), axis=1)[:, None]
             for s0 in range(0, S, BS):
-                cols = s0 + tl.arange(0, BS)
-                m = rmask[:, None] & (cols < S)[None, :]
+                cols, cm, m = col_block(s0, BS, S, rmask)
                 soff = rows[:, None] * n + j * S + cols[None, :]
                 dh = tl.load(dout + t * N * n + soff, mask=m, other=0.0) + tl.load(dh_buf + cur + soff, mask=m, other=0.0)
                 dc = tl.load(dc_buf + cur + soff, mask=m, other=0.0)
                 aoff = t * N * 4 * n + rows[:, None] * (4 * n) + j * 4 * S + cols[None, :]
-                gi = tl.load(acts + aoff, mask=m, other=0.0)
-                gf = tl.load(acts + aoff + S, mask=m, other=0.0)
-                gg = tl.load(acts + aoff + 2 * S, mask=m, other=0.0)
-                go = tl.load(acts + aoff + 3 * S, mask=m, other=0.0)
+                gi, gf, gg, go = load_gates(acts + aoff, S, m)
                 cp = tl.load(cs + t * N * n + soff, mask=m, other=0.0)
                 cn = gf * cp + gi * gg
-                ec = tl.exp(-2.0 * tl.abs(cn))
-                tc = tl.where(cn >= 0, 1.0, -1.0) * (1.0 - ec) / (1.0 + ec)
+                tc = tanh(cn)
                 if MODE == 0:
                     dhn = yj * dh
                     dcn = yj * dc
@@ -201,16 +153,17 @@ def _routed_backward(dout, dh_last, dc_last, hs, cs, acts, ys, ps, whh, wr,
                     hp = tl.load(hs + t * N * n + soff, mask=m, other=0.0)
                     part = tl.sum(dh * (go * tc - hp) + dc * (cn - cp), axis=1)
                     dy += tl.where(kr[None, :] == j, part[:, None], 0.0)
-                dct = dcn + dhn * go * (1.0 - tc * tc)
-                tl.store(dpre + aoff, dct * gg * gi * (1.0 - gi), mask=m)
-                tl.store(dpre + aoff + S, dct * cp * gf * (1.0 - gf), mask=m)
-                tl.store(dpre + aoff + 2 * S, dct * gi * (1.0 - gg * gg), mask=m)
-                tl.store(dpre + aoff + 3 * S, dhn * tc * go * (1.0 - go), mask=m)
+                d_i, d_f, d_g, d_o, dct = lstm_cell_backward(dhn, dcn, gi, gf, gg, go, tc, cp)
+                store_gates(dpre + aoff, S, m, d_i, d_f, d_g, d_o)
+                # c_{t-1}'s gradient, and the part of h_{t-1}'s that the mix keeps (phase B adds the rest)
                 if MODE == 0:
                     dcp = (1.0 - yj) * dc + dct * gf
+                    dhp = (1.0 - yj) * dh
                 else:
                     dcp = tl.where(yj > 0.5, dct * gf, dc)
+                    dhp = tl.where(yj > 0.5, 0.0, dh)
                 tl.store(dc_buf + nxt + soff, dcp, mask=m)
+                tl.store(dh_buf + nxt + soff, dhp, mask=m)
         # -- the router's gradient: softmax backward of dL/dp = dL/dy (straight-through for hard y)
         dl = tl.zeros((BN, KP), dtype=y.dtype)
         if MODE != 2:
@@ -219,39 +172,21 @@ def _routed_backward(dout, dh_last, dc_last, hs, cs, acts, ys, ps, whh, wr,
             if MODE == 1:
                 dl = dl * inv_tau
             tl.store(dlog + koff, dl, mask=km2)
-        tl.debug_barrier()  # the step's dpre is complete before the matmul below reads it by sub-cell
+        tl.debug_barrier()  # the step's dpre (and kept part) is complete before the matmul below reads it by sub-cell
         # -- phase B: dL/dh_{t-1} = kept part + dpre_j W_hh_j + dlogits W_r
         for j in range(K):
-            yj = tl.sum(tl.where(kr[None, :] == j, y, 0.0), axis=1)[:, None]
             for s0 in range(0, S, BS):
-                cols = s0 + tl.arange(0, BS)
-                cm = cols < S
-                m = rmask[:, None] & cm[None, :]
+                cols, cm, m = col_block(s0, BS, S, rmask)
                 soff = rows[:, None] * n + j * S + cols[None, :]
-                dh = tl.load(dout + t * N * n + soff, mask=m, other=0.0) + tl.load(dh_buf + cur + soff, mask=m, other=0.0)
-                if MODE == 0:
-                    acc = (1.0 - yj) * dh
-                else:
-                    acc = tl.where(yj > 0.5, 0.0, dh)
-                for k0 in range(0, 4 * S, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    km = kk < 4 * S
-                    dp = tl.load(dpre + t * N * 4 * n + rows[:, None] * (4 * n) + j * 4 * S + kk[None, :],
-                                 mask=rmask[:, None] & km[None, :], other=0.0)
-                    w = tl.load(whh + j * 4 * S * S + kk[:, None] * S + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-                    acc += tl.dot(dp, w, input_precision=PREC)
+                acc = tl.load(dh_buf + nxt + soff, mask=m, other=0.0)
+                acc = matmul_acc(acc, dpre + t * N * 4 * n + j * 4 * S, 4 * n, whh + j * 4 * S * S, S, 1,
+                                 rows, rmask, cols, cm, 4 * S, BK, PREC)
                 if MODE != 2:
                     wrc = tl.load(wr + kr[:, None] * n + j * S + cols[None, :], mask=kmask[:, None] & cm[None, :], other=0.0)
                     acc += tl.sum(dl[:, :, None] * wrc[None, :, :], axis=1)
                 tl.store(dh_buf + nxt + soff, acc, mask=m)
         tl.debug_barrier()
-    fin = (T % 2) * N * n
-    for c0_ in range(0, n, BH):
-        cols = c0_ + tl.arange(0, BH)
-        m = rmask[:, None] & (cols < n)[None, :]
-        off = rows[:, None] * n + cols[None, :]
-        tl.store(dh0 + off, tl.load(dh_buf + fin + off, mask=m), mask=m)
-        tl.store(dc0 + off, tl.load(dc_buf + fin + off, mask=m), mask=m)
+    copy_final_grads(dh0, dc0, dh_buf, dc_buf, T, N, rows, rmask, n, BH)
 
 
 _forward_kernel = kernel(_routed_forward)
@@ -293,7 +228,7 @@ class RoutedRecurrence(torch.autograd.Function):
             T, N, 1.0 / tau, K=k, S=s, MODE=mode, HAS_RBIAS=has_rbias, BK=block(s, 32),
             PREC=dot_precision(xw.dtype), **bl)
         ctx.save_for_backward(weight_hh, router_weight, hs, cs, acts, ys, ps)
-        ctx.mode, ctx.tau, ctx.has_rbias = mode, tau, has_rbias
+        ctx.mode, ctx.tau = mode, tau
         return hs[1:], h_n, c_n
 
     @staticmethod
@@ -302,9 +237,7 @@ class RoutedRecurrence(torch.autograd.Function):
         weight_hh, router_weight, hs, cs, acts, ys, ps = ctx.saved_tensors
         T, N, n = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         k, s = weight_hh.shape[0], weight_hh.shape[2]
-        d_out = torch.zeros_like(hs[1:]) if d_out is None else d_out.contiguous()
-        d_hn = hs.new_zeros(N, n) if d_hn is None else d_hn.contiguous()
-        d_cn = hs.new_zeros(N, n) if d_cn is None else d_cn.contiguous()
+        d_out, d_hn, d_cn = incoming_grads(hs, d_out, d_hn, d_cn)
         dpre = hs.new_empty(T, N, 4 * n)
         dlog = hs.new_zeros(T, N, k) if ctx.mode != HARD else ys
         dh_buf, dc_buf = hs.new_empty(2, N, n), hs.new_empty(2, N, n)
@@ -320,7 +253,7 @@ class RoutedRecurrence(torch.autograd.Function):
         d_wr = d_br = None
         if ctx.mode != HARD:
             d_wr = dlog.view(T * N, k).t() @ hs[:-1].reshape(T * N, n)
-            d_br = dlog.sum((0, 1)) if ctx.has_rbias else None
+            d_br = dlog.sum((0, 1)) if ctx.needs_input_grad[3] else None  # router_bias given (and trained)
         return dpre, d_whh, d_wr, d_br, None, dh0, dc0, None, None
 
 

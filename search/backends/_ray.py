@@ -37,7 +37,7 @@ from ray.tune.search import Searcher
 from squeezelstm.trainers import Config, train
 from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
 
-from ..pareto import TrialRecord, log_hypervolume, pareto_front, size_text, status_counts
+from ..pareto import TrialRecord, log_hypervolume, pareto_front, size_text
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
@@ -92,21 +92,26 @@ class SearchSession:
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
     error: Exception | None = None
+    front: list | None = None  # the finished trials' front, kept as trials close (the progress line's)
 
     def issued(self) -> int:
         """Trial numbers the controller has handed out, over all sessions of this search."""
-        return len(self.controller.records())
+        return self.controller.n_records()
 
     def emit(self, kind: str, number: int, record: TrialRecord | None) -> None:
+        """A ``SearchEvent`` to ``progress``; its front and hypervolume come from the kept front, not every record."""
+        if self.front is None:
+            self.front = self.controller.front()
+        elif record is not None and kind == "finished":
+            self.front = pareto_front(self.front + [record])
         if self.progress is None:
             return
-        records = self.controller.records()
-        counts = status_counts(records)
+        counts = {k: v for k, v in self.controller.counts().items() if v and k != "rejected"}
         hv = None
         if self.ref_params and self.ref_ppl:
-            hv = log_hypervolume(records, self.ref_params, self.ref_ppl)
+            hv = log_hypervolume(self.front, self.ref_params, self.ref_ppl)
         running = len(self.started - self.completed)
-        self.progress(SearchEvent(kind, number, record, running, counts, len(pareto_front(records)), hv))
+        self.progress(SearchEvent(kind, number, record, running, counts, len(self.front), hv))
 
 
 # Ray pickles the searcher and the scheduler it is given, so they hold a token, not the session; the
@@ -204,8 +209,7 @@ class ControllerSearcher(Searcher):
         self._numbers[trial_id] = number
         s.started.add(number)
         logger = s.tracker.trial_logger(number) if s.tracker is not None else None
-        record = next((r for r in s.controller.records() if r.number == number), None)
-        s.emit("started", number, record)
+        s.emit("started", number, s.controller.record(number))
         return {
             "number": number,
             "spec": spec_to_dict(spec),
@@ -236,8 +240,8 @@ class ControllerSearcher(Searcher):
         if s.tracker is not None:
             s.tracker.end_trial(record)
             if s.ref_params and s.ref_ppl:
-                s.tracker.update_front(
-                    s.controller.records(), ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
+                s.tracker.update_front(  # the records are read only when the front's files are due
+                    s.controller.records, ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
                 )
         if s.on_change is not None:
             s.on_change()

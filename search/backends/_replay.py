@@ -383,6 +383,7 @@ def replay_search(
         launch(now)
     result.compute = spent
     result.counts = controller.counts()
+    controller.flush()  # the whole records file, as a real search leaves it
     return result
 
 

@@ -37,7 +37,7 @@ from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
 from ._event_log import DriverEventLog
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
-from ._storage import SearchPaths, check_writable, has_state, resolve_paths, write_records
+from ._storage import RecordsFile, SearchPaths, check_writable, has_state, resolve_paths
 from ._threads import ray_nodes, trial_threads
 
 
@@ -270,11 +270,12 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
             tracker.end_stale_trials(controller.records())
 
     unfinished = controller.unfinished()
+    records_file = RecordsFile(paths.records_file, meta)  # whole every 30 s at most: O(trials) a write
     session = SearchSession(
         controller=controller, trials=config.trials, trials_dir=str(paths.trials_dir),
         threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
-        on_change=lambda: write_records(paths.records_file, controller.records(), meta),
+        on_change=lambda: records_file.maybe_write(controller.records),
         events=DriverEventLog.from_env(paths.experiment_dir),
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
@@ -313,7 +314,8 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
             raise
         finally:
             try:
-                write_records(paths.records_file, controller.records(), meta)
+                controller.flush()
+                records_file.write(controller.records())
                 if tracker is not None:
                     tracker.end_search(status)
             except (SearchInterrupted, KeyboardInterrupt):  # a second signal while closing: stop at once

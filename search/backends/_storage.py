@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from squeezelstm.trainers.files import atomic_write_text, json_safe
 
+from ..controller import read_journal
 from ..pareto import TrialRecord
 
 DEFAULT_STORAGE = "squeezelstm_runs"
@@ -88,11 +91,42 @@ def write_records(path: Path, records: list[TrialRecord], meta: dict | None = No
     atomic_write_text(path, json.dumps(data, default=str, allow_nan=False))
 
 
+class RecordsFile:
+    """The records file a search keeps for its users (``write_records``), written whole at most every
+    ``every_s`` seconds while trials complete (``maybe_write``: it costs O(trials)) and at the end (``write``)."""
+
+    def __init__(self, path: Path, meta: dict | None = None, every_s: float = 30.0) -> None:
+        self.path, self.meta, self.every_s = Path(path), meta, float(every_s)
+        self._at: float | None = None
+
+    def maybe_write(self, records: Callable[[], list[TrialRecord]]) -> bool:
+        """Write ``records()`` if the last write is ``every_s`` old (or there was none); True if written."""
+        if self._at is not None and time.monotonic() - self._at < self.every_s:
+            return False
+        self.write(records())
+        return True
+
+    def write(self, records: list[TrialRecord]) -> None:
+        write_records(self.path, records, self.meta)
+        self._at = time.monotonic()
+
+
 def read_records(path: Path) -> tuple[dict, list[TrialRecord]]:
     """``(meta, records)`` from a file written by ``write_records``."""
     data = json.loads(Path(path).read_text())
     return data.get("meta", {}), [TrialRecord.from_dict(r) for r in data["records"]]
 
 
-__all__ = ["DEFAULT_STORAGE", "RECORDS_FILE", "SearchPaths", "check_writable", "has_state", "is_uri", "read_records",
-           "resolve_paths", "write_records"]
+def read_live_records(paths: SearchPaths) -> tuple[dict, list[TrialRecord]]:
+    """``(meta, records)`` of a running or ended search: the meta of its records file, the records as its
+    controller's journal holds them now (the records file is rewritten only every so often while it runs)."""
+    meta, records = read_records(paths.records_file)
+    if paths.state_dir.is_dir():
+        state = read_journal(paths.state_dir)
+        if state.records:
+            records = [state.records[n] for n in sorted(state.records)]
+    return meta, records
+
+
+__all__ = ["DEFAULT_STORAGE", "RECORDS_FILE", "RecordsFile", "SearchPaths", "check_writable", "has_state", "is_uri",
+           "read_live_records", "read_records", "resolve_paths", "write_records"]

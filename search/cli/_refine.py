@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..export import load_records
 from ..pareto import MIN_SEEDS, Refinement, check_overrides, check_seeds, new_refinement, refine_config
 from ..space import override_items
 from ..tracking import RefineTracker
-from ._search import _tracking_outage_is_a_clean_stop
+from ._search import _tracking_outage_is_a_clean_stop, run_or_stop
 
 DEFAULT_SEEDS = MIN_SEEDS
 
@@ -173,20 +172,19 @@ def cmd_refine(args: argparse.Namespace) -> int:
         return dashboards.write_refined_files(refinement, folder, records=records, optimal_ppl=meta.get("optimal_ppl"))
 
     tracker = None if args.no_tracking else RefineTracker(args.tracking_uri, args.experiment, refined_files=files)
-    try:
+
+    def refine() -> Refinement:
         # stdout carries only the result (the table or --json); what Ray prints goes to stderr
         with contextlib.redirect_stdout(sys.stderr), _tracking_outage_is_a_clean_stop(args, args.experiment):
-            ref = run_refine(ref, storage=args.storage, tracker=tracker, address=args.address,
-                             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                             max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                             progress=_progress(args))
-    except KeyboardInterrupt:  # a signal that met Python's default handler, outside the runner's
-        exc = SearchInterrupted(signal.SIGINT, immediate=True)
-        print(_stopped_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
-    except SearchInterrupted as exc:
-        print(_stopped_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
+            return run_refine(ref, storage=args.storage, tracker=tracker, address=args.address,
+                              cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                              max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                              progress=_progress(args))
+
+    ref, stopped = run_or_stop(
+        refine, lambda exc: _stopped_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)))
+    if stopped is not None:
+        return stopped
     report = paths.experiment_dir / files(ref, paths.experiment_dir)[0]
     counts = ref.counts()
     epochs = f"{ref.epochs} epochs" if ref.epochs else "the search's epochs"

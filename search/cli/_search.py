@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from squeezelstm import dashboards
 from squeezelstm.dashboards.tables import format_table, front_rows
@@ -209,16 +209,26 @@ def _summary(result: Any) -> str:
             f"Pareto front of {len(result.front)}{hv}; results in {result.paths.experiment_dir}")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def run_or_stop(run: Callable[[], Any], line: Callable[[SearchInterrupted], str]) -> tuple[Any, int | None]:
+    """``(run(), None)``, or ``(None, exit status)`` where a signal stopped it, after ``line(exc)`` (what
+    finished, how to continue) on stderr. A KeyboardInterrupt that met Python's default handler, outside
+    the runner's (Ray may restore it), is a SIGINT that stopped the run at once."""
     try:
-        result = _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume)
-    except KeyboardInterrupt:  # a signal that met Python's default handler, outside the runner's (Ray may restore it)
+        return run(), None
+    except KeyboardInterrupt:
         exc = SearchInterrupted(signal.SIGINT, immediate=True)
-        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
-    except SearchInterrupted as exc:
-        print(interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)), file=sys.stderr)
-        return exc.exit_status
+    except SearchInterrupted as stopped:
+        exc = stopped
+    print(line(exc), file=sys.stderr)
+    return None, exc.exit_status
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    result, stopped = run_or_stop(
+        lambda: _run(args, space=args.space, trials=args.trials, experiment=args.experiment, resume=args.resume),
+        lambda exc: interrupted_line(exc, args.experiment, continue_command(getattr(args, "argv", None), args)))
+    if stopped is not None:
+        return stopped
     print(_summary(result), file=sys.stderr)
     if args.json:
         print(json.dumps([_record_json(r) for r in result.front], indent=2, default=str))
@@ -244,13 +254,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"--out-dir does not exist: {out_dir}")
-    experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        result = _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False)
-    except SearchInterrupted as exc:
-        args.experiment = experiment
-        print(interrupted_line(exc, experiment, continue_command(None, args)), file=sys.stderr)
-        return exc.exit_status
+    experiment = args.experiment = args.experiment or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    result, stopped = run_or_stop(  # a stopped demo is continued by the equivalent `search` command
+        lambda: _run(args, space=args.space, trials=args.trials, experiment=experiment, resume=False),
+        lambda exc: interrupted_line(exc, experiment, continue_command(None, args)))
+    if stopped is not None:
+        return stopped
     print(_summary(result), file=sys.stderr)
     print(front_table(result.front))
     if not result.front:

@@ -15,16 +15,16 @@ Bookkeeping rules (the traps measured with OptunaSearch + ASHA):
   nothing scores) and a positive Optuna constraint value, so constrained samplers learn the
   boundary and Optuna's ``best_trials`` leave it out; it never becomes a ``TrialRecord``, and
   our front is built from our own finished records only;
-* with ``state_dir`` the study lives in an Optuna journal file and the records in ``records.json``
-  beside it, so a new controller over the same folder resumes: finished trials are kept, the
-  sampler keeps its history, numbers continue, unfinished trials keep their numbers.
+* with ``state_dir`` the study lives in an Optuna journal file and the records in a journal of their own
+  beside it (``_journal``: an appended line per event, ``records.json`` whole at most every
+  ``snapshot_every_s`` and on ``flush``), so a new controller over the same folder resumes: finished
+  trials are kept, the sampler keeps its history, numbers continue, unfinished trials keep their numbers.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import threading
 import time
@@ -39,7 +39,6 @@ import optuna
 from optuna.trial import TrialState
 
 from squeezelstm.trainers import Config, load_corpus
-from squeezelstm.trainers.files import atomic_write_text
 
 from ..config import SearchConfig
 from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
@@ -47,10 +46,11 @@ from ..pruners import PruningBridge
 from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
                         space_dists)
 from ..space import SearchSpace, model_cost
+from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain
 from ._sizes import corpus_vocab_size, record_sizes, size_reference
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
-_STATE_VERSION = 1
+_STATE_VERSION = 1  # of controller.json
 
 
 def quiet_optuna(method: Callable) -> Callable:
@@ -92,6 +92,7 @@ class SearchController:
     ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
     the study, the records and the config live there, and a new controller over it resumes.
     ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs.
+    ``snapshot_every_s``: how often at most the records are written whole (between, one line an event).
     """
 
     @quiet_optuna
@@ -104,6 +105,7 @@ class SearchController:
         measure: Callable[[dict], tuple[int, int]] | None = None,
         max_retries: int = 200,
         prefetch: bool = False,
+        snapshot_every_s: float = 30.0,
     ) -> None:
         if not isinstance(config, SearchConfig):
             raise TypeError(f"config must be a SearchConfig, got config={config!r}")
@@ -133,11 +135,14 @@ class SearchController:
         self._prune_decided: set[int] = set()
         self.rejected = 0
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._journal: RecordJournal | None = None
         storage: Any = optuna.storages.InMemoryStorage()
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._check_meta()
-            self._load_records()
+            check_meta(self.state_dir, jsonable(self._meta()))
+            self._journal = RecordJournal(self.state_dir, snapshot_every_s=snapshot_every_s)
+            state = self._journal.load()
+            self._records, self._prune_decided, self.rejected = state.records, state.prune_decided, state.rejected
             backend = optuna.storages.journal.JournalFileBackend(str(self.state_dir / "optuna.journal"))
             storage = optuna.storages.JournalStorage(backend)
         n_before = _count_trials(storage, self.study_name)
@@ -208,7 +213,7 @@ class SearchController:
                     known = {**sizes, "valid_ppl": self._placeholder_ppl}  # every size: objectives() picks one
                     self.study.tell(trial, values=tuple(float(known[m]) for m, _ in self.objectives))
                     self.rejected += 1
-                    self._save()
+                    self._event()
                     continue
                 record = TrialRecord(
                     number=trial.number, family=point.family, params=sizes["params"], flops=sizes["flops"],
@@ -217,7 +222,7 @@ class SearchController:
                 )
                 self._records[trial.number] = record
                 self.bridge.start(trial.number, record.size_value)
-                self._save()
+                self._event(record)
                 if self._prefetch is not None:
                     self._prefetch.refill(self._observations())
                 return self._spec(record)
@@ -233,7 +238,7 @@ class SearchController:
             record = self._get(number)
             if record.status != "running":
                 return record.status == "pruned"
-            entry = {k: _plain(v) for k, v in dict(metrics).items()}
+            entry = {k: plain(v) for k, v in dict(metrics).items()}
             entry["epoch"] = int(epoch)
             record.history = [h for h in record.history if h.get("epoch") != int(epoch)] + [entry]
             record.history.sort(key=lambda h: h["epoch"])
@@ -247,7 +252,7 @@ class SearchController:
                     decision = self.bridge.report(number, int(epoch), float(value)) or decision
             if decision:
                 self._prune_decided.add(number)
-            self._save()
+            self._event(record)
             return decision
 
     @quiet_optuna
@@ -270,7 +275,7 @@ class SearchController:
                 status = "pruned"  # its perplexity is a half-trained one: never told as final
             history = result.get("history")
             if isinstance(history, list) and len(history) > len(record.history):
-                record.history = [{k: _plain(v) for k, v in dict(h).items()} for h in history]
+                record.history = [{k: plain(v) for k, v in dict(h).items()} for h in history]
             valid = result.get("valid_ppl", record.valid_ppl)
             valid = None if valid is None else float(valid)
             if status == "finished" and (valid is None or not math.isfinite(valid)):
@@ -282,7 +287,7 @@ class SearchController:
             record.ended_at = time.time()
             self._tell(number, status, record)
             self.bridge.finish(number, status, valid)
-            self._save()
+            self._event(record)
             return copy.deepcopy(record)
 
     # -- views ----------------------------------------------------------------------------------
@@ -295,6 +300,16 @@ class SearchController:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
         with self._lock:
             return [copy.deepcopy(self._records[n]) for n in sorted(self._records)]
+
+    def record(self, number: int) -> TrialRecord:
+        """A copy of trial ``number``'s record: one trial's, so cheap at any size of search."""
+        with self._lock:
+            return copy.deepcopy(self._get(number))
+
+    def n_records(self) -> int:
+        """How many trials were launched (``len(records())`` without copying them)."""
+        with self._lock:
+            return len(self._records)
 
     def front(self) -> list[TrialRecord]:
         """The Pareto front of the finished trials (params, valid_ppl), by parameter count."""
@@ -388,41 +403,25 @@ class SearchController:
         return {"version": _STATE_VERSION, "space": self.space.to_dict(), "study_name": self.study_name,
                 "epochs": self.epochs, "size": self.size, "config": self.config.to_dict()}
 
-    def _check_meta(self) -> None:
-        path = self.state_dir / "controller.json"
-        meta = _jsonable(self._meta())
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                raise ValueError(f"controller state {path} is not valid JSON") from None
-            old.setdefault("size", "total")  # written before the size objective was a setting
-            for key in ("space", "study_name", "epochs", "size"):
-                if old.get(key) != meta[key]:
-                    raise ValueError(
-                        f"state_dir {self.state_dir} holds a search with a different {key}; "
-                        "use a new experiment name or the same settings to resume"
-                    )
-        atomic_write_text(path, json.dumps(meta, indent=1))
-
-    def _load_records(self) -> None:
-        path = self.state_dir / "records.json"
-        if not path.exists():
+    def _event(self, record: TrialRecord | None = None) -> None:
+        """One event into the journal: ``record``'s new state (with its prune decision) and the rejected count."""
+        if self._journal is None:
             return
-        try:
-            state = json.loads(path.read_text())
-            self._records = {int(r["number"]): TrialRecord.from_dict(r) for r in state["records"]}
-            self._prune_decided = set(int(n) for n in state.get("prune_decided", []))
-            self.rejected = int(state.get("rejected", 0))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"controller records {path} are unreadable: {exc}") from None
+        event: dict[str, Any] = {"rejected": self.rejected}
+        if record is not None:
+            event["record"] = record.to_dict()
+            event["prune"] = record.number in self._prune_decided
+        self._journal.append(event, self._state)
 
-    def _save(self) -> None:
-        if self.state_dir is None:
-            return
-        state = {"version": _STATE_VERSION, "records": [self._records[n].to_dict() for n in sorted(self._records)],
-                 "prune_decided": sorted(self._prune_decided), "rejected": self.rejected}
-        atomic_write_text(self.state_dir / "records.json", json.dumps(_jsonable(state)))
+    def _state(self) -> JournalState:
+        return JournalState(self._records, self._prune_decided, self.rejected)
+
+    def flush(self) -> None:
+        """Write the whole records snapshot now (the end of a search, an interruption); between snapshots
+        the journal's log holds the events, so this is for readers of ``records.json``, not for resuming."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.snapshot(self._state())
 
 
 def _count_trials(storage: Any, study_name: str) -> int:
@@ -431,20 +430,6 @@ def _count_trials(storage: Any, study_name: str) -> int:
     except KeyError:
         return 0
     return len(storage.get_all_trials(study_id, deepcopy=False))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe scalar (numpy and torch scalars become Python numbers)."""
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return value
-    return value
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: _plain(o) if hasattr(o, "item") else str(o)))
 
 
 __all__ = ["SearchController", "TrialSpec"]

@@ -23,7 +23,7 @@ import pandas as pd
 from squeezelstm.trainers import Config
 from squeezelstm.trainers.config import save_config
 
-from ..backends import read_records, resolve_paths
+from ..backends import read_live_records, read_records, resolve_paths
 from ..pareto import SIZE_LABELS, TrialRecord, objective_values, pareto_front, records_dataframe
 from ..tracking import load_search
 
@@ -87,14 +87,15 @@ def pick(records: Sequence[TrialRecord], *, max_size: int | None = None, max_ppl
 
 def load_records(experiment: str, *, storage: str | os.PathLike | None = None,
                  tracking_uri: str | None = None) -> tuple[dict, list[TrialRecord]]:
-    """``(meta, records)`` of an experiment: the local records file, else the MLflow store.
+    """``(meta, records)`` of an experiment: the local records (``read_live_records``: live while it runs),
+    else the MLflow store.
 
     An explicit ``tracking_uri`` reads MLflow first. FileNotFoundError when neither knows it.
     """
     paths = resolve_paths(experiment, storage)
     local = paths.records_file
     if tracking_uri is None and local.is_file():
-        return read_records(local)
+        return read_live_records(paths)
     try:
         return load_search(tracking_uri, experiment)
     except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
@@ -111,8 +112,8 @@ def trials_dataframe(experiment: str, *, storage: str | os.PathLike | None = Non
                      tracking_uri: str | None = None) -> pd.DataFrame:
     """A running or finished search's trials as a DataFrame, one row a trial (``records_dataframe``).
 
-    Reads what ``load_records`` reads: the records file the runner rewrites after every change
-    (under ``storage``), else the MLflow store; FileNotFoundError when neither knows the search.
+    Reads what ``load_records`` reads: the search's records under ``storage`` (its controller's journal, as
+    of the last event), else the MLflow store; FileNotFoundError when neither knows the search.
     """
     return records_dataframe(load_records(experiment, storage=storage, tracking_uri=tracking_uri)[1])
 

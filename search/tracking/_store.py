@@ -25,7 +25,8 @@ def default_tracking_uri() -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """``tracking_uri`` with ``None``/empty replaced by the default and a bare path made a SQLite URI."""
+    """``tracking_uri`` with ``None``/empty replaced by the default, a bare path made a SQLite URI and a
+    relative SQLite path made absolute."""
     if tracking_uri is None or not str(tracking_uri).strip():
         return default_tracking_uri()
     uri = str(tracking_uri).strip()
@@ -33,6 +34,10 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
         # a bare path: a .db file is a SQLite store, anything else a file store directory
         path = Path(uri).expanduser().resolve()
         return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # a relative SQLite path (sqlite:///mlflow.db) is relative to this process's folder; Ray's
+        # workers run elsewhere, so it is made absolute here, once, for every process of the search
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else uri
 
 

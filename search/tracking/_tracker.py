@@ -18,23 +18,23 @@ finds everything again from the store alone:
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..pareto import STATUSES, TrialRecord, finished, log_hypervolume, pareto_front
-from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, PARETO_TAG, REF_TAGS, ROLE_TAG,
+from ..pareto import STATUSES, TrialRecord
+from ._front import ParentFront
+from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, REF_TAGS, ROLE_TAG,
                      SAMPLED_TAG, SEARCH_CONFIG_FILE, SEARCH_TAG, SIZE_TAG, STATUS_TAG, STEP0_METRICS, TRIAL_TAG, _find_child,
-                     _log, _param_value, _scalar_metrics, child_runs, flatten, hypervolume_history,
+                     _log, _param_value, _scalar_metrics, child_runs, flatten,
                      quote_filter_value, search_all_runs)
 from ._store import TrackingUnavailable, check_tracking_uri, mlflow_client, quick_http, resolve_tracking_uri, sqlite_path
-from ._ui import NOTE_TAG, front_markdown, mark_experiment_kind
+from ._ui import mark_experiment_kind
 
 # Writes the front's files (tables, report) into a folder and returns their names; the CLI wires in the
 # dashboards' ``write_front_files``, so this adapter never imports the dashboards.
@@ -162,23 +162,24 @@ class SearchTracker:
     def __init__(self, tracking_uri: str | None, experiment: str, front_files: FrontFiles | None = None,
                  report_every_s: float = 30.0) -> None:
         """``front_files(records, folder, *, title, optimal_ppl, hypervolume_history, report) -> [names]`` writes
-        the front's files that ``update_front`` logs on the parent run (none without it). The HTML report among
-        them is rebuilt at most every ``report_every_s`` seconds (its plotly work grows with the search; the
-        tables are written every time) and once more by ``end_search`` if a rebuild was skipped."""
+        the front's files that ``update_front`` logs on the parent run (none without it): at most every
+        ``report_every_s`` seconds (the HTML report's plotly work and the uploads grow with the search), and
+        once more by ``end_search`` if a write was skipped."""
         if not isinstance(experiment, str) or not experiment.strip():
             raise ValueError(f"experiment must be a non-empty name, got experiment={experiment!r}")
         if isinstance(report_every_s, bool) or not isinstance(report_every_s, (int, float)) or not report_every_s >= 0:
             raise ValueError(f"report_every_s must be a number >= 0, got report_every_s={report_every_s!r}")
         self.report_every_s = float(report_every_s)
-        self._report_at: float | None = None  # when the HTML report was last built (time.monotonic)
-        self._report_due: tuple | None = None  # update_front's arguments of a skipped rebuild
+        self._files_at: float | None = None  # when the front's files were last written (time.monotonic)
+        self._files_due: tuple | None = None  # (records source, optimal_ppl, report) of a skipped write
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.front_files = front_files
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client = None
-        self._pareto: set[int] | None = None   # trial numbers tagged pareto=true, as last written
+        self._front: ParentFront | None = None  # the parent's front as written, in memory (start_search)
+        self._ref_logged: dict | None = None
 
     @property
     def client(self):
@@ -227,7 +228,9 @@ class SearchTracker:
             run = self.client.create_run(experiment_id, tags={k: str(v) for k, v in all_tags.items()},
                                          run_name=f"search-{self.experiment}")
             existing: dict[str, str] = {}
+            reopened = False
         else:
+            reopened = True
             self.client.update_run(run.info.run_id, status="RUNNING")
             existing = run.data.params
         self.parent_run_id = run.info.run_id
@@ -238,7 +241,9 @@ class SearchTracker:
         _log(self.client, self.parent_run_id, params=new, tags={**all_tags, **changed})
         if config is not None:
             self.client.log_dict(self.parent_run_id, config, SEARCH_CONFIG_FILE)
-        self._pareto = None
+        self._front = ParentFront(self.client, experiment_id, self.parent_run_id, self.experiment,
+                                  run.info.start_time, resumed=reopened)
+        self._ref_logged = None
         return self.parent_run_id
 
     def _require_parent(self) -> str:
@@ -258,7 +263,11 @@ class SearchTracker:
         parent = self._require_parent()
         logger = TrialLogger(self.tracking_uri, self._experiment_id(), parent, record.number)
         logger._client = self.client
+        front = self._front
+        logger.run_id = front.runs.get(record.number) if front is not None else None  # no search for a known run
         run_id = logger._ensure_run(record.family)
+        if front is not None:
+            front.note_run(record.number, run_id)
         run = self.client.get_run(run_id)
         if record.config and CONFIG_TAG not in run.data.tags:
             logger.start(record.config, record.params, record.flops, record.sampled,
@@ -271,6 +280,8 @@ class SearchTracker:
         result = {"valid_ppl": record.valid_ppl, "test_ppl": record.test_ppl,
                   "history": record.history}
         logger.finish(record.status, {k: v for k, v in result.items() if v is not None})
+        if front is not None:
+            front.add(record)  # taken into the front by the next update_front
 
     def end_stale_trials(self, records: list[TrialRecord]) -> list[int]:
         """On resume: end the child runs the controller has completed but MLflow still shows running.
@@ -279,6 +290,8 @@ class SearchTracker:
         the trial is never run again to end it. Returns the trial numbers brought up to date.
         """
         children = child_runs(self.client, self._experiment_id(), self._require_parent())
+        for number, run in children.items():
+            self._front.note_run(number, run.info.run_id)
         stale = [r for r in records if r.status != "running" and (
             r.number not in children or children[r.number].info.status == "RUNNING"
             or children[r.number].data.tags.get(STATUS_TAG) == "running")]
@@ -286,86 +299,72 @@ class SearchTracker:
             self.end_trial(record)
         return [r.number for r in stale]
 
-    def update_front(self, records: list[TrialRecord], *, ref_params: float, ref_ppl: float,
-                     optimal_ppl: float | None = None, report: bool = True) -> None:
-        """Bring the parent's front up to date: pareto tags, hypervolume steps, and ``front_files``' files.
+    def update_front(self, records: Sequence[TrialRecord] | Callable[[], Sequence[TrialRecord]], *, ref_params: float,
+                     ref_ppl: float, optimal_ppl: float | None = None, report: bool = True) -> None:
+        """Bring the parent's front up to date: pareto tags, hypervolume steps, description, ``front_files``' files.
 
-        Call it after every finished trial with all records so far; ``report=False`` asks ``front_files``
-        to skip the HTML report (about a second of plotly work) when trials finish faster than that matters;
-        it is skipped too within ``report_every_s`` of the last one (``end_search`` builds the one skipped last).
+        Call it after every closed trial (after ``end_trial``), with every record so far or a function that
+        gives them (the runner passes ``controller.records``: it is called only when the whole list is needed,
+        the first time and when the files are due). Only what changed is written: the tags of the trials
+        that entered or left the front, one hypervolume step per finished trial, the description when the
+        front changed (``_front.ParentFront``). The files (the front's CSV and JSON, and the HTML report
+        unless ``report=False``) are written at most every ``report_every_s`` seconds; ``end_search`` writes
+        the ones skipped last.
         """
         if ref_params <= 0 or ref_ppl <= 0:
             raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
         parent = self._require_parent()
-        client, experiment_id = self.client, self._experiment_id()
-        records = list(records)
-        if report and self._report_at is not None and time.monotonic() - self._report_at < self.report_every_s:
-            report, self._report_due = False, (records, ref_params, ref_ppl, optimal_ppl)
-        elif report:
-            self._report_at, self._report_due = time.monotonic(), None
-        elif self._report_due is not None:
-            self._report_due = (records, ref_params, ref_ppl, optimal_ppl)
-        front = pareto_front(records)
-        self._retag_front(client, experiment_id, parent, {r.number for r in front})
-        self._log_reference(client, parent, ref_params, ref_ppl, optimal_ppl)
-        self._log_hypervolume(client, parent, records, ref_params, ref_ppl)
-        client.set_tag(parent, NOTE_TAG, front_markdown(front, self.experiment, log_hypervolume(records, ref_params, ref_ppl)))
+        given = None if callable(records) else list(records)
+        source = records if callable(records) else (lambda: given)
+        fetched: list[list[TrialRecord]] = []
+
+        def once() -> list[TrialRecord]:  # every record, at most once a call
+            if not fetched:
+                fetched.append(list(source()))
+            return fetched[0]
+
+        self._log_reference(self.client, parent, ref_params, ref_ppl, optimal_ppl)
+        self._front.sync(given, (float(ref_params), float(ref_ppl)), once)
         if self.front_files is None:
             return
+        if self._files_at is not None and time.monotonic() - self._files_at < self.report_every_s:
+            skipped_report = report or (self._files_due is not None and self._files_due[-1])
+            self._files_due = (source, optimal_ppl, skipped_report)  # end_search asks the source again
+            return
+        self._write_files(once, optimal_ppl, report)
+
+    def _write_files(self, source: Callable[[], Sequence[TrialRecord]], optimal_ppl: float | None,
+                     report: bool) -> None:
+        self._files_at, self._files_due = time.monotonic(), None
+        records, parent = list(source()), self._require_parent()
         with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:
             names = self.front_files(records, Path(tmp), title=f"Pareto front of search {self.experiment}",
                                      optimal_ppl=optimal_ppl, report=report,
-                                     hypervolume_history=hypervolume_history(client, parent) if report else None)
+                                     hypervolume_history=list(self._front.history) if report else None)
             for name in names:
-                client.log_artifact(parent, str(Path(tmp) / name))
-
-    def _retag_front(self, client, experiment_id: str, parent: str, members: set[int]) -> None:
-        children = child_runs(client, experiment_id, parent)
-        if self._pareto is None:  # first call (or resumed): read what the store says
-            self._pareto = {n for n, run in children.items() if run.data.tags.get(PARETO_TAG) == "true"}
-        for number in sorted(self._pareto - members):
-            if number in children:
-                client.delete_tag(children[number].info.run_id, PARETO_TAG)
-        for number in sorted(members - self._pareto):
-            if number in children:
-                client.set_tag(children[number].info.run_id, PARETO_TAG, "true")
-        self._pareto = {n for n in members if n in children}
+                self.client.log_artifact(parent, str(Path(tmp) / name))
 
     def _log_reference(self, client, parent: str, ref_params: float, ref_ppl: float,
                        optimal_ppl: float | None) -> None:
+        """The reference point as params (the first one logged) and tags (the current one); once per change."""
         values = {"ref_params": float(ref_params), "ref_ppl": float(ref_ppl)}
         if optimal_ppl is not None:
             values["optimal_ppl"] = float(optimal_ppl)
+        if values == self._ref_logged:
+            return
         existing = client.get_run(parent).data.params
         params = {f"hypervolume.{k}": v for k, v in values.items() if f"hypervolume.{k}" not in existing}
         _log(client, parent, params=params, tags={REF_TAGS[k]: repr(v) for k, v in values.items()})
-
-    def _log_hypervolume(self, client, parent: str, records: list[TrialRecord],
-                         ref_params: float, ref_ppl: float) -> None:
-        """One ``hypervolume`` step per finished trial, in the order they finished; never a step twice."""
-        from mlflow.entities import Metric
-
-        logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
-        done = sorted(finished(records), key=lambda r: (r.ended_at or math.inf, r.number))
-        metrics = []
-        for k in range(1, len(done) + 1):
-            if k in logged:
-                continue
-            value = log_hypervolume(done[:k], ref_params, ref_ppl)
-            stamp = done[k - 1].ended_at
-            metrics.append(Metric("hypervolume", value, int((stamp or time.time()) * 1000), k))
-        for i in range(0, len(metrics), 900):
-            client.log_batch(parent, metrics=metrics[i:i + 900])
+        self._ref_logged = values
 
     def end_search(self, status: str = "FINISHED") -> None:
-        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), after writing the front's files skipped last."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got status={status!r}")
         try:
-            if self._report_due is not None:  # the report shows the search as it ended
-                records, ref_params, ref_ppl, optimal_ppl = self._report_due
-                self._report_at = None
-                self.update_front(records, ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl)
+            if self._files_due is not None:  # the files show the search as it ended
+                source, optimal_ppl, report = self._files_due
+                self._write_files(source, optimal_ppl, report)
         finally:  # the parent run is ended even if the report fails (or a second Ctrl-C cuts it short)
             self.client.set_terminated(self._require_parent(), status=status)
 

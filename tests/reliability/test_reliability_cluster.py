@@ -170,12 +170,14 @@ class _Env:
         return {n: sorted(v, key=lambda a: a["start"]) for n, v in out.items()}
 
     def records(self, experiment: str) -> dict[int, dict]:
-        # the controller's own records: written the moment a trial is reported or completed
-        path = self.storage / experiment / "controller" / "records.json"
+        # the controller's own records: an event logged the moment a trial is reported or completed
+        from squeezelstm.search.controller import read_journal
+
         try:
-            return {r["number"]: r for r in json.loads(path.read_text())["records"]}
-        except (OSError, ValueError, KeyError):
+            state = read_journal(self.storage / experiment / "controller")
+        except (OSError, ValueError):
             return {}
+        return {n: r.to_dict() for n, r in state.records.items()}
 
 
 def _mlflow(env: _Env, experiment: str):

@@ -6,7 +6,6 @@ The handler is checked in-process (fast); the whole command with real Ray search
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from squeezelstm.search.backends import SearchInterrupted, StopSignals
+from squeezelstm.search.controller import read_journal
 from squeezelstm.search.cli._search import continue_command, interrupted_line
 
 
@@ -57,6 +57,25 @@ def test_the_line_says_what_finished_and_the_exact_command_that_continues():
                                             "--sampler ehvi --set data.path=x --no-tracking --resume")
 
 
+@pytest.mark.parametrize("command", ["search", "demo"])
+def test_a_bare_ctrl_c_stops_search_and_demo_with_the_same_line(command, monkeypatch, capsys, tmp_path):
+    """A KeyboardInterrupt that met Python's default handler outside the runner's (Ray may restore it)
+    stops either command as the runner's SIGINT does: exit 130 and the one line saying how to continue."""
+    from squeezelstm.search.cli import _search, main
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_search, "_run", ctrl_c)
+    argv = {"search": ["search", "--space", "tiny.yaml", "--trials", "2", "--experiment", "e"],
+            "demo": ["demo", "--out-dir", str(tmp_path), "--experiment", "e", "--trials", "2"]}[command]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "search 'e' interrupted by SIGINT (stopped at once): trials as recorded" in err[0], err
+    assert "continue with: squeezelstm search --space " in err[0] and " --trials 2 --experiment e " in err[0]
+    assert err[0].endswith(" --resume")
+
+
 # -- the real command ---------------------------------------------------------------------------
 
 SPACE = (Path(__file__).parents[1] / "data" / "tiny_interrupt.yaml").read_text()  # a tiny space for fast Ray searches
@@ -75,10 +94,12 @@ def _args(tmp: Path) -> list[str]:
 
 
 def _records(tmp: Path) -> list[dict]:
+    """The controller's records as they are now: the snapshot and the event log's tail."""
     try:
-        return json.loads((tmp / "runs" / "stop" / "controller" / "records.json").read_text())["records"]
-    except (OSError, ValueError, KeyError):
+        state = read_journal(tmp / "runs" / "stop" / "controller")
+    except (OSError, ValueError):
         return []
+    return [state.records[n].to_dict() for n in sorted(state.records)]
 
 
 def _start_and_signal(tmp: Path, signals: list[int]) -> tuple[subprocess.CompletedProcess, float]:

@@ -23,7 +23,7 @@ from squeezelstm.search.backends import (
     register_session,
     release_session,
 )
-from squeezelstm.search.pareto import TrialRecord
+from squeezelstm.search.pareto import STATUSES, TrialRecord, pareto_front
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,18 @@ class FakeController:
 
     def records(self):
         return [self.recs[k] for k in sorted(self.recs)]
+
+    def record(self, number):
+        return self.recs[number]
+
+    def n_records(self):
+        return len(self.recs)
+
+    def counts(self):
+        return {s: sum(r.status == s for r in self.recs.values()) for s in STATUSES}
+
+    def front(self):
+        return pareto_front(self.records())
 
 
 @pytest.fixture

@@ -8,18 +8,8 @@ import statistics
 
 import pytest
 
-from squeezelstm.search.pareto import (
-    RefinedMember,
-    Refinement,
-    SeedRun,
-    TrialRecord,
-    check_seeds,
-    choose_members,
-    new_refinement,
-    refine_config,
-    refined_front,
-    spread,
-)
+from squeezelstm.search.pareto import (RefinedMember, Refinement, SeedRun, TrialRecord, check_seeds, choose_members,
+                                       new_refinement, refine_config, refined_front, spread)
 
 
 def rec(number, params, ppl, status="finished", family="lstm", size="total", **kw) -> TrialRecord:

@@ -121,6 +121,21 @@ def test_the_stop_line_names_the_signal_and_the_command_that_continues():
     assert line.endswith("continue with: squeezelstm refine --experiment 'my exp' --seeds 3 --resume")
 
 
+def test_a_bare_ctrl_c_is_the_same_stop_line_and_130(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt that met Python's default handler outside the runner's stops a refinement as a
+    SIGINT does (the search and demo commands share the handling: ``_search.run_or_stop``)."""
+    from squeezelstm.search.cli import _refine
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_refine, "run_refine", ctrl_c)
+    assert main(["refine", "--experiment", "exp", *_search(tmp_path), "--no-tracking", "--seeds", "2"]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "refine of 'exp' interrupted by SIGINT (stopped at once)" in err[0], err
+    assert err[0].endswith(" --resume")
+
+
 def test_the_ray_searcher_hands_out_each_pending_run_once_and_records_how_it_ended(tmp_path):
     pytest.importorskip("ray")
     from squeezelstm.search.backends import RefineSearcher, RefineSession, live_refine_session

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from squeezelstm.search.controller import read_journal
+
 # Epochs of about a second: long enough to catch a trial between two epochs, short enough for CI.
 SPACE = (Path(__file__).parents[1] / "data" / "tiny_resume.yaml").read_text()  # a tiny space for fast Ray searches
 
@@ -32,11 +34,12 @@ def _command(tmp: Path, *extra: str) -> list[str]:
 
 
 def _records(tmp: Path) -> list[dict]:
-    path = tmp / "runs" / "res" / "controller" / "records.json"
+    """The controller's records as a resumed driver reads them: the snapshot and the event log's tail."""
     try:
-        return json.loads(path.read_text())["records"]
-    except (OSError, ValueError, KeyError):
+        state = read_journal(tmp / "runs" / "res" / "controller")
+    except (OSError, ValueError):
         return []
+    return [state.records[n].to_dict() for n in sorted(state.records)]
 
 
 def _kill_session(pid: int) -> None:

@@ -304,3 +304,14 @@ def test_mlflow_server_takes_runs_and_artifacts_without_a_shared_disk(store, tmp
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def test_relative_sqlite_uris_are_made_absolute_for_the_trials_that_run_elsewhere(tmp_path, monkeypatch):
+    from squeezelstm.search.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path.resolve() / 'runs' / 'm.db'}"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("m.db") == f"sqlite:///{tmp_path.resolve() / 'm.db'}"
+    assert resolve_tracking_uri("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"

@@ -21,11 +21,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
-def gpu_path(monkeypatch):
-    monkeypatch.setenv("SQUEEZELSTM_KERNELS", "gpu")
+def wide(monkeypatch):
+    """F-LSTM's own kernels from any width (the product threshold lowered to 0)."""
     monkeypatch.setattr(_fused, "PRODUCT_MAX_HIDDEN", 0)
-    if DEVICE == "cuda":
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 def _model(dtype=torch.float32, **kw):
@@ -33,62 +31,29 @@ def _model(dtype=torch.float32, **kw):
     return FactorizedLSTM(M, HID, num_layers=2, rank=RANK, dtype=dtype, **kw).to(DEVICE)
 
 
-def _reference(model, x, hx):
-    out, hs, cs = x, [], []
-    for i, layer in enumerate(model.layers):
-        out, (h, c) = layer.forward_reference(out, (hx[0][i], hx[1][i]))
-        hs.append(h)
-        cs.append(c)
-    return out, (torch.stack(hs), torch.stack(cs))
-
-
-def _loss_and_grads(model, run, x, hx):
-    model.zero_grad(set_to_none=True)
-    x, h0, c0 = (t.detach().clone().requires_grad_(True) for t in (x, *hx))
-    out, (h, c) = run(x, (h0, c0))
-    w = torch.linspace(-1, 1, HID, dtype=out.dtype, device=out.device)
-    (out.square().sum() + (c * w).sum() + (h * w.flip(0)).sum()).backward()
-    return [out, h, c, x.grad, h0.grad, c0.grad] + [p.grad for p in model.parameters()]
-
-
-def _inputs(T, N, dtype, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, N, M, generator=gen, dtype=dtype)
-    hx = tuple(0.5 * torch.randn(2, N, HID, generator=gen, dtype=dtype).to(DEVICE) for _ in range(2))
-    return x.to(DEVICE), hx
-
-
-def _assert_close(fast, ref, rtol, atol):
-    names = ["out", "h_n", "c_n", "d_input", "d_h0", "d_c0", "param"] + ["param"] * 9
-    for name, a, b in zip(names, fast, ref):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
-
-
 @pytest.mark.parametrize("bias,batch_first,batch", [(True, False, 17), (False, True, 3)], ids=["bias", "no-bias-batch-first"])
-def test_kernels_match_reference_float32(gpu_path, bias, batch_first, batch):
+def test_kernels_match_reference_float32(gpu_kernels, wide, bias, batch_first, batch):
     model = _model(bias=bias, batch_first=batch_first)
-    x, hx = _inputs(2, batch, torch.float32)
+    x, hx = gpu_kernels.inputs(model, 2, batch, torch.float32)
 
     def fast(x, hx):
         out, state = model(x.transpose(0, 1) if batch_first else x, hx)
         return (out.transpose(0, 1) if batch_first else out), state
 
-    _assert_close(_loss_and_grads(model, fast, x, hx), _loss_and_grads(model, lambda x, hx: _reference(model, x, hx), x, hx),
-                  rtol=1e-5, atol=1e-6)
+    gpu_kernels.check(model, fast, x, hx, rtol=1e-5, atol=1e-6)
 
 
-def test_kernels_match_reference_float64(gpu_path):
+def test_kernels_match_reference_float64(gpu_kernels, wide):
     model = _model(dtype=torch.float64)
-    x, hx = _inputs(3, 2, torch.float64)
-    _assert_close(_loss_and_grads(model, model, x, hx), _loss_and_grads(model, lambda x, hx: _reference(model, x, hx), x, hx),
-                  rtol=1e-10, atol=1e-12)
+    x, hx = gpu_kernels.inputs(model, 3, 2, torch.float64)
+    gpu_kernels.check(model, model, x, hx, rtol=1e-10, atol=1e-12)
 
 
-def test_carried_state_and_autocast(gpu_path):
+def test_carried_state_and_autocast(gpu_kernels, wide):
     """Two windows with the state carried (float32, 1e-5), and the same under bf16 autocast (input
     projections in bf16, recurrence in float32) within 3e-2 of the float32 reference."""
     model = _model()
-    x, hx = _inputs(4, 2, torch.float32, seed=3)
+    x, hx = gpu_kernels.inputs(model, 4, 2, torch.float32, seed=3)
 
     def two_windows(step, autocast=False):
         def run(x, hx):
@@ -98,27 +63,15 @@ def test_carried_state_and_autocast(gpu_path):
             return torch.cat([out1, out2]).float(), state
         return run
 
-    ref = _loss_and_grads(model, two_windows(lambda x, hx: _reference(model, x, hx)), x, hx)
-    _assert_close(_loss_and_grads(model, two_windows(model), x, hx), ref, rtol=1e-5, atol=1e-6)
-    _assert_close(_loss_and_grads(model, two_windows(model, autocast=True), x, hx), ref, rtol=3e-2, atol=3e-2)
+    gpu_kernels.check(model, model, x, hx, rtol=1e-5, atol=1e-6, wrap=two_windows)
+    gpu_kernels.check(model, two_windows(model, autocast=True), x, hx, rtol=3e-2, atol=3e-2,
+                      reference=two_windows(lambda x, hx: gpu_kernels.reference(model, x, hx)))
 
 
-def test_one_launch_per_step_and_direction(gpu_path, monkeypatch):
+def test_one_launch_per_step_and_direction(gpu_kernels, wide, monkeypatch):
     """Per layer and window: T forward and T backward launches, and torch ops outside them (the
     interpreter's own copies of the arguments are not GPU work) that do not grow with T."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     launches = []
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops += not _Counted.inside
-            return func(*args, **(kwargs or {}))
-
     for name in ("_step_kernel", "_step_backward_kernel"):
         k = getattr(_triton_factorized, name)
         monkeypatch.setattr(_triton_factorized, name, _Counted(k, name, launches))
@@ -126,12 +79,7 @@ def test_one_launch_per_step_and_direction(gpu_path, monkeypatch):
     ops = []
     for T in (1, 2):
         launches.clear()
-        x, _ = _inputs(T, 2, torch.float32)
-        model.zero_grad(set_to_none=True)  # the same gradient bookkeeping for every T
-        with Count() as mode:
-            out, (h, c) = model(x)
-            (out.sum() + c.sum()).backward()
-        ops.append(mode.ops)
+        ops.append(gpu_kernels.torch_ops(model, T, counted=lambda: not _Counted.inside))
         assert launches.count("_step_kernel") == launches.count("_step_backward_kernel") == 2 * T  # 2 layers
     assert ops[0] == ops[1]
 

@@ -21,31 +21,23 @@ CASES = [("hidden", True), ("hidden", False), ("soft", True)]
 IDS = ["hidden-train", "hidden-eval", "soft"]
 
 
-@pytest.fixture
-def gpu_path(monkeypatch):
-    monkeypatch.setenv("SQUEEZELSTM_KERNELS", "gpu")
-
-
 def _model(routing, training, dtype=torch.float32, **kw):
     torch.manual_seed(0)
-    model = RoutedLSTM(M, HID, num_layers=2, num_cells=K, routing=routing, dtype=dtype, **kw).train(training)
-    if DEVICE == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-    return model.to(DEVICE)
+    return RoutedLSTM(M, HID, num_layers=2, num_cells=K, routing=routing, dtype=dtype, **kw).train(training).to(DEVICE)
 
 
 def _gen(seed):
     return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
-def _reference(model, x, hx, generator):
-    """The stack layer by layer through ``forward_reference`` (x (T, N, M)), Gumbel noise from ``generator``.
+def _reference(kc, model, generator):
+    """The stack layer by layer through ``forward_reference`` (``kc.reference``), Gumbel noise from ``generator``.
 
     On the CPU one (T, N, k) draw of the noise (the GPU path's) is the same stream as the reference's
     T draws of (N, k); CUDA's generator gives different numbers, so there the reference is handed
     the window's draw, one step at a time."""
-    out, hs, cs = x, [], []
-    for i, layer in enumerate(model.layers):
+
+    def layer_forward(layer, x, state):
         layer.generator = generator
         if x.is_cuda and layer.training and layer.routing == "hidden":
             draws = iter(torch.empty(x.shape[0], x.shape[1], K, device=x.device, dtype=x.dtype)
@@ -57,66 +49,38 @@ def _reference(model, x, hx, generator):
 
             layer._gumbel_st = gumbel_st
         try:
-            out, (h, c) = layer.forward_reference(out, (hx[0][i], hx[1][i]))
+            return layer.forward_reference(x, state)
         finally:
             layer.__dict__.pop("_gumbel_st", None)
             layer.generator = None
-        hs.append(h)
-        cs.append(c)
-    return out, (torch.stack(hs), torch.stack(cs))
 
-
-def _loss_and_grads(model, run, x, hx):
-    """Outputs, final state, and the gradients of a fixed loss w.r.t. the input, the initial state and
-    every parameter (zeros where none reaches: the argmax router in eval)."""
-    model.zero_grad(set_to_none=True)
-    x, h0, c0 = (t.detach().clone().requires_grad_(True) for t in (x, *hx))
-    out, (h, c) = run(x, (h0, c0))
-    w = torch.linspace(-1, 1, HID, dtype=out.dtype, device=out.device)
-    (out.square().sum() + (c * w).sum() + (h * w.flip(0)).sum()).backward()
-    grads = [x.grad, h0.grad, c0.grad] + [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
-    return [out, h, c] + grads
-
-
-def _inputs(T, N, dtype, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, N, M, generator=gen, dtype=dtype)
-    hx = tuple(0.5 * torch.randn(2, N, HID, generator=gen, dtype=dtype).to(DEVICE) for _ in range(2))
-    return x.to(DEVICE), hx
-
-
-def _assert_close(fast, ref, rtol, atol):
-    names = ["out", "h_n", "c_n", "d_input", "d_h0", "d_c0"]
-    for i, (a, b) in enumerate(zip(fast, ref)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=i: f"{(names + ['param'] * 99)[i]}[{i}]: {m}")
+    return lambda x, hx: kc.reference(model, x, hx, layer_forward)
 
 
 @pytest.mark.parametrize("routing,training,batch_first", [c + (False,) for c in CASES] + [("hidden", True, True)],
                          ids=IDS + ["hidden-train-batch-first"])
-def test_kernels_match_reference_float32(gpu_path, routing, training, batch_first):
+def test_kernels_match_reference_float32(gpu_kernels, routing, training, batch_first):
     model = _model(routing, training, batch_first=batch_first)
-    x, hx = _inputs(4, 3, torch.float32)
+    x, hx = gpu_kernels.inputs(model, 4, 3, torch.float32)
 
     def fast(x, hx):
         out, state = model(x.transpose(0, 1) if batch_first else x, hx, generator=_gen(5))
         return (out.transpose(0, 1) if batch_first else out), state
 
-    ref = _loss_and_grads(model, lambda x, hx: _reference(model, x, hx, _gen(5)), x, hx)
-    _assert_close(_loss_and_grads(model, fast, x, hx), ref, rtol=1e-5, atol=1e-6)
+    gpu_kernels.check(model, fast, x, hx, rtol=1e-5, atol=1e-6, reference=lambda x, hx: _reference(gpu_kernels, model, _gen(5))(x, hx))
 
 
-def test_kernels_match_reference_float64(gpu_path):
+def test_kernels_match_reference_float64(gpu_kernels):
     model = _model("hidden", True, dtype=torch.float64)
-    x, hx = _inputs(3, 2, torch.float64)
-    fast = _loss_and_grads(model, lambda x, hx: model(x, hx, generator=_gen(5)), x, hx)
-    ref = _loss_and_grads(model, lambda x, hx: _reference(model, x, hx, _gen(5)), x, hx)
-    _assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    x, hx = gpu_kernels.inputs(model, 3, 2, torch.float64)
+    gpu_kernels.check(model, lambda x, hx: model(x, hx, generator=_gen(5)), x, hx, rtol=1e-10, atol=1e-12,
+                      reference=lambda x, hx: _reference(gpu_kernels, model, _gen(5))(x, hx))
 
 
-def test_carried_state_across_windows(gpu_path):
+def test_carried_state_across_windows(gpu_kernels):
     """Two windows, the second starting from the first's final state (gradients flow through it)."""
     model = _model("hidden", True)
-    x, hx = _inputs(4, 2, torch.float32, seed=3)
+    x, hx = gpu_kernels.inputs(model, 4, 2, torch.float32, seed=3)
 
     def two_windows(step):
         def run(x, hx):
@@ -126,16 +90,15 @@ def test_carried_state_across_windows(gpu_path):
             return torch.cat([out1, out2]), state
         return run
 
-    fast = _loss_and_grads(model, two_windows(lambda x, hx, g: model(x, hx, generator=g)), x, hx)
-    ref = _loss_and_grads(model, two_windows(lambda x, hx, g: _reference(model, x, hx, g)), x, hx)
-    _assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    gpu_kernels.check(model, two_windows(lambda x, hx, g: model(x, hx, generator=g)), x, hx, rtol=1e-5, atol=1e-6,
+                      reference=two_windows(lambda x, hx, g: _reference(gpu_kernels, model, g)(x, hx)))
 
 
-def test_autocast_bfloat16_close_to_float32_reference(gpu_path):
+def test_autocast_bfloat16_close_to_float32_reference(gpu_kernels):
     """Under autocast the input projections run in bfloat16 and the recurrence in float32: outputs
     and gradients within 3e-2 (absolute plus relative) of the float32 reference."""
     model = _model("soft", True)
-    x, hx = _inputs(4, 3, torch.float32)
+    x, hx = gpu_kernels.inputs(model, 4, 3, torch.float32)
 
     def fast(x, hx):
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -143,31 +106,11 @@ def test_autocast_bfloat16_close_to_float32_reference(gpu_path):
         assert out.dtype == torch.float32  # the last layer's recurrence runs in the parameters' dtype
         return out, (h, c)
 
-    ref = _loss_and_grads(model, lambda x, hx: _reference(model, x, hx, None), x, hx)
-    _assert_close(_loss_and_grads(model, fast, x, hx), ref, rtol=3e-2, atol=3e-2)
+    gpu_kernels.check(model, fast, x, hx, rtol=3e-2, atol=3e-2, reference=_reference(gpu_kernels, model, None))
 
 
-def test_no_torch_op_per_time_step(gpu_path):
+def test_no_torch_op_per_time_step(gpu_kernels):
     """Forward + backward dispatch the same torch ops whatever the window length: the time loop is
     inside the kernels (one launch each way per layer), never in Python."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops += 1
-            return func(*args, **(kwargs or {}))
-
     model = _model("hidden", True)
-    counts = []
-    for T in (1, 2):
-        x, _ = _inputs(T, 2, torch.float32)
-        model.zero_grad(set_to_none=True)  # the same gradient bookkeeping for every T
-        with Count() as mode:
-            out, (h, c) = model(x)
-            (out.sum() + c.sum()).backward()
-        counts.append(mode.ops)
-    assert counts[0] == counts[1]
+    assert gpu_kernels.torch_ops(model, 1) == gpu_kernels.torch_ops(model, 2)

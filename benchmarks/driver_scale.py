@@ -164,7 +164,7 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
             def on_complete(record, controller):  # what ControllerSearcher.on_trial_complete does
                 start = time.perf_counter()
                 tracker.end_trial(record)
-                tracker.update_front(controller.records(), ref_params=ref[0], ref_ppl=ref[1])
+                tracker.update_front(controller.records, ref_params=ref[0], ref_ppl=ref[1])  # read only when due
                 if capped_latency["result"]:
                     capped_latency["result"][-1] += time.perf_counter() - start
 

@@ -33,7 +33,7 @@ def compile_(fn, scalars, consts):
 routed = {"T": "i32", "N": "i32", "inv_tau": "fp32"}
 for k, s, mode in ((3, 4, R.STRAIGHT_THROUGH), (3, 4, R.SOFT), (3, 4, R.HARD)):
     bl = R._blocks(k, s)
-    compile_(R._routed_forward, routed, dict(K=k, S=s, MODE=mode, HAS_RBIAS=True, BK=R.block(s, 32), PREC="ieee", **bl))
+    compile_(R._routed_forward, routed, dict(K=k, S=s, MODE=mode, HAS_RBIAS=True, BK=R.block(s, 16), PREC="ieee", **bl))
     compile_(R._routed_backward, routed, dict(K=k, S=s, MODE=mode, BK=R.block(4 * s, 64), PREC="ieee", **bl))
 for n, d in ((6, 3),):
     bl = H._blocks(n, d)
@@ -50,9 +50,9 @@ print("compiled")
 
 
 # The forwards at the layers' own sizes, with the constants the layers launch them with (recorded from
-# HiddenRecurrence / BottleneckRecurrence on CPU tensors, nothing run): with Triton 3.9 and float32
-# without TF32, a forward that reduced in one chunk of 32 or more, or in one of 16 from zero-started
-# accumulators (a layer without bias), aborted the process in LLVM's SLP vectorizer (spaces/README.md).
+# HiddenRecurrence / BottleneckRecurrence / RoutedRecurrence on CPU tensors, nothing run): with Triton 3.9
+# and float32 without TF32, a forward that reduced in one chunk of 32 or more, or in one of 16 from
+# zero-started accumulators (a layer without bias), aborted the process in LLVM's SLP vectorizer (spaces/README.md).
 # That abort is in the LLVM stage, so these stop before ptxas (seconds, not minutes, each).
 LAYER_SCRIPT = r'''
 import inspect
@@ -61,7 +61,7 @@ import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from squeezelstm.spaces import _triton_factorized as F, _triton_hidden as H
+from squeezelstm.spaces import _triton_factorized as F, _triton_hidden as H, _triton_routed as R
 
 class LLVMDone(Exception):
     pass
@@ -86,7 +86,7 @@ def compile_launch(module, name, fn, run):
     run()
     args, consts = calls[0]
     params = list(inspect.signature(fn).parameters)
-    sig = {p: "*fp32" if torch.is_tensor(a) else "i32" for p, a in zip(params, args)}
+    sig = {p: "*fp32" if torch.is_tensor(a) else "fp32" if isinstance(a, float) else "i32" for p, a in zip(params, args)}
     sig.update({k: "constexpr" for k in consts})
     src = ASTSource(triton.jit(fn), sig, constexprs={(params.index(k),): v for k, v in consts.items()})
     try:
@@ -103,6 +103,10 @@ for n, r, bias in ((1024, 32, True), (1024, 64, False), (1024, 16, False)):
     print("F-LSTM step", n, r, bias, flush=True)
     compile_launch(F, "_step_kernel", F._bottleneck_step, lambda: F.BottleneckRecurrence.apply(
         z(1, 2, r), z(2, n), z(2, n), z(n, r), z(r, 4 * n), z(4 * n) if bias else None))
+for k, s in ((2, 32), (4, 64)):
+    print("routed forward", k, s, flush=True)
+    compile_launch(R, "_forward_kernel", R._routed_forward, lambda: R.RoutedRecurrence.apply(
+        z(1, 2, 4 * k * s), z(k, 4 * s, s), z(k, k * s), None, None, z(2, k * s), z(2, k * s), R.SOFT, 1.0))
 print("compiled")
 '''
 

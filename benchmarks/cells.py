@@ -46,6 +46,7 @@ class Variant:
     name: str
     cell: str
     args: object  # callable n -> dict
+    default: bool = True  # run without --only (else only when named)
 
     def family_args(self, n: int) -> dict:
         return self.args(n)
@@ -60,6 +61,9 @@ VARIANTS = (
     Variant("routed4_hidden", "routed", lambda n: {"num_cells": 4, "routing": "hidden"}),
     Variant("restricted0.5", "restricted", lambda n: {"share": 0.5}),
     Variant("hidden_n/4", "hidden", lambda n: {"gate_hidden": n // 4}),
+    # shapes whose float32 forward once aborted the sm_90 compile (spaces/README.md): gpu_check.sh runs them
+    Variant("hidden_32", "hidden", lambda n: {"gate_hidden": 32}, default=False),
+    Variant("factorized_64", "factorized", lambda n: {"rank": 64}, default=False),
 )
 
 
@@ -300,7 +304,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    variants = [v for v in VARIANTS if args.only is None or v.name in args.only]
+    variants = [v for v in VARIANTS if (v.default if args.only is None else v.name in args.only)]
     summaries = []
     for n in args.hidden:
         for batch in args.batch:

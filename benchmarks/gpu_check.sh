@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 16, one command, under 8 minutes on one H100:
+# The GPU checks of issue 16, one command, under 9 minutes on one H100:
 #   1. the device tests on CUDA (tests/spaces/test_spaces_devices.py, test_spaces_gpu_path.py on CUDA tensors,
 #      and the Triton kernels' own tests);
-#   2. benchmarks/cells.py --device cuda against cuDNN's LSTM at hidden 256 and 1024 (batch 32, bptt 35);
+#   2. benchmarks/cells.py --device cuda against cuDNN's LSTM at hidden 256 and 1024 (batch 32, bptt 35), and
+#      the H-LSTM / F-LSTM shapes whose forward once aborted the sm_90 compile;
 #   3. benchmarks/launches.py --device cuda: launches per window, counted by the CUDA profiler too;
 #   4. 1, 2 and 4 packed trials on the one GPU (separate processes, as Ray's 0.25-GPU trials), aggregate tokens/s.
-# Every step runs (a failing one does not stop the others) with its own time limit (470 s in all at most);
+# Every step runs (a failing one does not stop the others) with its own time limit (510 s in all at most);
 # each writes its log
 # (and JSON) under $OUT when set (the device tool returns what is written there), else under
 # benchmarks/results/gpu_check_<UTC time>/; the last lines printed are one status line per step.
@@ -48,6 +49,10 @@ step device_tests 180 env SQUEEZELSTM_KERNELS=0 "$PY" -m pytest -q -p no:cachepr
 # 2. speed against cuDNN (ratio > 1: faster than cuDNN's LSTM of the same hidden size)
 step cells_cuda 100 "$PY" benchmarks/cells.py --device cuda --hidden 256 1024 --batch 32 --bptt 35 --rounds 5 \
     --min-time 0.1 --threads 2 --json "$OUT/cells_cuda.json"
+# 2b. the shapes whose float32 forward once aborted the process compiling for sm_90 (spaces/README.md):
+#     H-LSTM gate width 32 at hidden 128, 256 (and 1024), F-LSTM rank 64 at hidden 1024 (its Triton path)
+step sm90_abort_shapes 40 "$PY" benchmarks/cells.py --device cuda --hidden 128 256 1024 --batch 32 --bptt 35 \
+    --rounds 1 --min-time 0.02 --threads 2 --only hidden_32 factorized_64 --json "$OUT/sm90_abort_shapes.json"
 # 3. launches per forward+backward window, aten + Triton and the CUDA profiler's device-side count
 step launches_cuda 50 "$PY" benchmarks/launches.py --device cuda --quiet --json "$OUT/launches_cuda.json"
 # 4. packed trials: 1, 2 and 4 processes on the one GPU (lstm and grouped, hidden 256)

@@ -86,6 +86,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def bias_or_zeros(bias: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A gate layer's bias (4n,) for the kernels, which always load one: zeros in ``like``'s dtype and
+    device where the layer has none (see ``_triton_common.gate_accumulators`` for why)."""
+    return bias if bias is not None else like.new_zeros(4 * like.shape[-1])
+
+
 def incoming_grads(hs: torch.Tensor, d_out, d_hn, d_cn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A window recurrence's backward inputs: the gradients of ``(out (T, N, n), h_n, c_n)``, contiguous
     for the kernels, zeros where autograd passes None; ``hs`` (T + 1, N, n) are the saved states."""

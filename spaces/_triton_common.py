@@ -121,19 +121,15 @@ def store_gates(ptr, stride, mask, v_i, v_f, v_g, v_o):
 
 
 @_device
-def gate_accumulators(bias, n, cols, cm, BN: tl.constexpr, BS: tl.constexpr, dtype: tl.constexpr,
-                      HAS_BIAS: tl.constexpr):
-    """Four (BN, BS) accumulators for the gates' columns ``cols`` of the state: zeros plus, with
-    ``HAS_BIAS``, the gate's bias (``bias`` (4n,) in gate order)."""
-    a_i = tl.zeros((BN, BS), dtype=dtype)
-    a_f = tl.zeros((BN, BS), dtype=dtype)
-    a_g = tl.zeros((BN, BS), dtype=dtype)
-    a_o = tl.zeros((BN, BS), dtype=dtype)
-    if HAS_BIAS:
-        a_i += tl.load(bias + cols, mask=cm, other=0.0)[None, :]
-        a_f += tl.load(bias + n + cols, mask=cm, other=0.0)[None, :]
-        a_g += tl.load(bias + 2 * n + cols, mask=cm, other=0.0)[None, :]
-        a_o += tl.load(bias + 3 * n + cols, mask=cm, other=0.0)[None, :]
+def gate_accumulators(bias, n, cols, cm, BN: tl.constexpr, BS: tl.constexpr, dtype: tl.constexpr):
+    """Four (BN, BS) accumulators for the gates' columns ``cols`` of the state: zeros plus the gate's
+    bias (``bias`` (4n,) in gate order). Always loaded, zeros for a layer without one (``bias_or_zeros``):
+    accumulators that start from the constant zero, reduced in a single chunk, make LLVM's SLP
+    vectorizer abort the sm_90 compile (Triton 3.9, float32 without TF32; spaces/README.md)."""
+    a_i = tl.zeros((BN, BS), dtype=dtype) + tl.load(bias + cols, mask=cm, other=0.0)[None, :]
+    a_f = tl.zeros((BN, BS), dtype=dtype) + tl.load(bias + n + cols, mask=cm, other=0.0)[None, :]
+    a_g = tl.zeros((BN, BS), dtype=dtype) + tl.load(bias + 2 * n + cols, mask=cm, other=0.0)[None, :]
+    a_o = tl.zeros((BN, BS), dtype=dtype) + tl.load(bias + 3 * n + cols, mask=cm, other=0.0)[None, :]
     return a_i, a_f, a_g, a_o
 
 

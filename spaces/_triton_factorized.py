@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, incoming_grads, kernel
+from ._triton import BLOCK_ROWS, bias_or_zeros, block, cdiv, dot_precision, incoming_grads, kernel
 from ._triton_common import (col_block, gate_accumulators, gate_matmuls, load_gates, lstm_cell, lstm_cell_backward,
                              matmul_acc, row_block, store_gates, tanh)
 
@@ -33,12 +33,12 @@ except ImportError:  # the module still imports; kernel() raises a one-line erro
 
 
 def _bottleneck_step(zs, a, b, bias, hs, cs, acts, h_n, c_n, t, T, N,
-                     NH: tl.constexpr, R: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     NH: tl.constexpr, R: tl.constexpr,
                      BN: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr):
     n = NH
     rows, rmask = row_block(N, BN)
     cols, cm, m = col_block(tl.program_id(1) * BS, BS, n, rmask)
-    a_i, a_f, a_g, a_o = gate_accumulators(bias, n, cols, cm, BN, BS, hs.dtype.element_ty, HAS_BIAS)
+    a_i, a_f, a_g, a_o = gate_accumulators(bias, n, cols, cm, BN, BS, hs.dtype.element_ty)
     # + z_t B: B's (rr, gate cols) at b + rr * 4n + gate * n + cols
     a_i, a_f, a_g, a_o = gate_matmuls(a_i, a_f, a_g, a_o, zs + t * N * R, R, b, 4 * n, 1, n,
                                       rows, rmask, cols, cm, R, BR, PREC)
@@ -103,8 +103,9 @@ _step_backward_kernel = kernel(_bottleneck_step_backward)
 
 def _blocks(n: int, r: int) -> dict:
     # BS: state columns per program, up to 64 (four gate accumulators of BN x BS in registers; at
-    # n = 1024 and batch 32 that is 2 x 16 = 32 programs a step); BR: the bottleneck's chunk.
-    return {"BN": BLOCK_ROWS, "BS": block(n, 64), "BR": block(r, 64)}
+    # n = 1024 and batch 32 that is 2 x 16 = 32 programs a step); BR: the bottleneck's chunk, 16 in
+    # the forward (a larger one aborts the sm_90 compile in float32, spaces/README.md; the backward's is 64).
+    return {"BN": BLOCK_ROWS, "BS": block(n, 64), "BR": block(r, 16)}
 
 
 class BottleneckRecurrence(torch.autograd.Function):
@@ -125,9 +126,9 @@ class BottleneckRecurrence(torch.autograd.Function):
         bl = _blocks(n, r)
         grid = (cdiv(N, bl["BN"]), cdiv(n, bl["BS"]))
         prec = dot_precision(xz.dtype)
+        bias_ = bias_or_zeros(bias, h0)
         for t in range(T):
-            _step_kernel[grid](zs, a_in, b_out, bias if bias is not None else h0, hs, cs, acts, h_n, c_n, t, T, N,
-                               NH=n, R=r, HAS_BIAS=bias is not None, PREC=prec, **bl)
+            _step_kernel[grid](zs, a_in, b_out, bias_, hs, cs, acts, h_n, c_n, t, T, N, NH=n, R=r, PREC=prec, **bl)
         ctx.save_for_backward(a_in, b_out, zs, hs, cs, acts)
         return hs[1:], h_n, c_n
 
@@ -142,6 +143,7 @@ class BottleneckRecurrence(torch.autograd.Function):
         dzs = zs.new_zeros(T, N, r)
         dpre = hs.new_empty(T, N, 4 * n)
         bl = _blocks(n, r)
+        bl.update(BR=block(r, 64))
         grid = (cdiv(N, bl["BN"]), cdiv(n, bl["BS"]))
         prec = dot_precision(hs.dtype)
         for t in range(T - 1, -1, -1):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton import BLOCK_ROWS, block, cdiv, dot_precision, incoming_grads, kernel
+from ._triton import BLOCK_ROWS, bias_or_zeros, block, cdiv, dot_precision, incoming_grads, kernel
 from ._triton_common import (col_block, copy_final_grads, copy_states, gate_accumulators, load_gates, lstm_cell,
                              lstm_cell_backward, matmul_acc, store_gates, tanh, window_rows)
 
@@ -33,7 +33,7 @@ except ImportError:  # the module still imports; kernel() raises a one-line erro
 
 
 def _hidden_forward(xw, w1hh, w2, b2, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
-                    NH: tl.constexpr, D: tl.constexpr, HAS_B2: tl.constexpr,
+                    NH: tl.constexpr, D: tl.constexpr,
                     BN: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
                     BKD: tl.constexpr, PREC: tl.constexpr):
     n = NH
@@ -51,7 +51,7 @@ def _hidden_forward(xw, w1hh, w2, b2, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
         z = zs + t * N * 4 * D
         for s0 in range(0, n, BS):
             cols, cm, m = col_block(s0, BS, n, rmask)
-            a_i, a_f, a_g, a_o = gate_accumulators(b2, n, cols, cm, BN, BS, h0.dtype.element_ty, HAS_B2)
+            a_i, a_f, a_g, a_o = gate_accumulators(b2, n, cols, cm, BN, BS, h0.dtype.element_ty)
             a_i = matmul_acc(a_i, z, 4 * D, w2, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
             a_f = matmul_acc(a_f, z + D, 4 * D, w2 + n * D, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
             a_g = matmul_acc(a_g, z + 2 * D, 4 * D, w2 + 2 * n * D, 1, D, rows, rmask, cols, cm, D, BKD, PREC)
@@ -118,8 +118,9 @@ _backward_kernel = kernel(_hidden_backward)
 def _blocks(n: int, d: int) -> dict:
     # BS: state columns per tile, up to 64 (four gate accumulators of BN x BS stay in registers);
     # BD: first-layer units per tile; BK: reduction chunk over the n state inputs; BKD: reduction
-    # chunk over the d units of a gate (forward) and the 4d units of all gates (backward).
-    return {"BN": BLOCK_ROWS, "BS": block(n, 64), "BD": block(d, 64), "BK": block(n, 32), "BKD": block(d, 32)}
+    # chunk over the d units of a gate (forward: 16, a larger one aborts the sm_90 compile in float32,
+    # spaces/README.md) and the 4d units of all gates (backward).
+    return {"BN": BLOCK_ROWS, "BS": block(n, 64), "BD": block(d, 64), "BK": block(n, 32), "BKD": block(d, 16)}
 
 
 class HiddenRecurrence(torch.autograd.Function):
@@ -137,8 +138,8 @@ class HiddenRecurrence(torch.autograd.Function):
         h_n, c_n = xw.new_empty(N, n), xw.new_empty(N, n)
         bl = _blocks(n, d)
         _forward_kernel[(cdiv(N, bl["BN"]),)](
-            xw, w1_hh, w2, b2 if b2 is not None else h0, h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
-            NH=n, D=d, HAS_B2=b2 is not None, PREC=dot_precision(xw.dtype), **bl)
+            xw, w1_hh, w2, bias_or_zeros(b2, h0), h0, c0, hs, cs, zs, acts, h_n, c_n, T, N,
+            NH=n, D=d, PREC=dot_precision(xw.dtype), **bl)
         ctx.save_for_backward(w1_hh, w2, hs, cs, zs, acts)
         return hs[1:], h_n, c_n
 

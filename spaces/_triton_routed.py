@@ -197,8 +197,9 @@ def _blocks(k: int, s: int) -> dict:
     # BS: a sub-cell's gate columns per tile, the whole sub-cell up to 64 (4 gate accumulators of
     # BN x BS stay in registers); BH: columns of the whole state per chunk for the router's k-wide
     # products and the copies; KP: k padded for tl.arange. BK, the recurrent matmul's reduction chunk,
-    # is set per direction by the caller: over the sub-cell's s inputs (forward, up to 32: four weight
-    # tiles a chunk) and its 4s gate rows (backward, up to 64: one weight tile a chunk).
+    # is set per direction by the caller: over the sub-cell's s inputs (forward, up to 16: four weight
+    # tiles a chunk; a larger one aborts the sm_90 compile in float32, spaces/README.md) and its 4s gate
+    # rows (backward, up to 64: one weight tile a chunk).
     return {"BN": BLOCK_ROWS, "BS": block(s, 64), "BH": block(k * s, 64), "KP": pow2(k)}
 
 
@@ -225,7 +226,7 @@ class RoutedRecurrence(torch.autograd.Function):
         _forward_kernel[(cdiv(N, bl["BN"]),)](
             xw, weight_hh, router_weight, router_bias if has_rbias else router_weight,
             noise if noise is not None else ys, h0, c0, hs, cs, acts, ys, ps, h_n, c_n,
-            T, N, 1.0 / tau, K=k, S=s, MODE=mode, HAS_RBIAS=has_rbias, BK=block(s, 32),
+            T, N, 1.0 / tau, K=k, S=s, MODE=mode, HAS_RBIAS=has_rbias, BK=block(s, 16),
             PREC=dot_precision(xw.dtype), **bl)
         ctx.save_for_backward(weight_hh, router_weight, hs, cs, acts, ys, ps)
         ctx.mode, ctx.tau = mode, tau

@@ -256,6 +256,7 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
 
     cpus_per_trial, gpus_per_trial = config.cpus_per_trial, config.gpus_per_trial
     max_concurrent = concurrency(config.address, cpus_per_trial, gpus_per_trial, config.max_concurrent)
+    controller.slots = max_concurrent  # a proposal prepared for a full house would miss the next result
     t0 = time.time()
     ref_params, ref_ppl, optimal_ppl = refs
     space = config.space

@@ -91,7 +91,8 @@ class SearchController:
     given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters.
     ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
     the study, the records and the config live there, and a new controller over it resumes.
-    ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs.
+    ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs:
+    after a launch while a slot is still free (``slots``), else when a trial ends, so that it sees that result.
     ``snapshot_every_s``: how often at most the records are written whole (between, one line an event).
     """
 
@@ -152,6 +153,7 @@ class SearchController:
         self.sampler = make_sampler(config.sampler, sampler_seed, **config.sampler_options)
         self._ehvi: ExactSizeEHVI | None = None
         self._prefetch: Prefetcher | None = None
+        self.slots: int | None = None  # trials at once, where the runner knows it (see ``_slot_free``)
         epochs = config.epochs
         if config.sampler == "ehvi":
             dists, families = space_dists(self.space)
@@ -223,7 +225,7 @@ class SearchController:
                 self._records[trial.number] = record
                 self.bridge.start(trial.number, record.size_value)
                 self._event(record)
-                if self._prefetch is not None:
+                if self._prefetch is not None and self._slot_free():
                     self._prefetch.refill(self._observations())
                 return self._spec(record)
             raise ValueError(
@@ -288,6 +290,8 @@ class SearchController:
             self._tell(number, status, record)
             self.bridge.finish(number, status, valid)
             self._event(record)
+            if self._prefetch is not None and len(self._records) < self.config.trials:
+                self._prefetch.refill(self._observations())  # for the slot this trial frees, with its result
             return copy.deepcopy(record)
 
     # -- views ----------------------------------------------------------------------------------
@@ -353,6 +357,13 @@ class SearchController:
             out.append(Observation(values=trials[number].params, family=r.family, params=r.size_value, status=r.status,
                                    curve=curve, number=number))
         return out
+
+    def _slot_free(self) -> bool:
+        """Whether a trial slot is still free after a launch (``slots``, None: assume so), so a proposal
+        prepared now is wanted at once; else the next one is prepared when a trial ends, with its result."""
+        if len(self._records) >= self.config.trials:
+            return False
+        return self.slots is None or sum(r.status == "running" for r in self._records.values()) < self.slots
 
     def _objective_size(self, config: dict, params: int, flops: int) -> int:  # what EHVI models, exact
         return int(record_sizes(config, params, flops, self.vocab_size)[SIZES[self.size]])

@@ -74,8 +74,10 @@ class TrialLogger:
             self._client = mlflow_client(self.tracking_uri)
         return self._client
 
-    def _ensure_run(self, family: str | None = None) -> str:
-        """The child run of this trial: found under the parent (resume, retries) or created once."""
+    def _ensure_run(self, family: str | None = None, *, logged: bool = True) -> str:
+        """The child run of this trial: found under the parent (resume, retries) or created once.
+
+        ``logged=False``: the caller logs no epochs, so the points already logged are not read back."""
         if self.run_id is not None:
             return self.run_id
         run = _find_child(self.client, self.experiment_id, self.parent_run_id, self.number)
@@ -89,7 +91,7 @@ class TrialLogger:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             # A resumed or retried trial replays its checkpoint's epochs: points already logged
             # (by the attempt before the driver or node died) are not logged a second time.
-            self._logged = {(key, m.step) for key in run.data.metrics
+            self._logged = set() if not logged else {(key, m.step) for key in run.data.metrics
                             if key not in STEP0_METRICS and not key.startswith(FINAL_PREFIX)
                             for m in self.client.get_metric_history(run.info.run_id, key)}
         self.run_id = run.info.run_id
@@ -265,7 +267,7 @@ class SearchTracker:
         logger._client = self.client
         front = self._front
         logger.run_id = front.runs.get(record.number) if front is not None else None  # no search for a known run
-        run_id = logger._ensure_run(record.family)
+        run_id = logger._ensure_run(record.family, logged=False)  # it logs no epochs: one search, no read-back
         if front is not None:
             front.note_run(record.number, run_id)
         run = self.client.get_run(run_id)

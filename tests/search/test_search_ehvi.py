@@ -323,3 +323,31 @@ def test_prefetched_proposals_leave_results_unblocked_and_stay_apart(tmp_path, m
     assert seen_running[0] == {specs[2].number, spec.number}  # the kriging believer saw both running trials
     assert len({repr(r.config) for r in controller.records()}) == len(controller.records()) == 5
     assert nxt.number == 4 and threading.active_count() >= 1
+
+
+def test_prefetching_with_every_slot_busy_waits_for_the_result_and_proposes_as_the_synchronous_driver(tmp_path):
+    # One trial at a time (--max-concurrent 1): a proposal prepared right after a launch would miss that
+    # trial's result, and every proposal would lag one trial behind. With the slots known, the next proposal
+    # is prepared when a trial ends, from its result: the same trials, in order, as without prefetching.
+    space = parse_space(toy_raw())
+
+    def run(prefetch: bool, slots: int | None) -> list:
+        config = SearchConfig(space, sampler="ehvi", pruner="none", seed=3, trials=9,
+                              sampler_options={"n_startup": 2, "pool_size": 24})
+        controller = SearchController(config, vocab_size=VOCAB, prefetch=prefetch)
+        controller.slots = slots
+        out = []
+        for _ in range(9):
+            spec = controller.suggest()
+            if prefetch and slots == 1:  # a full house: nothing is prepared before the trial's result
+                assert controller._prefetch._thread is None and controller._prefetch._result is None
+            curve = fake_curve(spec)
+            for epoch, value in enumerate(curve, 1):
+                controller.report(spec.number, epoch, {"valid_ppl": value})
+            controller.complete(spec.number, "finished", {"valid_ppl": curve[-1]})
+            out.append(repr(spec.config))
+        return out
+
+    synchronous = run(prefetch=False, slots=None)
+    assert run(prefetch=True, slots=1) == synchronous
+    assert run(prefetch=True, slots=None) != synchronous  # prepared at launch: each one lagged a result

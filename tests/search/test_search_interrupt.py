@@ -23,6 +23,8 @@ from squeezelstm.search.cli._search import continue_command, interrupted_line
 
 def test_first_signal_ends_ray_tunes_loop_and_a_second_raises_at_once():
     ended = []
+    # what SIGINT did before (Python's default_int_handler, or SIG_IGN in a job a shell started with `&`)
+    before = signal.getsignal(signal.SIGINT)
     old = signal.signal(signal.SIGUSR1, lambda sig, frame: ended.append(sig))  # stands for tune.run's handler
     try:
         with StopSignals() as stop:
@@ -33,7 +35,7 @@ def test_first_signal_ends_ray_tunes_loop_and_a_second_raises_at_once():
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)
         assert info.value.immediate and info.value.exit_status == 128 + signal.SIGTERM
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+        assert signal.getsignal(signal.SIGINT) is before  # handlers restored
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         with pytest.raises(SearchInterrupted) as info, StopSignals():  # outside Tune's loop: at once
             os.kill(os.getpid(), signal.SIGINT)

@@ -26,7 +26,7 @@ from ..export import load_records
 from ..pareto import MIN_SEEDS, Refinement, check_overrides, check_seeds, new_refinement, refine_config
 from ..space import override_items
 from ..tracking import RefineTracker
-from ._search import _tracking_outage_is_a_clean_stop, run_or_stop
+from ._search import _tracking_outage_is_a_clean_stop, add_run_options, run_or_stop
 
 DEFAULT_SEEDS = MIN_SEEDS
 
@@ -52,14 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the training of every member, e.g. --set train.asgd=true (train.* keys, and "
                         "data.path where the corpus has moved; repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--cpus-per-trial", type=float, default=1)
-    p.add_argument("--gpus-per-trial", type=float, default=0, help="fractions such as 0.25 share a GPU")
-    p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default: as resources allow)")
-    p.add_argument("--max-failures", type=int, default=0, help="Ray retries of a crashed run")
-    p.add_argument("--storage", default=None, help="storage the search used (default ./squeezelstm_runs)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    add_run_options(p, unit="run", storage_help="storage the search used (default ./squeezelstm_runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted refinement of this search")
     p.add_argument("--json", action="store_true", help="print the refined members as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")

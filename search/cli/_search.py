@@ -77,15 +77,21 @@ def _add_search_options(p: argparse.ArgumentParser, space_default: str | None = 
                    help="size objective: total parameters, recurrent (the cells') parameters or FLOPs per "
                         "token (default: the space's size:, else total)")
     p.add_argument("--seed", type=int, default=0)
+    add_run_options(p, unit="trial", storage_help="results and checkpoints: a folder or s3:// / gs:// URI")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, unit: str, storage_help: str) -> None:
+    """The Ray resources, storage and MLflow flags that ``search``, ``demo`` and ``refine`` share (``unit``
+    names what runs: a trial, a run)."""
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--gpus-per-trial", type=float, default=0, help="fractions such as 0.25 share a GPU")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
-    p.add_argument("--max-failures", type=int, default=0, help="Ray retries of a crashed trial")
-    p.add_argument("--storage", default=None, help="results and checkpoints: a folder or s3:// / gs:// URI")
+    p.add_argument("--max-concurrent", type=int, default=None, help=f"{unit}s at once (default: as resources allow)")
+    p.add_argument("--max-failures", type=int, default=0, help=f"Ray retries of a crashed {unit}")
+    p.add_argument("--storage", default=None, help=storage_help)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--quiet", action="store_true", help="no live progress lines")
 
 
 def _progress(args: argparse.Namespace):

@@ -22,7 +22,8 @@ from ..config import SearchConfig
 from ..controller import corpus_vocab_size
 from ..pareto import TrialRecord, pareto_front
 from ..space import SearchSpace, model_cost
-from ._replay import CurveTable, ReplayResult, replay_search
+from ._replay import CurveTable
+from ._replay_loop import ReplayResult, replay_search
 
 MAPPINGS = ("fresh", "nearest")
 # shares of the best-known hypervolume whose compute the summary reports

@@ -78,6 +78,7 @@ class ReplayResult:
     # what happened in simulated time, in order: ("launch", t, number, t the proposal started, prepared in the
     # background), ("refill", t0), ("report", t, number, epoch), ("complete", t, number, status)
     log: list[tuple] = field(default_factory=list)
+    trace_time: list[float] = field(default_factory=list)  # simulated time of each trace point (its completion)
 
     def hypervolume_at(self, budget: float) -> float:
         """Hypervolume reached by compute ``budget`` (0 before the first completed trial)."""
@@ -93,6 +94,13 @@ class ReplayResult:
         for c, hv in self.trace:
             if hv >= target:
                 return c
+        return None
+
+    def time_to(self, target: float) -> float | None:
+        """Simulated time when the hypervolume first reached ``target``; None if it never did."""
+        for (_, hv), t in zip(self.trace, self.trace_time):
+            if hv >= target:
+                return t
         return None
 
     def found(self, front: Iterable[Curve]) -> int:
@@ -291,6 +299,7 @@ def replay_search(
             # the search's size objective (the curve's parameters for total, less what H-LSTM pruning masks)
             front_points = _add_to_front(front_points, (float(record.size_value), float(record.valid_ppl)))
         result.trace.append((spent, log_hypervolume_of(front_points, ref)))
+        result.trace_time.append(now)
 
     while True:
         if can_launch():  # the next launch, once its proposal is ready; the results that come before go first

@@ -30,6 +30,7 @@ import dataclasses
 import heapq
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -178,14 +179,22 @@ def replay_search(
     mapped: dict[str, Curve] = {}
     used: set[int] = set()
 
+    driver = threading.current_thread()
+    last: list[int] = []  # the curve the driver's thread mapped last: the launched one once a refill starts
+
     def replay_measure(config: dict) -> tuple[int, int]:
         params, flops = exact(config)
         if space.exceeds_budget(params, flops):
             return params, flops  # rejected by the controller as in the real search
         model = config.get("model", {})
         sampled = _flat_sampled(config, space)
-        curve = table.nearest(str(model.get("cell")), sampled, params, used if fresh else frozenset())
-        mapped[_key(config)] = curve
+        if threading.current_thread() is driver:
+            curve = table.nearest(str(model.get("cell")), sampled, params, used if fresh else frozenset())
+            mapped[_key(config)] = curve
+            last[:] = [curve.index]
+        else:  # a background proposal's candidates: ``used`` as at its refill, whether or not the launch that
+            # started it has been noted yet (so its timing cannot change what it proposes); never a launch's mapping
+            curve = table.nearest(str(model.get("cell")), sampled, params, used | set(last) if fresh else frozenset())
         return curve.params, curve.flops
 
     controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure, state_dir=state_dir,

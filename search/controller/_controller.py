@@ -46,7 +46,7 @@ from ..pruners import PruningBridge
 from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
                         space_dists)
 from ..space import SearchSpace, model_cost
-from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain
+from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain, shallow
 from ._sizes import corpus_vocab_size, record_sizes, size_reference
 from ._study import count_trials, quiet_optuna
 
@@ -297,7 +297,7 @@ class SearchController:
         """Shallow copies of every record, by number: O(trials) but cheap (no deep copy), for readers that only
         read (the files written in the background); they share config and history, replaced, never changed."""
         with self._lock:
-            return [copy.copy(self._records[n]) for n in sorted(self._records)]
+            return [shallow(self._records[n]) for n in sorted(self._records)]
 
     def record(self, number: int) -> TrialRecord:
         """A copy of trial ``number``'s record: one trial's, so cheap at any size of search."""

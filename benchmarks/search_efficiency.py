@@ -76,8 +76,13 @@ def _ray_asha(max_t: int, **kwargs):
 
 
 def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], workers: int, budget: float,
-                 epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False) -> list[dict]:
-    """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts)."""
+                 epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False,
+                 proposal_time: float | None = None) -> list[dict]:
+    """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts).
+
+    ``proposal_time``: each proposal takes that much simulated compute, prepared in the background as in a
+    Ray search (``replay_search``'s option); None: synchronous and instantaneous.
+    """
     from squeezelstm.search.backends import replay_search
     from squeezelstm.search.config import SearchConfig
 
@@ -92,10 +97,22 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
             config = SearchConfig(space, sampler=sampler, pruner=pruner, seed=seed, epochs=epochs,
                                   sampler_options=sampler_kwargs or {}, pruner_options=pruner_kwargs)
             res = replay_search(table, config, workers=workers, budget=budget, cost=cost, stopper=stopper,
-                                vocab_size=vocab, ref=ref, fresh=fresh)
-        out.append({"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
-                    "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res})
+                                vocab_size=vocab, ref=ref, fresh=fresh, proposal_time=proposal_time)
+        run = {"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
+               "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res}
+        if proposal_time is not None:
+            run["trace_time"] = res.trace_time
+            run["result_latency"] = {k: _quantiles(v) for k, v in res.latency.items()}
+        out.append(run)
     return out
+
+
+def _quantiles(seconds: list[float]) -> dict:
+    arr = np.asarray(seconds, dtype=float)
+    if not arr.size:
+        return {"n": 0}
+    return {"n": int(arr.size), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+            "max": float(arr.max())}
 
 
 def summarise(runs: list[dict], best: float, budget: float, front: list, small: list) -> dict:
@@ -117,6 +134,9 @@ def summarise(runs: list[dict], best: float, budget: float, front: list, small: 
         vals = [c if c is not None else math.inf for c in reached]
         out[f"to{int(frac * 100)}"] = q(vals)
         out[f"to{int(frac * 100)}_reached"] = sum(c is not None for c in reached)
+        if "trace_time" in runs[0]:  # simulated time (epochs of one worker) to the share, proposals included
+            times = [r["_result"].time_to(frac * best) for r in runs]
+            out[f"time{int(frac * 100)}"] = q([t if t is not None else math.inf for t in times])
     for share in (0.25, 0.5, 1.0):
         out[f"hv@{share}"] = q([r["_result"].hypervolume_at(share * budget) / best for r in runs])
     out["found"] = q([r["_result"].found(front) for r in runs])
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                              "trial already gives ~90%% of the best hypervolume)")
     parser.add_argument("--fresh", action="store_true",
                         help="map samples to the nearest recorded configuration not yet launched in that search")
+    parser.add_argument("--proposal-time", type=float, nargs="+", default=None, metavar="D",
+                        help="simulated compute (epochs) each proposal takes, prepared in the background as in a Ray "
+                             "search; several values replay each strategy once per value (default: synchronous, 0)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--html", default=None)
     args = parser.parse_args(argv)
@@ -233,20 +256,28 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; known: {list(catalogue)}")
     seeds = list(range(args.seeds))
+    if args.proposal_time is not None and any(not (math.isfinite(d) and d >= 0) for d in args.proposal_time):
+        raise ValueError(f"--proposal-time must be numbers >= 0, got {args.proposal_time}")
+    times: list[float | None] = args.proposal_time or [None]
+    runs_of = [(name if d is None else f"{name} d={d:g}", name, d) for name in names for d in times]
     print(f"table: {len(table.curves)} configurations ({n_complete} reached epoch {epochs}), front {len(front)}, "
           f"best-known HV {best:.4f} (reference {ref[0]:g} params, ppl {ref[1]:.1f}); budget {budget:g} {args.cost}, {args.workers} workers, {len(seeds)} seeds"
           f"{', fresh mapping' if args.fresh else ''}",
           flush=True)
     all_runs: dict[str, list[dict]] = {}
     summary: dict[str, dict] = {}
-    for name in names:
+    for key, name, d in runs_of:
         start = time.perf_counter()
         runs = run_strategy(name, catalogue[name], table, space, seeds=seeds, workers=args.workers, budget=budget,
-                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost, fresh=args.fresh)
-        all_runs[name] = runs
-        summary[name] = summarise(runs, best, budget, front, small)
-        print(f"  {name}: {time.perf_counter() - start:.0f}s", flush=True)
+                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost, fresh=args.fresh, proposal_time=d)
+        all_runs[key] = runs
+        summary[key] = summarise(runs, best, budget, front, small)
+        print(f"  {key}: {time.perf_counter() - start:.0f}s", flush=True)
     print(table_markdown(summary, len(front), len(small)))
+    if args.proposal_time is not None:
+        print("simulated time to the share (epochs of one worker; proposals included):")
+        for key, s in summary.items():
+            print(f"  {key}: 90% {_fmt(s['time90'], 1)}, 95% {_fmt(s['time95'], 1)}, 99% {_fmt(s['time99'], 1)}")
     base = summary.get("ehvi+pareto (default)")
     if base is not None:
         for other in ("random", "nsga2"):
@@ -257,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {"ref": list(ref), "table": str(args.table), "configurations": len(table.curves), "complete": n_complete,
                    "front": [c.index for c in front], "best_hv": best, "budget": budget, "epochs": epochs,
-                   "workers": args.workers, "seeds": seeds, "fresh": args.fresh, "summary": summary,
+                   "workers": args.workers, "seeds": seeds, "fresh": args.fresh, "proposal_time": args.proposal_time,
+                   "summary": summary,
                    "runs": {n: [{k: v for k, v in r.items() if k != "_result"} for r in rs] for n, rs in all_runs.items()}}
         Path(args.json).write_text(json.dumps(payload, default=lambda o: None if isinstance(o, float) else str(o)))
     if args.html:

@@ -10,7 +10,8 @@ import importlib
 from ._driver_lock import DriverLock, DriverRunning
 from ._driver_lock import acquire as acquire_driver_lock
 from ._interrupt import SearchInterrupted, StopSignals
-from ._replay import COSTS, TABLE_COLUMNS, Curve, CurveTable, ReplayResult, Stopper, replay_search
+from ._replay import COSTS, TABLE_COLUMNS, Curve, CurveTable
+from ._replay_loop import ReplayResult, Stopper, replay_search
 from ._replay_run import MAPPINGS, check_table, run_replay
 from ._refine import REFINE_DIR, read_refinement, refined_path, run_dirname, run_refine, write_refinement
 from ._runner import SearchResult, quiet_libraries, run_search

@@ -4,7 +4,8 @@ the search replayed, and what a researcher reads before spending GPU hours on a 
 ``run_replay`` returns plain data: the front the replayed search found, its hypervolume against
 simulated compute (and as a share of the best any search over the table can reach), the trials by
 status, and the driver's own cost: proposal and result-handling latency (p50 / p95 / max seconds of
-``SearchController.suggest`` and of ``report`` / ``complete``) and the process's peak RSS.
+``SearchController.suggest`` and of ``report`` / ``complete``; with a ``proposal_time`` the results handled while
+a proposal was computed in the background apart from the others) and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from ..config import SearchConfig
 from ..controller import corpus_vocab_size
 from ..pareto import TrialRecord, pareto_front
 from ..space import SearchSpace, model_cost
-from ._replay import CurveTable, ReplayResult, replay_search
+from ._replay import CurveTable
+from ._replay_loop import ReplayResult, replay_search
 
 MAPPINGS = ("fresh", "nearest")
 # shares of the best-known hypervolume whose compute the summary reports
@@ -82,12 +84,13 @@ def peak_rss_mb() -> float:
 
 
 def run_replay(table: CurveTable, config: SearchConfig, *, trials: int, workers: int, budget: float = math.inf,
-               mapping: str = "fresh", vocab_size: int | None = None) -> dict:
+               mapping: str = "fresh", vocab_size: int | None = None, proposal_time: float | None = None) -> dict:
     """Check ``table`` against ``config.space``, replay ``trials`` trials of ``config`` on ``workers`` simulated
     workers (or until ``budget`` epochs of compute), and return the summary (plain JSON-ready data).
 
     ``mapping``: "fresh" maps each sample to the nearest recorded configuration not yet launched (as a real
-    search trains a new one), "nearest" to the nearest one even if already launched.
+    search trains a new one), "nearest" to the nearest one even if already launched. ``proposal_time``: simulated
+    epochs a proposal takes, prepared in the background as in a Ray search (``replay_search``); None: instantaneous.
     """
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got mapping={mapping!r}")
@@ -102,9 +105,11 @@ def run_replay(table: CurveTable, config: SearchConfig, *, trials: int, workers:
     ref = (float(space.max_params), float(vocab))  # what `squeezelstm search` reports against
     start = time.perf_counter()
     result = replay_search(table, config, workers=workers, budget=budget, vocab_size=vocab, ref=ref,
-                           max_trials=trials, fresh=mapping == "fresh")
+                           max_trials=trials, fresh=mapping == "fresh", proposal_time=proposal_time)
     wall = time.perf_counter() - start
-    return summarise(table, config, result, ref=ref, epochs=epochs, workers=workers, mapping=mapping, wall_s=wall)
+    out = summarise(table, config, result, ref=ref, epochs=epochs, workers=workers, mapping=mapping, wall_s=wall)
+    out["proposal_time"] = proposal_time
+    return out
 
 
 def summarise(table: CurveTable, config: SearchConfig, result: ReplayResult, *, ref: tuple[float, float],
@@ -123,7 +128,6 @@ def summarise(table: CurveTable, config: SearchConfig, result: ReplayResult, *, 
             front.append({"trial": r.number, "curve": curve_of[r.number], "family": r.family, "params": r.params,
                           "valid_ppl": r.valid_ppl, "sampled": r.sampled})
     hv = result.trace[-1][1] if result.trace else 0.0
-    proposal, handling = latency_summary(result.latency["proposal"]), latency_summary(result.latency["result"])
     out = {
         "space": config.space.name, "sampler": config.sampler, "pruner": config.pruner, "seed": config.seed,
         "workers": workers, "mapping": mapping, "epochs": epochs, "configurations": len(table.curves),
@@ -136,12 +140,14 @@ def summarise(table: CurveTable, config: SearchConfig, result: ReplayResult, *, 
         "hypervolume_trace": [[c, h] for c, h in result.trace],  # (compute spent, hypervolume) per closed trial
         "wall_s": wall_s,
         "proposals": len(result.latency["proposal"]), "results": len(result.latency["result"]),
+        "results_during_proposal": len(result.latency["result_during_proposal"]),
         "peak_rss_mb": peak_rss_mb(),
     }
     for share in TARGETS:
         out[f"compute_to_{int(share * 100)}pct"] = result.compute_to(share * best) if best > 0 else None
-    for name, summary in (("proposal", proposal), ("result", handling)):
-        for key, value in summary.items():
+    # results handled while a proposal was computed in the background (the thread alive) and while none was
+    for name in ("proposal", "result", "result_during_proposal", "result_no_proposal"):
+        for key, value in latency_summary(result.latency[name]).items():
             out[f"{name}_latency_{key}_s"] = value
     return out
 

@@ -48,6 +48,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--mapping", default="fresh", choices=MAPPINGS,
                    help="fresh (default): a sample trains the nearest recorded configuration not yet launched; "
                         "nearest: the nearest one even if launched before")
+    p.add_argument("--proposal-time", default=None, metavar="D",
+                   help="simulated epochs each proposal takes, prepared in the background as in a Ray search "
+                        "(realistic: 0.001-0.1, a proposal's seconds over an epoch's); default: instantaneous")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_replay)
 
@@ -69,17 +72,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     budget = math.inf if args.budget is None else args.budget
     if not budget > 0:
         raise ValueError(f"--budget must be a positive number of epochs, got {args.budget}")
+    proposal_time = None if args.proposal_time is None else _proposal_time(args.proposal_time)
     table = CurveTable.from_csv(args.table)
     space = load_space(table_space(args.table, args.space), args.overrides or None)
     config = SearchConfig(space, experiment="replay", trials=args.trials, sampler=args.sampler, pruner=args.pruner,
                           pruner_options=_pruner_args(args.pruner_arg), seed=args.seed, track=False)
-    out = run_replay(table, config, trials=args.trials, workers=args.workers, budget=budget, mapping=args.mapping)
+    out = run_replay(table, config, trials=args.trials, workers=args.workers, budget=budget, mapping=args.mapping,
+                     proposal_time=proposal_time)
     out["table"] = str(args.table)
     if args.json:
         print(json.dumps(json_safe(out), indent=2))
     else:
         print(summary_text(out))
     return 0
+
+
+def _proposal_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--proposal-time must be a number of epochs >= 0, got {text!r}")
+    return value
 
 
 def _s(value: float | None) -> str:
@@ -116,8 +131,23 @@ def summary_text(out: dict) -> str:
               f"p95 {_s(out['proposal_latency_p95_s'])}, max {_s(out['proposal_latency_max_s'])}",
               f"  result handling ({out['results']} reports and completions): p50 {_s(out['result_latency_p50_s'])}, "
               f"p95 {_s(out['result_latency_p95_s'])}, max {_s(out['result_latency_max_s'])}",
+              *_during(out),
               f"  peak RSS {out['peak_rss_mb']:.0f} MiB"]
     return "\n".join(lines)
+
+
+def _during(out: dict) -> list[str]:
+    """With ``--proposal-time``: the proposals' simulated cost, and result handling while one was computed or not."""
+    if out.get("proposal_time") is None:
+        return []
+    rows = [f"  proposals take {out['proposal_time']:g} simulated epochs each, prepared in the background"]
+    for key, what in (("result_during_proposal", "while a proposal was computed"),
+                      ("result_no_proposal", "while none was")):
+        n = out["results_during_proposal"] if key == "result_during_proposal" else \
+            out["results"] - out["results_during_proposal"]
+        rows.append(f"    results handled {what} ({n}): p50 {_s(out[f'{key}_latency_p50_s'])}, "
+                    f"p95 {_s(out[f'{key}_latency_p95_s'])}, max {_s(out[f'{key}_latency_max_s'])}")
+    return rows
 
 
 def _epochs(value: float | None) -> str:

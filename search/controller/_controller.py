@@ -73,9 +73,8 @@ class SearchController:
 
     ``config`` names the space, sampler, pruner (with their options), seed, epochs and the study
     (``config.experiment``). ``vocab_size`` is read from the space's corpus (``load_corpus``) unless
-    given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters.
-    ``max_retries`` bounds how many over-budget samples one ``suggest`` may draw. With ``state_dir``
-    the study, the records and the config live there, and a new controller over it resumes.
+    given; ``measure(config) -> (params, flops)`` defaults to the trainer's exact counters. ``max_retries`` bounds
+    how many over-budget samples one ``suggest`` may draw. With ``state_dir`` the study, records and config live there.
     ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs:
     after a launch while a slot is still free (``slots``), else when a trial ends, so that it sees that result.
     ``snapshot_every_s``: how often at most the records are written whole (between, one line an event);
@@ -287,6 +286,11 @@ class SearchController:
     def proposal_ready(self) -> bool:
         """False while the next proposal is still being prepared in the background (``suggest`` would wait for it)."""
         return self._prefetch is None or self._prefetch.ready()
+
+    @property
+    def proposal_refills(self) -> int:
+        """Proposals started in the background so far (0 without ``prefetch``): a replay times refills by it."""
+        return 0 if self._prefetch is None else self._prefetch.refills
 
     def records(self) -> list[TrialRecord]:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""

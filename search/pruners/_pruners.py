@@ -137,6 +137,28 @@ class ParetoAwarePruner(BasePruner):
             percentile=self.percentile, min_neighbors=self.min_neighbors, neighbor_margin=self.neighbor_margin,
         )
 
+    def decide(self, value: float, params: int, step_params: np.ndarray, step_values: np.ndarray) -> bool:
+        """``pareto_should_prune`` on the other trials' ``(params, value)`` at one step held as two arrays
+        sorted by params (``PruningBridge``'s index): the same decision, in a few vectorised passes.
+
+        Multiplying by ``1 + margin`` is monotone in floating point, so "some smaller trial's value times
+        ``1 + margin`` is <= ``value``" is "their least value times it is"; the percentile does not depend on
+        the order of its values.
+        """
+        if not math.isfinite(value):
+            return True
+        smaller_p = step_params[: int(np.searchsorted(step_params, params, side="right"))]
+        smaller_v = step_values[: smaller_p.size]
+        finite = np.isfinite(smaller_v)
+        if not finite.all():
+            smaller_p, smaller_v = smaller_p[finite], smaller_v[finite]
+        if smaller_v.size and float(smaller_v.min()) * (1.0 + self.margin) <= value:
+            return True
+        neighbours = smaller_v[smaller_p * self.window >= params]
+        if neighbours.size >= self.min_neighbors:
+            return value > (1.0 + self.neighbor_margin) * float(np.percentile(neighbours, self.percentile))
+        return False
+
 
 def make_pruner(name: str, **kwargs) -> BasePruner:
     """The pruner called ``name`` (one of ``PRUNERS``) built with ``kwargs``; ValueError for an unknown name or argument."""
@@ -168,6 +190,12 @@ class PruningBridge:
     records one epoch's validation perplexity and returns True when the wrapped pruner says to stop,
     ``finish`` closes the shadow trial with its real outcome (COMPLETE with the final perplexity,
     PRUNED, or FAIL), so later decisions compare against real learning curves only.
+
+    With ``ParetoAwarePruner`` (the default) the bridge answers from its own index instead of asking the
+    shadow study: per epoch, every trial's ``(params, value)`` in arrays sorted by params, so a decision
+    costs a few vectorised passes rather than a Python loop over every shadow trial (3.5 ms at 5,000
+    trials, growing with the search). The shadow study still receives every report and outcome, and the
+    decisions are the pruner's own (``ParetoAwarePruner.decide``; the tests compare both paths).
     """
 
     def __init__(self, pruner: str | BasePruner = "pareto", *, study_name: str = "pruning", **pruner_kwargs) -> None:
@@ -191,6 +219,10 @@ class PruningBridge:
         self._trials: dict[int, optuna.Trial] = {}
         self._closed: set[int] = set()
         self._curves: dict[int, dict[int, float]] = {}
+        self._indexed = isinstance(self.pruner, ParetoAwarePruner)
+        self._params: dict[int, int] = {}
+        self._steps: dict[int, _StepIndex] = {}  # epoch -> every trial's value there, by params
+        self._completed = 0  # shadow trials told COMPLETE
 
     def start(self, number: int, params: int) -> None:
         """Open the shadow trial of search trial ``number`` (idempotent)."""
@@ -199,6 +231,7 @@ class PruningBridge:
         trial = self.study.ask()
         trial.set_user_attr(PARAMS_ATTR, int(params))
         self._trials[number] = trial
+        self._params[number] = int(params)
         self._curves[number] = {}
 
     def report(self, number: int, epoch: int, value: float) -> bool:
@@ -212,7 +245,23 @@ class PruningBridge:
         if int(epoch) not in curve:  # a resumed trial may repeat its last epoch: Optuna keeps the first value
             curve[int(epoch)] = float(value)
             trial.report(float(value), int(epoch))
+            if self._indexed:
+                self._steps.setdefault(int(epoch), _StepIndex()).add(self._params[number], float(value), number)
+        if self._indexed:
+            return self._decide(number)
         return bool(trial.should_prune())
+
+    def _decide(self, number: int) -> bool:
+        """``ParetoAwarePruner.prune`` for trial ``number``, from the index (what ``should_prune`` would say)."""
+        pruner: ParetoAwarePruner = self.pruner  # type: ignore[assignment]
+        curve = self._curves[number]
+        step = max(curve)
+        if step < pruner.n_warmup_steps or self._completed < pruner.n_startup_trials:
+            return False
+        finite = [v for s, v in curve.items() if s <= step and math.isfinite(v)]
+        best = min(finite) if finite else math.inf
+        step_params, step_values = self._steps[step].others(number)
+        return pruner.decide(best, self._params[number], step_params, step_values)
 
     def finish(self, number: int, status: str, value: float | None = None) -> None:
         """Close trial ``number``: finished -> COMPLETE(value), pruned -> PRUNED, anything else -> FAIL."""
@@ -221,6 +270,7 @@ class PruningBridge:
             return
         if status == "finished" and value is not None and math.isfinite(value):
             self.study.tell(trial, float(value))
+            self._completed += 1
         elif status == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -230,6 +280,29 @@ class PruningBridge:
     def curve(self, number: int) -> dict[int, float]:
         """Epoch -> value reported so far for trial ``number``."""
         return dict(self._curves[number])
+
+
+class _StepIndex:
+    """One epoch's reported values: params, values and trial numbers in three arrays sorted by params."""
+
+    def __init__(self) -> None:
+        self.params = np.empty(0)
+        self.values = np.empty(0)
+        self.numbers = np.empty(0, dtype=np.int64)
+
+    def add(self, params: int, value: float, number: int) -> None:
+        at = int(np.searchsorted(self.params, params, side="right"))
+        self.params = np.insert(self.params, at, float(params))
+        self.values = np.insert(self.values, at, value)
+        self.numbers = np.insert(self.numbers, at, number)
+
+    def others(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Params and values of every trial but ``number``, still sorted by params."""
+        mine = self.numbers == number
+        if not mine.any():
+            return self.params, self.values
+        keep = ~mine
+        return self.params[keep], self.values[keep]
 
 
 __all__ = ["PRUNERS", "ParetoAwarePruner", "PruningBridge", "make_pruner", "pareto_should_prune"]

@@ -32,12 +32,15 @@ class Prefetcher:
     the controller's lock, so reports and completions are handled meanwhile. ``wait`` (outside the lock)
     lets it finish; ``take`` hands it out, or computes one now when none was prepared (the first, or a
     retry). One proposal at a time: the sampler is never called from two threads at once.
+    ``refills`` counts the proposals started in the background, so a caller (the replay) can tell that
+    ``refill`` started one, and when.
     """
 
     def __init__(self, propose: Callable[[list], Any]) -> None:
         self._propose = propose
         self._thread: threading.Thread | None = None
         self._result: tuple[str, Any] | None = None
+        self.refills = 0
 
     def _run(self, observations: list) -> None:
         try:
@@ -51,6 +54,7 @@ class Prefetcher:
         if self._thread is None and self._result is None:
             self._thread = threading.Thread(target=self._run, args=(list(observations),), name="ehvi-prefetch",
                                             daemon=True)
+            self.refills += 1
             self._thread.start()
 
     def ready(self) -> bool:

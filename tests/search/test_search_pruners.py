@@ -244,3 +244,40 @@ def test_bridge_ignores_a_repeated_epoch_after_resume():
     bridge.report(0, 1, 5.0)
     bridge.report(0, 1, 7.0)  # a trial restored from its checkpoint may report its last epoch again
     assert bridge.curve(0) == {1: 5.0}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_indexed_pareto_decisions_equal_optuna_asking_the_shadow_study(seed):
+    """The bridge answers the Pareto pruner from its per-epoch index; Optuna's ``prune`` on the shadow
+    study must say the same after every report: interleaved trials, tied sizes, NaN and inf values,
+    repeated epochs (resume), reports after a prune, and every way a trial ends."""
+    rng = np.random.default_rng(seed)
+    pruner = ParetoAwarePruner(margin=0.3, neighbor_margin=0.02, min_neighbors=2, n_startup_trials=3,
+                               n_warmup_steps=1)
+    bridge = PruningBridge(pruner)
+    sizes = [int(s) for s in rng.choice([6_000, 12_000, 12_000, 24_000, 48_000, 200_000], size=60)]
+    running: dict[int, int] = {}  # trial number -> last epoch reported
+    next_number, decisions, pruned = 0, 0, 0
+    while next_number < 60 or running:
+        if next_number < 60 and (len(running) < 8 and rng.random() < 0.5 or not running):
+            bridge.start(next_number, sizes[next_number])
+            running[next_number] = 0
+            next_number += 1
+            continue
+        number = int(rng.choice(list(running)))
+        epoch = running[number] + (0 if running[number] and rng.random() < 0.1 else 1)  # sometimes a repeat
+        value = float(rng.choice([math.nan, math.inf])) if rng.random() < 0.03 else \
+            float(60 * (sizes[number] / 6e3) ** -0.1 * (1 + 1 / epoch) * rng.uniform(0.9, 1.3))
+        got = bridge.report(number, epoch, value)
+        frozen = bridge.study.get_trials(deepcopy=False)[number]  # opened in number order: shadow number == number
+        assert got == pruner.prune(bridge.study, frozen), (seed, number, epoch)
+        decisions += 1
+        pruned += got
+        running[number] = max(running[number], epoch)
+        if got or running[number] >= 5 or rng.random() < 0.05:
+            status = "pruned" if got else str(rng.choice(["finished", "finished", "failed", "diverged"]))
+            bridge.finish(number, status, value)
+            assert bridge.report(number, epoch + 1, value) is False  # closed: never pruned again
+            del running[number]
+    assert decisions > 100 and 0 < pruned < decisions  # both answers were exercised
+

@@ -186,7 +186,7 @@ def test_fresh_mapping_never_repeats_a_curve_while_the_family_has_unused_ones(ma
 
 
 def test_incremental_front_has_the_hypervolume_of_all_points():
-    from squeezelstm.search.backends._replay import _add_to_front
+    from squeezelstm.search.backends._replay_loop import _add_to_front
 
     rng = np.random.default_rng(5)
     points = [(float(p), float(v)) for p, v in zip(rng.integers(1000, 100000, 300), rng.uniform(80, 300, 300))]

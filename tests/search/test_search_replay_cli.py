@@ -131,7 +131,8 @@ def test_a_space_the_table_does_not_match(capsys, tmp_path, rows):
 
 
 @pytest.mark.parametrize("flag, value", [("--trials", "0"), ("--workers", "0"), ("--budget", "-1"),
-                                         ("--sampler", "nope"), ("--mapping", "nope")])
+                                         ("--sampler", "nope"), ("--mapping", "nope"), ("--proposal-time", "-1"),
+                                         ("--proposal-time", "abc"), ("--proposal-time", "inf")])
 def test_bad_settings(capsys, flag, value):
     argv = {"--trials": "3", "--workers": "2", flag: value}
     code, _, err = run(capsys, "--table", str(TABLE), *[x for kv in argv.items() for x in kv])

@@ -148,7 +148,10 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
              cap: float | None = None) -> dict:
     """One replayed search; returns its driver-cost numbers."""
     from squeezelstm.search.backends import CurveTable, replay_search
-    from squeezelstm.search.backends import _replay
+    try:  # the replay's event loop, which builds the controller (in _replay.py before it had a module of its own)
+        from squeezelstm.search.backends import _replay_loop as _replay
+    except ImportError:
+        from squeezelstm.search.backends import _replay
     from squeezelstm.search.backends._replay_run import latency_summary, peak_rss_mb
     from squeezelstm.search.config import SearchConfig
 

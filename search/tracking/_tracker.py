@@ -356,6 +356,10 @@ class SearchTracker:
             self._upload_files(self.client, parent, records, optimal_ppl, report, history)
             return
         if self._writer_client is None:
+            # Its own client keeps ``self.client`` to the caller's thread. Both reach the store MLflow caches per
+            # URI, which is made for threads (the tracking server shares it): the SQLAlchemy store opens a session
+            # a call from its pool (SQLite: a connection per thread, writers wait on its lock, busy_timeout 20 s);
+            # the REST store shares a requests session (urllib3's pool is thread-safe).
             self._writer_client = mlflow_client(self.tracking_uri)
         self._files_last = (source, optimal_ppl, report)
         client = self._writer_client

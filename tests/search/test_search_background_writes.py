@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -251,3 +253,28 @@ def test_records_file_in_the_background_and_whole_at_the_end(tmp_path):
     assert data == {"meta": {"experiment": "bg"}, "records": json.loads(json.dumps(as_dicts(c.records())))}
     writer.drain()
     assert json.loads((tmp_path / "records.json").read_text()) == data  # nothing older landed after it
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="POSIX signals")
+def test_a_signal_handler_stops_a_drain_at_once():
+    # the runner's clean-up drains the writer; a second Ctrl-C (its handler raises) must not wait for the write
+    gate, writer = threading.Event(), BackgroundWriter()
+    writer.submit("k", lambda: gate.wait(10))
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+        start = time.perf_counter()
+        with pytest.raises(Stop):
+            writer.drain("k")
+        assert time.perf_counter() - start < 2.0
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+        gate.set()
+        writer.drain()

@@ -358,7 +358,8 @@ class SearchTracker:
         if self._writer_client is None:
             # Its own client keeps ``self.client`` to the caller's thread. Both reach the store MLflow caches per
             # URI, which is made for threads (the tracking server shares it): the SQLAlchemy store opens a session
-            # a call from its pool (SQLite: a connection per thread, writers wait on its lock, busy_timeout 20 s);
+            # a call from its pool (SQLite: pooled connections any thread may use, writers queue on the database's
+            # lock, busy_timeout 20 s);
             # the REST store shares a requests session (urllib3's pool is thread-safe).
             self._writer_client = mlflow_client(self.tracking_uri)
         self._files_last = (source, optimal_ppl, report)

@@ -47,7 +47,12 @@ def run_cell(trials: int, workers: int, sampler: str, max_seconds: float, seed: 
     from squeezelstm.search.controller import SearchController
     from squeezelstm.search.tracking import SearchTracker
 
+    from squeezelstm.trainers import files
+
     incremental = hasattr(backends, "RecordsFile")  # the journal, the diffed front, the throttled files
+    background = hasattr(files, "BackgroundWriter")  # the periodic whole writes on run_search's background writer
+    writer = files.BackgroundWriter() if background else None
+    extra = {"writer": writer} if background else {}
     complete_s: list[float] = []
     report_s: list[float] = []
     real_complete, real_report = SearchController.complete, SearchController.report
@@ -70,17 +75,20 @@ def run_cell(trials: int, workers: int, sampler: str, max_seconds: float, seed: 
     t0 = time.perf_counter()
     reached = 0
     with tempfile.TemporaryDirectory(prefix="driver-events-") as tmp:
-        tracker = SearchTracker(f"sqlite:///{tmp}/mlflow.db", config.experiment, dashboards.write_front_files)
+        tracker = SearchTracker(f"sqlite:///{tmp}/mlflow.db", config.experiment, dashboards.write_front_files, **extra)
         tracker.start_search(params={"space": "default"}, tags={"space": "default"}, config=config.to_dict())
         records_path = Path(tmp) / "records.json"
-        records_file = backends.RecordsFile(records_path, {}) if incremental else None
+        records_file = backends.RecordsFile(records_path, {}, **extra) if incremental else None
 
         def on_complete(record, controller):  # what ControllerSearcher.on_trial_complete does in this version
             nonlocal reached
+            if background and controller._journal.writer is None:  # the runner builds its controller with it
+                controller._journal.writer = writer
             tracker.end_trial(record)
             if incremental:
-                tracker.update_front(controller.records, ref_params=ref[0], ref_ppl=ref[1])
-                records_file.maybe_write(controller.records)
+                source = getattr(controller, "records_view", controller.records)
+                tracker.update_front(source, ref_params=ref[0], ref_ppl=ref[1])
+                records_file.maybe_write(source)
             else:
                 tracker.update_front(controller.records(), ref_params=ref[0], ref_ppl=ref[1])
                 backends.write_records(records_path, controller.records(), {})
@@ -102,6 +110,7 @@ def run_cell(trials: int, workers: int, sampler: str, max_seconds: float, seed: 
         tracker.end_search()
         end_s = time.perf_counter() - end_s
     return {"trials": trials, "workers": workers, "sampler": sampler, "incremental": incremental,
+            "background_writes": background,
             "stopped_at_trials": reached if stopped else None, "wall_s": time.perf_counter() - t0,
             "end_search_s": end_s, "complete_s": complete_s, "report_s": report_s}
 

@@ -9,8 +9,11 @@ recorded first and last epochs; made-up beyond epoch 4, but the same ranking). T
 
 * ``memory``: the controller alone (in-memory study, no files), the replay's own setting;
 * ``sqlite``: as ``squeezelstm search`` drives: the controller's journal and ``records.json`` on disk,
-  and on every completion the MLflow child run ended and the parent's front brought up to date
-  (pareto tags, hypervolume steps, the front's CSV/JSON/HTML report) in a SQLite store;
+  and on every completion the MLflow child run ended, the parent's front brought up to date
+  (pareto tags, hypervolume steps, the front's CSV/JSON/HTML report) in a SQLite store and the records file
+  the runner keeps; where the code has it (``trainers.files.BackgroundWriter``), the periodic whole writes
+  run on the runner's background writer, as ``run_search`` sets it up, and the end (``end_search``, the
+  records file, ``flush``) is timed as ``end_s``;
 * ``server``: the same, through a local ``mlflow server`` (SQLite behind it, started by the cell on a free
   port, one worker) at ``http://127.0.0.1:PORT``, as a team's shared tracking server is used.
 
@@ -70,11 +73,18 @@ class Capped(Exception):
     """The cell ran out of its wall-time cap."""
 
 
-def timed_controller(latency: dict, deadline: float):
-    """The replay's controller, timing its calls into ``latency`` itself and stopping (``Capped``) at ``deadline``."""
+def timed_controller(latency: dict, deadline: float, writer=None):
+    """The replay's controller, timing its calls into ``latency`` itself and stopping (``Capped``) at ``deadline``
+    (given ``writer``, its journal's snapshots are written by it, as in ``run_search``)."""
     from squeezelstm.search.controller import SearchController
 
     class Timed(SearchController):
+        def __init__(self, *args, **kwargs):
+            if writer is not None:
+                kwargs["writer"] = writer
+            super().__init__(*args, **kwargs)
+            timed_controller.live = self
+
         def suggest(self):
             if time.perf_counter() > deadline:
                 raise Capped
@@ -86,18 +96,20 @@ def timed_controller(latency: dict, deadline: float):
                 latency["proposal_cpu"].append(time.thread_time() - cpu)
 
         def report(self, *args, **kwargs):
-            start = time.perf_counter()
+            start, busy = time.perf_counter(), writer is not None and writer.busy()
             try:
                 return super().report(*args, **kwargs)
             finally:
                 latency["result"].append(time.perf_counter() - start)
+                latency["events"].append(("report", latency["result"][-1], busy))
 
         def complete(self, *args, **kwargs):
-            start = time.perf_counter()
+            start, busy = time.perf_counter(), writer is not None and writer.busy()
             try:
                 return super().complete(*args, **kwargs)
             finally:
                 latency["result"].append(time.perf_counter() - start)
+                latency["events"].append(("complete", latency["result"][-1], busy))  # + its tracking (on_complete)
 
     return Timed
 
@@ -136,7 +148,10 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
              cap: float | None = None) -> dict:
     """One replayed search; returns its driver-cost numbers."""
     from squeezelstm.search.backends import CurveTable, replay_search
-    from squeezelstm.search.backends import _replay
+    try:  # the replay's event loop, which builds the controller (in _replay.py before it had a module of its own)
+        from squeezelstm.search.backends import _replay_loop as _replay
+    except ImportError:
+        from squeezelstm.search.backends import _replay
     from squeezelstm.search.backends._replay_run import latency_summary, peak_rss_mb
     from squeezelstm.search.config import SearchConfig
 
@@ -148,30 +163,42 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
     ref = (float(config.space.max_params), 200.0)
     load_start, rusage_start = os.getloadavg(), resource.getrusage(resource.RUSAGE_SELF)
     server = None
+    end_s, background = None, False
     with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
-        state_dir = on_complete = None
+        state_dir = on_complete = writer = tracker = records_file = None
         if tracking in ("sqlite", "server"):
             from squeezelstm import dashboards
+            from squeezelstm.search import backends
             from squeezelstm.search.tracking import SearchTracker
+            from squeezelstm.trainers import files
 
             uri = f"sqlite:///{tmp}/mlflow.db"
             if tracking == "server":
                 server, uri = start_mlflow_server(tmp)
             state_dir = Path(tmp) / "controller"
-            tracker = SearchTracker(uri, config.experiment, dashboards.write_front_files)
+            background = hasattr(files, "BackgroundWriter") and not os.environ.get("DRIVER_SCALE_SYNC_WRITES")
+            writer = files.BackgroundWriter() if background else None
+            extra = {"writer": writer} if background else {}
+            tracker = SearchTracker(uri, config.experiment, dashboards.write_front_files, **extra)
             tracker.start_search(params={"space": "default"}, tags={"space": "default"}, config=config.to_dict())
+            records_file = backends.RecordsFile(Path(tmp) / "records.json", {}, **extra)
 
             def on_complete(record, controller):  # what ControllerSearcher.on_trial_complete does
                 start = time.perf_counter()
+                source = getattr(controller, "records_view", controller.records)  # shallow copies, where it has them
                 tracker.end_trial(record)
-                tracker.update_front(controller.records, ref_params=ref[0], ref_ppl=ref[1])  # read only when due
+                tracker.update_front(source, ref_params=ref[0], ref_ppl=ref[1])  # read only when due
+                records_file.maybe_write(source)  # the runner's on_change
                 if capped_latency["result"]:
                     capped_latency["result"][-1] += time.perf_counter() - start
+                    kind, took, busy = capped_latency["events"][-1]
+                    busy = busy or (writer is not None and writer.busy())
+                    capped_latency["events"][-1] = (kind, took + time.perf_counter() - start, busy)
 
-        capped_latency: dict[str, list[float]] = {"proposal": [], "result": [], "proposal_cpu": []}
+        capped_latency: dict[str, list] = {"proposal": [], "result": [], "proposal_cpu": [], "events": []}
         deadline = time.perf_counter() + (cap if cap else math.inf)
         original = _replay.SearchController
-        _replay.SearchController = timed_controller(capped_latency, deadline)
+        _replay.SearchController = timed_controller(capped_latency, deadline, writer)
         start = time.perf_counter()
         res, capped = None, False
         try:
@@ -184,6 +211,13 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
         finally:
             _replay.SearchController = original
             wall = time.perf_counter() - start
+            if tracker is not None:  # the end of a search, as the runner's: records, the records file, the parent
+                end = time.perf_counter()
+                live = timed_controller.live
+                live.flush()
+                records_file.write(live.records())
+                tracker.end_search()
+                end_s = time.perf_counter() - end
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)
@@ -194,13 +228,23 @@ def run_cell(trials: int, workers: int, epochs: int, tracking: str, seed: int = 
            "cpu_system_s": usage.ru_stime - rusage_start.ru_stime, "peak_rss_mb": peak_rss_mb(),
            "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "capped": capped, "cap_s": cap, "counts": res.counts if res else None}
+           "capped": capped, "cap_s": cap, "counts": res.counts if res else None,
+           "background_writes": background, "end_s": end_s}
     latency = res.latency if res else capped_latency
     for name in ("proposal", "result"):
         for key, value in latency_summary(latency[name]).items():
             out[f"{name}_latency_{key}_s"] = value
     for key, value in latency_summary(capped_latency["proposal_cpu"]).items():  # the same calls' CPU time (one thread)
         out[f"proposal_cpu_{key}_s"] = value
+    events = capped_latency["events"]  # (kind, seconds, whether the background writer was busy meanwhile)
+    for kind in ("report", "complete"):
+        for key, value in latency_summary([t for k, t, _ in events if k == kind]).items():
+            out[f"{kind}_latency_{key}_s"] = value
+    out["results_over_0.1_s"] = sum(t > 0.1 for _, t, _ in events)
+    out["results_over_1_s"] = sum(t > 1.0 for _, t, _ in events)
+    out["results_over_0.1_s_writer_busy"] = sum(t > 0.1 and b for _, t, b in events)
+    out["slowest_results"] = [[k, round(t, 4), b, i] for i, (k, t, b) in
+                              sorted(enumerate(events), key=lambda e: -e[1][1])[:12]]
     return out
 
 

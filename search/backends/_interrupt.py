@@ -5,6 +5,9 @@ trial its per-epoch checkpoint. What a clean stop adds is that the running trial
 Ray Tune's own shutdown (not killed with the driver half-way through a record), the MLflow
 parent run is closed as KILLED (``--resume`` reopens it), and the command says that it was
 interrupted, with an exit status a script or scheduler reads as such (128 + the signal: 130, 143).
+The periodic whole writes the background writer may be doing then (``trainers.files.BackgroundWriter``) are
+waited for by the runner's clean-up (``controller.flush``, the records file, ``end_search``), which then writes
+the last state itself; a second signal stops that wait at once (it waits in short steps).
 
 Ray Tune stops its loop gracefully on SIGUSR1 (``tune.run`` installs that handler for the length
 of the run); the first signal here is turned into one, so its loop ends at its next step. Before

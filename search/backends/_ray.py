@@ -240,8 +240,8 @@ class ControllerSearcher(Searcher):
         if s.tracker is not None:
             s.tracker.end_trial(record)
             if s.ref_params and s.ref_ppl:
-                s.tracker.update_front(  # the records are read only when the front's files are due
-                    s.controller.records, ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
+                s.tracker.update_front(  # the records are read only when the front's files are due (shallow copies)
+                    s.controller.records_view, ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
                 )
         if s.on_change is not None:
             s.on_change()

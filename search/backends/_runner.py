@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from squeezelstm.spaces._kernels import kernels
+from squeezelstm.trainers.files import BackgroundWriter
 
 from ..config import SearchConfig
 from ..controller import SearchController, size_reference
@@ -191,13 +192,16 @@ def _run(config: SearchConfig, resume: bool, progress: Callable | None, front_fi
     if config.address:
         _check_reachable(config.address)
     check_writable(paths)
+    # The periodic whole writes (the records snapshot, the records file, the front's files and report) run on one
+    # background thread, so no result waits for them on Ray's event loop; each is drained at the end.
+    writer = BackgroundWriter()
     # An unreachable MLflow store is reported before anything of the experiment is created.
-    tracker = SearchTracker(config.tracking_uri, experiment, front_files) if config.track else None
+    tracker = SearchTracker(config.tracking_uri, experiment, front_files, writer=writer) if config.track else None
     quiet_again()  # after MLflow's import, which sets its own logger levels
     if tracker is not None:
         tracker.check()
     try:
-        controller = SearchController(config, state_dir=paths.state_dir, prefetch=True)
+        controller = SearchController(config, state_dir=paths.state_dir, prefetch=True, writer=writer)
     except BaseException:
         if not existed:  # a bad sampler/pruner argument must not leave a half-made experiment behind
             shutil.rmtree(paths.state_dir, ignore_errors=True)
@@ -213,7 +217,7 @@ def _run(config: SearchConfig, resume: bool, progress: Callable | None, front_fi
         _forget_if_empty(paths, existed, controller)
         raise
     try:
-        return _fit(config, controller, paths, tracker, resume=resume, progress=progress, refs=refs)
+        return _fit(config, controller, paths, tracker, resume=resume, progress=progress, refs=refs, writer=writer)
     except BaseException:
         _forget_if_empty(paths, existed, controller)
         raise
@@ -249,7 +253,7 @@ def _trial_name(trial: Any) -> str:
 
 
 def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths, tracker: SearchTracker | None, *,
-         resume: bool, progress: Callable | None, refs: tuple) -> SearchResult:
+         resume: bool, progress: Callable | None, refs: tuple, writer: BackgroundWriter | None = None) -> SearchResult:
     from ray import tune
 
     from ._ray import ControllerScheduler, ControllerSearcher, SearchSession, live_session, run_trial
@@ -271,12 +275,12 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
             tracker.end_stale_trials(controller.records())
 
     unfinished = controller.unfinished()
-    records_file = RecordsFile(paths.records_file, meta)  # whole every 30 s at most: O(trials) a write
+    records_file = RecordsFile(paths.records_file, meta, writer=writer)  # whole every 30 s at most, in the background
     session = SearchSession(
         controller=controller, trials=config.trials, trials_dir=str(paths.trials_dir),
         threads=trial_threads(cpus_per_trial, gpus_per_trial, ray_nodes()), tracker=tracker, progress=progress,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
-        on_change=lambda: records_file.maybe_write(controller.records),
+        on_change=lambda: records_file.maybe_write(controller.records_view),
         events=DriverEventLog.from_env(paths.experiment_dir),
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))

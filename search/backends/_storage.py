@@ -3,6 +3,7 @@ Ray's results (a folder or a URI), and the records file that ``export`` reads wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from squeezelstm.trainers.files import atomic_write_text, json_safe
+from squeezelstm.trainers.files import BackgroundWriter, atomic_write_text, json_safe
 
 from ..controller import read_journal
 from ..pareto import TrialRecord
@@ -86,27 +87,55 @@ def has_state(paths: SearchPaths) -> bool:
 
 
 def write_records(path: Path, records: list[TrialRecord], meta: dict | None = None) -> None:
-    """Atomically write the records (and search metadata) as JSON: what ``export`` reads without MLflow."""
-    data = json_safe({"meta": meta or {}, "records": [r.to_dict() for r in records]})
-    atomic_write_text(path, json.dumps(data, default=str, allow_nan=False))
+    """Atomically write the records (and search metadata) as JSON: what ``export`` reads without MLflow.
+
+    The text is ``json.dumps(json_safe({"meta": ..., "records": [r.to_dict() ...]}))``'s, encoded a record at a
+    time (no deep copy, and no single C call that holds the GIL for all of them: a background writer's caller
+    keeps running); a record with a non-finite number goes through ``json_safe``."""
+    def one(record: TrialRecord) -> str:
+        try:
+            return json.dumps(vars(record), default=str, allow_nan=False)
+        except ValueError:  # NaN or inf somewhere: null, as strict JSON has it
+            return json.dumps(json_safe(record.to_dict()), default=str, allow_nan=False)
+
+    head = json.dumps(json_safe(meta or {}), default=str, allow_nan=False)
+    atomic_write_text(path, f'{{"meta": {head}, "records": [{", ".join(one(r) for r in records)}]}}')
 
 
 class RecordsFile:
     """The records file a search keeps for its users (``write_records``), written whole at most every
-    ``every_s`` seconds while trials complete (``maybe_write``: it costs O(trials)) and at the end (``write``)."""
+    ``every_s`` seconds while trials complete (``maybe_write``: it costs O(trials)) and at the end (``write``).
 
-    def __init__(self, path: Path, meta: dict | None = None, every_s: float = 30.0) -> None:
-        self.path, self.meta, self.every_s = Path(path), meta, float(every_s)
+    ``writer``: ``maybe_write``'s writes run in its background thread (``records()`` is read on the caller's, so
+    pass a cheap one: ``SearchController.records_view``); one that failed is raised by the next call."""
+
+    def __init__(self, path: Path, meta: dict | None = None, every_s: float = 30.0,
+                 writer: BackgroundWriter | None = None) -> None:
+        self.path, self.meta, self.every_s, self.writer = Path(path), meta, float(every_s), writer
         self._at: float | None = None
+        self._key = f"records:{self.path.resolve()}"
 
     def maybe_write(self, records: Callable[[], list[TrialRecord]]) -> bool:
-        """Write ``records()`` if the last write is ``every_s`` old (or there was none); True if written."""
+        """Write ``records()`` if the last write is ``every_s`` old (or there was none); True if written (or
+        handed to the writer)."""
+        if self.writer is not None:
+            self.writer.check(self._key)
         if self._at is not None and time.monotonic() - self._at < self.every_s:
             return False
-        self.write(records())
+        if self.writer is None:
+            self.write(records())
+        else:
+            rows = list(records())
+            self.writer.submit(self._key, lambda: write_records(self.path, rows, self.meta))
+            self._at = time.monotonic()
         return True
 
     def write(self, records: list[TrialRecord]) -> None:
+        """Write ``records`` now (the end of a search): after the writer's write of this file, if one runs."""
+        if self.writer is not None:
+            self.writer.drain(self._key, drop=True)  # superseded by this one; one that failed too
+            with contextlib.suppress(Exception):
+                self.writer.check(self._key)
         write_records(self.path, records, self.meta)
         self._at = time.monotonic()
 

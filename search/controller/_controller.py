@@ -24,7 +24,6 @@ Bookkeeping rules (the traps measured with OptunaSearch + ASHA):
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import threading
 import time
@@ -39,6 +38,7 @@ import optuna
 from optuna.trial import TrialState
 
 from squeezelstm.trainers import Config, load_corpus
+from squeezelstm.trainers.files import BackgroundWriter
 
 from ..config import SearchConfig
 from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_front
@@ -46,27 +46,12 @@ from ..pruners import PruningBridge
 from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
                         space_dists)
 from ..space import SearchSpace, model_cost
-from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain
+from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain, shallow
 from ._sizes import corpus_vocab_size, record_sizes, size_reference
+from ._study import count_trials, quiet_optuna
 
 FINAL_STATUSES = ("finished", "pruned", "failed", "diverged")
 _STATE_VERSION = 1  # of controller.json
-
-
-def quiet_optuna(method: Callable) -> Callable:
-    """Optuna at WARNING while ``method`` runs (one INFO line per tell would drown the progress output),
-    restored afterwards: the caller's own Optuna logging is left as it was."""
-
-    @functools.wraps(method)
-    def quiet(*args: Any, **kwargs: Any) -> Any:
-        before = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))  # a quieter level is kept
-        try:
-            return method(*args, **kwargs)
-        finally:
-            optuna.logging.set_verbosity(before)
-
-    return quiet
 
 
 @dataclass(frozen=True)
@@ -92,7 +77,8 @@ class SearchController:
     how many over-budget samples one ``suggest`` may draw. With ``state_dir`` the study, records and config live there.
     ``prefetch``: ehvi's next proposal is prepared in a background thread (``samplers.Prefetcher``), as Ray runs:
     after a launch while a slot is still free (``slots``), else when a trial ends, so that it sees that result.
-    ``snapshot_every_s``: how often at most the records are written whole (between, one line an event).
+    ``snapshot_every_s``: how often at most the records are written whole (between, one line an event);
+    ``writer``: by it, in the background (``_journal``), not on the caller's thread.
     """
 
     @quiet_optuna
@@ -106,6 +92,7 @@ class SearchController:
         max_retries: int = 200,
         prefetch: bool = False,
         snapshot_every_s: float = 30.0,
+        writer: BackgroundWriter | None = None,
     ) -> None:
         if not isinstance(config, SearchConfig):
             raise TypeError(f"config must be a SearchConfig, got config={config!r}")
@@ -140,12 +127,12 @@ class SearchController:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             check_meta(self.state_dir, jsonable(self._meta()))
-            self._journal = RecordJournal(self.state_dir, snapshot_every_s=snapshot_every_s)
+            self._journal = RecordJournal(self.state_dir, snapshot_every_s=snapshot_every_s, writer=writer)
             state = self._journal.load()
             self._records, self._prune_decided, self.rejected = state.records, state.prune_decided, state.rejected
             backend = optuna.storages.journal.JournalFileBackend(str(self.state_dir / "optuna.journal"))
             storage = optuna.storages.JournalStorage(backend)
-        n_before = _count_trials(storage, self.study_name)
+        n_before = count_trials(storage, self.study_name)
         # a resumed search must not replay the first run's random draws: mix the trial count into the seed
         seed = config.seed
         sampler_seed = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0] % 2**31)
@@ -241,8 +228,9 @@ class SearchController:
                 return record.status == "pruned"
             entry = {k: plain(v) for k, v in dict(metrics).items()}
             entry["epoch"] = int(epoch)
-            record.history = [h for h in record.history if h.get("epoch") != int(epoch)] + [entry]
-            record.history.sort(key=lambda h: h["epoch"])
+            # a new list, never one changed in place: ``records_view``'s copies share the old one
+            record.history = sorted([h for h in record.history if h.get("epoch") != int(epoch)] + [entry],
+                                    key=lambda h: h["epoch"])
             value = metrics.get("valid_ppl")
             decision = number in self._prune_decided
             if value is not None:
@@ -308,6 +296,12 @@ class SearchController:
         """Copies of every launched trial's record, by number (over-budget samples are not trials)."""
         with self._lock:
             return [copy.deepcopy(self._records[n]) for n in sorted(self._records)]
+
+    def records_view(self) -> list[TrialRecord]:
+        """Shallow copies of every record, by number: O(trials) but cheap (no deep copy), for readers that only
+        read (the files written in the background); they share config and history, replaced, never changed."""
+        with self._lock:
+            return [shallow(self._records[n]) for n in sorted(self._records)]
 
     def record(self, number: int) -> TrialRecord:
         """A copy of trial ``number``'s record: one trial's, so cheap at any size of search."""
@@ -437,14 +431,6 @@ class SearchController:
         with self._lock:
             if self._journal is not None:
                 self._journal.snapshot(self._state())
-
-
-def _count_trials(storage: Any, study_name: str) -> int:
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 __all__ = ["SearchController", "TrialSpec"]

@@ -13,6 +13,12 @@ line the snapshot already holds changes nothing: a driver killed between writing
 the log resumes to the same state. A driver killed mid-line (SIGKILL, a full disk) leaves a torn last line:
 it is dropped (the event it carried is lost, as the rewrite it replaces lost it), and the next controller
 over the folder compacts the state before it appends anything.
+
+With a ``BackgroundWriter`` (a Ray search) the periodic snapshot is written off the caller's thread: the log
+is closed and renamed to the next segment (``records.jsonl.1``, ``.2``, ...), new events go to a fresh log, and
+the writer writes the state as it was at the rename (shallow copies of the records, taken under the
+controller's lock), then deletes the segments it covers. Reading is the snapshot, the segments in order, then
+the log; a driver killed at any point of that reads back to the same state, as above.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from squeezelstm.trainers.files import atomic_write_text
+from squeezelstm.trainers.files import BackgroundWriter, atomic_write_text
 
 from ..pareto import TrialRecord
 
@@ -46,6 +52,27 @@ class JournalState:
         """The snapshot's content (``records.json``)."""
         return {"version": _STATE_VERSION, "records": [self.records[n].to_dict() for n in sorted(self.records)],
                 "prune_decided": sorted(self.prune_decided), "rejected": self.rejected}
+
+    def copy(self) -> JournalState:
+        """A copy a background writer may read while the controller goes on: shallow copies of the records (cheap;
+        they share their config and history, which the controller replaces and never changes in place)."""
+        return JournalState({n: shallow(r) for n, r in self.records.items()}, set(self.prune_decided),
+                            int(self.rejected))
+
+    def to_json(self) -> str:
+        """``json.dumps(jsonable(self.to_dict()))``, the same text, encoded a record at a time: no deep copy, and
+        no single C call that holds the GIL for the whole state (a background writer's caller keeps running)."""
+        records = ", ".join(json.dumps(vars(self.records[n]), default=_default) for n in sorted(self.records))
+        return (f'{{"version": {_STATE_VERSION}, "records": [{records}], '
+                f'"prune_decided": {json.dumps(sorted(self.prune_decided))}, "rejected": {int(self.rejected)}}}')
+
+
+def shallow(record: TrialRecord) -> TrialRecord:
+    """A copy of ``record`` that shares its config, sampled values and history (a quarter of ``copy.copy``'s cost:
+    4 ms for 5,000 records)."""
+    out = object.__new__(TrialRecord)
+    out.__dict__.update(record.__dict__)
+    return out
 
 
 def plain(value: Any) -> Any:
@@ -100,8 +127,9 @@ def read_journal(folder: str | os.PathLike) -> JournalState:
             state.rejected = int(data.get("rejected", 0))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"controller records {snapshot} are unreadable: {exc}") from None
-    log = folder / LOG_FILE
-    if log.exists():
+    for log in [folder / f"{LOG_FILE}.{k}" for k in segments(folder)] + [folder / LOG_FILE]:
+        if not log.exists():
+            continue
         lines = log.read_bytes().split(b"\n")
         for i, line in enumerate(lines):
             if not line.strip():
@@ -113,6 +141,13 @@ def read_journal(folder: str | os.PathLike) -> JournalState:
                     break
                 raise ValueError(f"controller records {log} are unreadable at line {i + 1}: {exc}") from None
     return state
+
+
+def segments(folder: Path) -> list[int]:
+    """The numbers of the log segments in ``folder`` (``records.jsonl.K``: closed logs a background snapshot has
+    not covered yet), in order."""
+    prefix = LOG_FILE + "."
+    return sorted(int(p.name[len(prefix):]) for p in Path(folder).glob(prefix + "*") if p.name[len(prefix):].isdigit())
 
 
 def apply_event(state: JournalState, event: dict) -> None:
@@ -129,33 +164,42 @@ class RecordJournal:
     """Appends events to ``folder``'s log and writes a snapshot at most every ``snapshot_every_s`` seconds.
 
     ``fsync``: each line is also forced to the disk (a power cut then loses no event; a killed process loses
-    none either way, the line is flushed to the OS before ``append`` returns).
+    none either way, the line is flushed to the OS before ``append`` returns). ``writer``: periodic snapshots
+    are written by it, in the background (see the module's docstring); a failed one is raised by the next
+    ``append`` (nothing is lost: the segments it would have removed stay until a snapshot covers them).
     """
 
-    def __init__(self, folder: str | os.PathLike, *, snapshot_every_s: float = 30.0, fsync: bool = False) -> None:
+    def __init__(self, folder: str | os.PathLike, *, snapshot_every_s: float = 30.0, fsync: bool = False,
+                 writer: BackgroundWriter | None = None) -> None:
         if isinstance(snapshot_every_s, bool) or not isinstance(snapshot_every_s, (int, float)) \
                 or not snapshot_every_s >= 0:
             raise ValueError(f"snapshot_every_s must be a number >= 0, got snapshot_every_s={snapshot_every_s!r}")
         self.folder = Path(folder)
         self.snapshot_every_s = float(snapshot_every_s)
         self.fsync = bool(fsync)
+        self.writer = writer
+        self._key = f"journal:{self.folder.resolve()}"
         self._log: IO[bytes] | None = None
         self._snapshot_at = time.monotonic()
+        self._segment = max(segments(self.folder), default=0) if self.folder.is_dir() else 0
 
     def load(self) -> JournalState:
         """The state (``read_journal``); a non-empty log is folded into a new snapshot before anything is appended."""
         state = read_journal(self.folder)
         log = self.folder / LOG_FILE
-        if log.exists() and log.stat().st_size > 0:
+        if (log.exists() and log.stat().st_size > 0) or segments(self.folder):
             self.snapshot(state)
         return state
 
     def append(self, event: dict, state: Callable[[], JournalState]) -> None:
         """Append ``event`` (``{"record": ..., "prune": bool, "rejected": int}``); ``state()`` is written
-        whole instead when a snapshot is due."""
-        if time.monotonic() - self._snapshot_at >= self.snapshot_every_s:
+        whole instead when a snapshot is due (with a writer: after the line, in the background)."""
+        due = time.monotonic() - self._snapshot_at >= self.snapshot_every_s
+        if self.writer is None and due:
             self.snapshot(state())
             return
+        if self.writer is not None:
+            self.writer.check(self._key)  # a background snapshot that failed: said here, the segments kept
         if self._log is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._log = open(self.folder / LOG_FILE, "ab")  # noqa: SIM115 - kept open between events
@@ -163,13 +207,40 @@ class RecordJournal:
         self._log.flush()
         if self.fsync:
             os.fsync(self._log.fileno())
+        if due:
+            self._rotate(state().copy())
+
+    def _rotate(self, state: JournalState) -> None:
+        """Close the log as the next segment and have the writer snapshot ``state`` (which holds every line of it)."""
+        self.close()
+        self._segment += 1
+        segment = self._segment
+        os.replace(self.folder / LOG_FILE, self.folder / f"{LOG_FILE}.{segment}")
+        self._snapshot_at = time.monotonic()
+
+        def write() -> None:
+            atomic_write_text(self.folder / SNAPSHOT_FILE, state.to_json())
+            for k in segments(self.folder):
+                if k <= segment:  # covered by this snapshot; later ones are not
+                    (self.folder / f"{LOG_FILE}.{k}").unlink(missing_ok=True)
+
+        self.writer.submit(self._key, write)
 
     def snapshot(self, state: JournalState) -> None:
-        """Write ``state`` whole (atomically), then empty the log it makes redundant."""
-        atomic_write_text(self.folder / SNAPSHOT_FILE, json.dumps(jsonable(state.to_dict())))
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Write ``state`` whole (atomically), now, then empty the log and the segments it makes redundant.
+
+        A background snapshot queued is dropped (this one supersedes it) and one being written waited for, so
+        it cannot land after this one; one that failed is superseded too, nothing of it was lost."""
+        if self.writer is not None:
+            self.writer.drain(self._key, drop=True)
+            try:
+                self.writer.check(self._key)
+            except Exception:  # noqa: BLE001, S110 - superseded by the snapshot written now (it raises if it fails)
+                pass
+        atomic_write_text(self.folder / SNAPSHOT_FILE, state.to_json())
+        self.close()
+        for k in segments(self.folder):
+            (self.folder / f"{LOG_FILE}.{k}").unlink(missing_ok=True)
         log = self.folder / LOG_FILE
         if log.exists():
             with open(log, "wb"):
@@ -183,4 +254,4 @@ class RecordJournal:
 
 
 __all__ = ["LOG_FILE", "SNAPSHOT_FILE", "JournalState", "RecordJournal", "apply_event", "check_meta", "jsonable",
-           "plain", "read_journal"]
+           "plain", "read_journal", "segments", "shallow"]

@@ -27,6 +27,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from squeezelstm.trainers.files import BackgroundWriter
+
 from ..pareto import STATUSES, TrialRecord
 from ._front import ParentFront
 from ._runs import (_MAX_TAG_VALUE, CONFIG_TAG, FAMILY_TAG, FINAL_PREFIX, PARENT_TAG, REF_TAGS, ROLE_TAG,
@@ -162,11 +164,13 @@ class SearchTracker:
     """Driver-side MLflow adapter of one search: the parent run, its children, and the Pareto front on it."""
 
     def __init__(self, tracking_uri: str | None, experiment: str, front_files: FrontFiles | None = None,
-                 report_every_s: float = 30.0) -> None:
+                 report_every_s: float = 30.0, writer: BackgroundWriter | None = None) -> None:
         """``front_files(records, folder, *, title, optimal_ppl, hypervolume_history, report) -> [names]`` writes
         the front's files that ``update_front`` logs on the parent run (none without it): at most every
         ``report_every_s`` seconds (the HTML report's plotly work and the uploads grow with the search), and
-        once more by ``end_search`` if a write was skipped."""
+        once more by ``end_search`` if a write was skipped. ``writer``: those periodic writes run in its
+        background thread, with a client of their own (``update_front`` does not wait for them); one that failed
+        is raised by the next ``end_trial``, ``update_front`` or ``end_search``, as an inline one would be."""
         if not isinstance(experiment, str) or not experiment.strip():
             raise ValueError(f"experiment must be a non-empty name, got experiment={experiment!r}")
         if isinstance(report_every_s, bool) or not isinstance(report_every_s, (int, float)) or not report_every_s >= 0:
@@ -174,6 +178,10 @@ class SearchTracker:
         self.report_every_s = float(report_every_s)
         self._files_at: float | None = None  # when the front's files were last written (time.monotonic)
         self._files_due: tuple | None = None  # (records source, optimal_ppl, report) of a skipped write
+        self._files_last: tuple | None = None  # the same, of the last write handed to the writer
+        self.writer = writer
+        self._key = f"front:{experiment}:{id(self)}"
+        self._writer_client = None  # the writer thread's own MlflowClient
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.front_files = front_files
@@ -263,6 +271,7 @@ class SearchTracker:
         A trial that never reached a worker (failed at start) still gets its child run here.
         """
         parent = self._require_parent()
+        self._check_writer()
         logger = TrialLogger(self.tracking_uri, self._experiment_id(), parent, record.number)
         logger._client = self.client
         front = self._front
@@ -316,6 +325,7 @@ class SearchTracker:
         if ref_params <= 0 or ref_ppl <= 0:
             raise ValueError(f"reference point must be positive, got ref_params={ref_params}, ref_ppl={ref_ppl}")
         parent = self._require_parent()
+        self._check_writer()
         given = None if callable(records) else list(records)
         source = records if callable(records) else (lambda: given)
         fetched: list[list[TrialRecord]] = []
@@ -336,15 +346,38 @@ class SearchTracker:
         self._write_files(once, optimal_ppl, report)
 
     def _write_files(self, source: Callable[[], Sequence[TrialRecord]], optimal_ppl: float | None,
-                     report: bool) -> None:
+                     report: bool, *, now: bool = False) -> None:
+        """The front's files from ``source()``'s records; by the writer (the records and the hypervolume history
+        read here, on the caller's thread, the files built and uploaded on the writer's) unless ``now``."""
         self._files_at, self._files_due = time.monotonic(), None
         records, parent = list(source()), self._require_parent()
+        history = list(self._front.history) if report else None
+        if self.writer is None or now:
+            self._upload_files(self.client, parent, records, optimal_ppl, report, history)
+            return
+        if self._writer_client is None:
+            # Its own client keeps ``self.client`` to the caller's thread. Both reach the store MLflow caches per
+            # URI, which is made for threads (the tracking server shares it): the SQLAlchemy store opens a session
+            # a call from its pool (SQLite: pooled connections any thread may use, writers queue on the database's
+            # lock, busy_timeout 20 s);
+            # the REST store shares a requests session (urllib3's pool is thread-safe).
+            self._writer_client = mlflow_client(self.tracking_uri)
+        self._files_last = (source, optimal_ppl, report)
+        client = self._writer_client
+        self.writer.submit(self._key, lambda: self._upload_files(client, parent, records, optimal_ppl, report, history))
+
+    def _upload_files(self, client, parent: str, records: list[TrialRecord], optimal_ppl: float | None, report: bool,
+                      history: list | None) -> None:
         with tempfile.TemporaryDirectory(prefix="squeezelstm-front-") as tmp:
             names = self.front_files(records, Path(tmp), title=f"Pareto front of search {self.experiment}",
-                                     optimal_ppl=optimal_ppl, report=report,
-                                     hypervolume_history=list(self._front.history) if report else None)
+                                     optimal_ppl=optimal_ppl, report=report, hypervolume_history=history)
             for name in names:
-                self.client.log_artifact(parent, str(Path(tmp) / name))
+                client.log_artifact(parent, str(Path(tmp) / name))
+
+    def _check_writer(self) -> None:
+        """Raise the error a background write of the front's files ended with (the tracking server gone...)."""
+        if self.writer is not None:
+            self.writer.check(self._key)
 
     def _log_reference(self, client, parent: str, ref_params: float, ref_ppl: float,
                        optimal_ppl: float | None) -> None:
@@ -360,13 +393,20 @@ class SearchTracker:
         self._ref_logged = values
 
     def end_search(self, status: str = "FINISHED") -> None:
-        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), after writing the front's files skipped last."""
+        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), after writing the front's files skipped last.
+
+        With a writer: its write still queued is dropped (the one written here, now, supersedes it), the one it
+        is running waited for, and one that failed raised (the parent run is still ended)."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got status={status!r}")
         try:
+            if self.writer is not None:
+                if self.writer.drain(self._key, drop=True) and self._files_due is None:
+                    self._files_due = self._files_last
+                self._check_writer()
             if self._files_due is not None:  # the files show the search as it ended
                 source, optimal_ppl, report = self._files_due
-                self._write_files(source, optimal_ppl, report)
+                self._write_files(source, optimal_ppl, report, now=True)
         finally:  # the parent run is ended even if the report fails (or a second Ctrl-C cuts it short)
             self.client.set_terminated(self._require_parent(), status=status)
 

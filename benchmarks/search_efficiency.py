@@ -77,17 +77,19 @@ def _ray_asha(max_t: int, **kwargs):
 
 def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], workers: int, budget: float,
                  epochs: int, vocab: int, ref: tuple[float, float], cost: str, fresh: bool = False,
-                 proposal_time: float | None = None) -> list[dict]:
+                 proposal_time: float | None = None, free_startup: bool = False) -> list[dict]:
     """Replay strategy ``spec`` once per seed; returns one dict per seed (trace, trials, counts).
 
     ``proposal_time``: each proposal takes that much simulated compute, prepared in the background as in a
-    Ray search (``replay_search``'s option); None: synchronous and instantaneous.
+    Ray search (``replay_search``'s option); None: synchronous and instantaneous. ``free_startup``: ehvi's random
+    start (its ``n_startup`` first closed trials, 8 by default) proposes in no simulated time.
     """
     from squeezelstm.search.backends import replay_search
     from squeezelstm.search.config import SearchConfig
 
     sampler, pruner, pruner_kwargs, asha, *rest = spec  # an optional fifth entry: the sampler's options
     sampler_kwargs = rest[0] if rest else None
+    startup = int((sampler_kwargs or {}).get("n_startup", 8)) if free_startup and sampler == "ehvi" else 0
     out = []
     for seed in seeds:
         stopper = _ray_asha(epochs, **asha) if asha is not None else None
@@ -97,7 +99,8 @@ def run_strategy(name: str, spec: tuple, table, space, *, seeds: list[int], work
             config = SearchConfig(space, sampler=sampler, pruner=pruner, seed=seed, epochs=epochs,
                                   sampler_options=sampler_kwargs or {}, pruner_options=pruner_kwargs)
             res = replay_search(table, config, workers=workers, budget=budget, cost=cost, stopper=stopper,
-                                vocab_size=vocab, ref=ref, fresh=fresh, proposal_time=proposal_time)
+                                vocab_size=vocab, ref=ref, fresh=fresh, proposal_time=proposal_time,
+                                startup_trials=startup)
         run = {"seed": seed, "trace": res.trace, "trials": res.trials, "counts": res.counts,
                "compute": res.compute, "wall_s": time.perf_counter() - start, "_result": res}
         if proposal_time is not None:
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proposal-time", type=float, nargs="+", default=None, metavar="D",
                         help="simulated compute (epochs) each proposal takes, prepared in the background as in a Ray "
                              "search; several values replay each strategy once per value (default: synchronous, 0)")
+    parser.add_argument("--free-startup", action="store_true",
+                        help="with --proposal-time: ehvi's random start (before n_startup trials closed) takes no time")
     parser.add_argument("--json", default=None)
     parser.add_argument("--html", default=None)
     args = parser.parse_args(argv)
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, name, d in runs_of:
         start = time.perf_counter()
         runs = run_strategy(name, catalogue[name], table, space, seeds=seeds, workers=args.workers, budget=budget,
-                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost, fresh=args.fresh, proposal_time=d)
+                            epochs=epochs, vocab=vocab, ref=ref, cost=args.cost, fresh=args.fresh, proposal_time=d,
+                            free_startup=args.free_startup)
         all_runs[key] = runs
         summary[key] = summarise(runs, best, budget, front, small)
         print(f"  {key}: {time.perf_counter() - start:.0f}s", flush=True)
@@ -289,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"ref": list(ref), "table": str(args.table), "configurations": len(table.curves), "complete": n_complete,
                    "front": [c.index for c in front], "best_hv": best, "budget": budget, "epochs": epochs,
                    "workers": args.workers, "seeds": seeds, "fresh": args.fresh, "proposal_time": args.proposal_time,
+                   "free_startup": args.free_startup,
                    "summary": summary,
                    "runs": {n: [{k: v for k, v in r.items() if k != "_result"} for r in rs] for n, rs in all_runs.items()}}
         Path(args.json).write_text(json.dumps(payload, default=lambda o: None if isinstance(o, float) else str(o)))

@@ -30,6 +30,7 @@ import dataclasses
 import heapq
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ def replay_search(
     state_dir: str | Path | None = None,
     on_complete: Callable[[Any, SearchController], None] | None = None,
     proposal_time: float | None = None,
+    startup_trials: int = 0,
 ) -> ReplayResult:
     """Simulate the search ``config`` over ``table`` until ``budget`` compute is spent; returns its trace.
 
@@ -142,7 +144,8 @@ def replay_search(
     ``on_complete(record, controller)`` runs after each completion, as a real driver's tracking does
     (``benchmarks/driver_scale.py``); both count in the result-handling latency.
     ``proposal_time``: simulated compute a proposal takes, prepared in the background as in a Ray search
-    (see the module's docstring); None (the default): synchronous and instantaneous.
+    (see the module's docstring); None (the default): synchronous and instantaneous. ``startup_trials``: a proposal
+    made while fewer trials than that have closed takes no simulated time (ehvi's random start: its ``n_startup``).
     """
     space = config.space
     recorded = tuple(f for f in space.families if f in table.by_family)
@@ -161,6 +164,8 @@ def replay_search(
         if isinstance(proposal_time, bool) or not isinstance(proposal_time, (int, float)) \
                 or not math.isfinite(proposal_time) or proposal_time < 0:
             raise ValueError(f"proposal_time must be a number >= 0 or None, got proposal_time={proposal_time!r}")
+        if not isinstance(startup_trials, int) or isinstance(startup_trials, bool) or startup_trials < 0:
+            raise ValueError(f"startup_trials must be an integer >= 0, got startup_trials={startup_trials!r}")
         if config.trials != max_trials:  # the controller prepares proposals for launches to come, up to its trials
             config = config.replace(trials=max_trials)
     epochs = space.trial_epochs(config.epochs)
@@ -174,14 +179,22 @@ def replay_search(
     mapped: dict[str, Curve] = {}
     used: set[int] = set()
 
+    driver = threading.current_thread()
+    last: list[int] = []  # the curve the driver's thread mapped last: the launched one once a refill starts
+
     def replay_measure(config: dict) -> tuple[int, int]:
         params, flops = exact(config)
         if space.exceeds_budget(params, flops):
             return params, flops  # rejected by the controller as in the real search
         model = config.get("model", {})
         sampled = _flat_sampled(config, space)
-        curve = table.nearest(str(model.get("cell")), sampled, params, used if fresh else frozenset())
-        mapped[_key(config)] = curve
+        if threading.current_thread() is driver:
+            curve = table.nearest(str(model.get("cell")), sampled, params, used if fresh else frozenset())
+            mapped[_key(config)] = curve
+            last[:] = [curve.index]
+        else:  # a background proposal's candidates: ``used`` as at its refill, whether or not the launch that
+            # started it has been noted yet (so its timing cannot change what it proposes); never a launch's mapping
+            curve = table.nearest(str(model.get("cell")), sampled, params, used | set(last) if fresh else frozenset())
         return curve.params, curve.flops
 
     controller = SearchController(config, vocab_size=vocab_size, measure=replay_measure, state_dir=state_dir,
@@ -197,7 +210,11 @@ def replay_search(
     by_number: dict[int, dict] = {}
     clock = 0.0  # the driver's simulated time: the latest event handled or launch made
     ready_at: float | None = None  # when the proposal being prepared in the background is usable (None: none is)
-    refills = 0
+    proposed_at = 0.0  # when that proposal started (its snapshot)
+    refills = closed = 0
+
+    def cost_now() -> float:  # what a proposal started now takes: none in the sampler's random start
+        return 0.0 if closed < startup_trials else proposal_time
 
     def step_cost(curve: Curve, epoch: int) -> float:
         if cost == "epochs":
@@ -206,10 +223,10 @@ def replay_search(
 
     def note_refill(now: float) -> None:
         """A proposal started in the background by the call just made is usable ``proposal_time`` later."""
-        nonlocal ready_at, refills
+        nonlocal ready_at, refills, proposed_at
         if controller.proposal_refills != refills:
             refills = controller.proposal_refills
-            ready_at = now + proposal_time
+            ready_at, proposed_at = now + cost_now(), now
             result.log.append(("refill", now))
 
     def can_launch() -> bool:
@@ -218,12 +235,12 @@ def replay_search(
     def launch(now: float) -> None:
         nonlocal committed, tick, ready_at, clock
         prepared, rejected = ready_at is not None, controller.rejected
+        proposed = proposed_at if prepared else now  # when the proposal's snapshot was taken
         start = time.perf_counter()
         spec = controller.suggest()
         result.latency["proposal"].append(time.perf_counter() - start)
-        proposed = ready_at - proposal_time if prepared else now  # when the proposal's snapshot was taken
         if proposal_time is not None:  # one synchronous proposal unless prepared, one more per over-budget retry
-            now += proposal_time * (int(not prepared) + controller.rejected - rejected)
+            now += cost_now() * (int(not prepared) + controller.rejected - rejected)
             clock, ready_at = now, None
         result.log.append(("launch", now, spec.number, proposed, prepared))
         if proposal_time is not None:
@@ -254,7 +271,7 @@ def replay_search(
 
     def step(at: float, now: float, number: int, epoch: int) -> None:
         """Epoch ``epoch`` of trial ``number``, ended at ``at``, handled by the driver at ``now``."""
-        nonlocal committed, spent, tick, front_points
+        nonlocal committed, spent, tick, front_points, closed
         curve = running[number]
         c = step_cost(curve, epoch)
         committed -= c
@@ -288,6 +305,7 @@ def replay_search(
             return record
 
         record = handled(close)
+        closed += 1
         result.log.append(("complete", now, number, record.status))
         if proposal_time is not None:
             note_refill(now)

@@ -28,10 +28,10 @@ def _config(space, sampler="ehvi"):  # three random proposals, then the model: t
     return SearchConfig(space, sampler=sampler, pruner="pareto", seed=1, epochs=EPOCHS, sampler_options=options)
 
 
-def _replay(made_up, proposal_time, workers=3, sampler="ehvi"):
+def _replay(made_up, proposal_time, workers=3, sampler="ehvi", startup_trials=0):
     space, table = made_up
     return replay_search(table, _config(space, sampler), workers=workers, budget=60, vocab_size=VOCAB,
-                         proposal_time=proposal_time)
+                         proposal_time=proposal_time, startup_trials=startup_trials)
 
 
 def test_d0_is_the_synchronous_replay_and_d_is_deterministic(made_up):
@@ -48,6 +48,11 @@ def test_d0_is_the_synchronous_replay_and_d_is_deterministic(made_up):
     assert sum(prepared for *_, prepared in launches) == len(launches) - 1
     assert a.trace_time == sorted(a.trace_time) and a.trace_time[-1] > sync.trace_time[-1]  # proposals take time
     assert a.time_to(a.trace[-1][1]) in a.trace_time and a.time_to(2.0) is None
+    free = _replay(made_up, D, startup_trials=10**6)  # every proposal in the random start: none takes time
+    assert free.trials == sync.trials and free.trace_time == sync.trace_time
+    start = _replay(made_up, D, startup_trials=3)  # the first three proposals free, then each takes D
+    launches = [e for e in start.log if e[0] == "launch"]
+    assert [at for _, at, *_ in launches[:3]] == [0.0, 0.0, 0.0] and launches[-1][1] > 0
 
 
 def test_a_prepared_proposal_misses_the_results_that_arrive_while_it_computes(made_up, monkeypatch):

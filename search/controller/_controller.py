@@ -45,7 +45,7 @@ from ..pareto import SIZES, TrialRecord, objective_values, objectives, pareto_fr
 from ..pruners import PruningBridge
 from ..samplers import (ExactSizeEHVI, Observation, Prefetcher, local_draw, make_sampler, one_thread, random_draw,
                         space_dists)
-from ..space import SearchSpace, model_cost
+from ..space import model_cost
 from ._journal import JournalState, RecordJournal, check_meta, jsonable, plain, shallow
 from ._sizes import corpus_vocab_size, record_sizes, size_reference
 from ._study import count_trials, quiet_optuna

@@ -315,3 +315,20 @@ def test_relative_sqlite_uris_are_made_absolute_for_the_trials_that_run_elsewher
     assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert resolve_tracking_uri("m.db") == f"sqlite:///{tmp_path.resolve() / 'm.db'}"
     assert resolve_tracking_uri("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
+
+
+def test_a_long_front_fits_the_run_description_and_says_what_it_left_out():
+    """MLflow cuts a tag's value at 8,000 characters: a front of a few hundred trials keeps its smallest rows
+    whole and ends with a line naming how many more there are, instead of a row cut in two."""
+    from squeezelstm.search.tracking._ui import NOTE_MAX_CHARS, front_markdown
+
+    front = [record(n, 1000 + 10 * n, 500.0 - n) for n in range(300)]
+    text = front_markdown(front, "big", 1.5)
+    assert len(text) <= NOTE_MAX_CHARS == 8000
+    lines = text.splitlines()
+    rows = [line for line in lines[4:] if line.startswith("| ")]
+    assert 20 < len(rows) < 300 and all(line.endswith(" |") for line in rows)
+    assert [int(line.split("|")[1]) for line in rows] == list(range(len(rows)))  # smallest first, none skipped
+    assert lines[-1] == f"... and {300 - len(rows)} larger trial(s) on the front: all 300 are in `pareto_front.csv`."
+    short = front_markdown(front[:3], "small")
+    assert len(short.splitlines()) == 7 and "larger trial(s)" not in short  # a short front is left whole

@@ -89,6 +89,7 @@ class SearchSession:
     reissue: list = field(default_factory=list)
     on_change: Callable[[], None] | None = None
     events: Any = None  # a DriverEventLog (SQUEEZELSTM_DRIVER_EVENTS), or None
+    track: Any = None  # a TrackingQueue: the tracker's per-completion work runs there (None: on Ray's loop)
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
     error: Exception | None = None
@@ -238,11 +239,11 @@ class ControllerSearcher(Searcher):
         record = s.controller.complete(number, status, final)
         s.completed.add(number)
         if s.tracker is not None:
-            s.tracker.end_trial(record)
-            if s.ref_params and s.ref_ppl:
-                s.tracker.update_front(  # the records are read only when the front's files are due (shallow copies)
-                    s.controller.records_view, ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
-                )
+            if s.track is None:
+                _track_completion(s, record)
+            else:  # off Ray's loop, in order (``TrackingQueue``); an earlier completion's tracking failure ends it here
+                s.track.check()
+                s.track.submit(lambda: _track_completion(s, record))
         if s.on_change is not None:
             s.on_change()
         s.emit(record.status, number, record)
@@ -286,6 +287,15 @@ class ControllerScheduler(FIFOScheduler):
                            reported_at=reported, arrived=arrived, wait_s=None if reported is None else arrived - reported,
                            handle_s=time.time() - arrived, proposing=proposing, prune=bool(prune))
         return TrialScheduler.STOP if prune else TrialScheduler.CONTINUE
+
+
+def _track_completion(s: SearchSession, record: Any) -> None:
+    """A closed trial's MLflow work: its child run ended, the parent's front brought up to date."""
+    s.tracker.end_trial(record)
+    if s.ref_params and s.ref_ppl:
+        s.tracker.update_front(  # the records are read only when the front's files are due (shallow copies)
+            s.controller.records_view, ref_params=s.ref_params, ref_ppl=s.ref_ppl, optimal_ppl=s.optimal_ppl
+        )
 
 
 def _proposing(controller: Any) -> bool | None:

@@ -40,6 +40,7 @@ from ._event_log import DriverEventLog
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import RecordsFile, SearchPaths, check_writable, has_state, resolve_paths
 from ._threads import ray_nodes, trial_threads
+from ._tracking_queue import TrackingQueue
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: records_file.maybe_write(controller.records_view),
         events=DriverEventLog.from_env(paths.experiment_dir),
+        track=TrackingQueue() if tracker is not None else None,
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
     status = "FINISHED"
@@ -322,7 +324,10 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
                 controller.flush()
                 records_file.write(controller.records())
                 if tracker is not None:
-                    tracker.end_search(status)
+                    session.track.drain()  # the completions' MLflow work still queued (a second Ctrl-C cuts it short)
+                    failed = session.track.error is not None
+                    tracker.end_search("FAILED" if failed and status == "FINISHED" else status)
+                    session.track.check()  # a tracking failure is the search's error (--resume ends what it dropped)
             except (SearchInterrupted, KeyboardInterrupt):  # a second signal while closing: stop at once
                 raise _stopped_at_once(stop, controller) from None
             finally:

@@ -63,6 +63,8 @@ class FakeController:
     def records(self):
         return [self.recs[k] for k in sorted(self.recs)]
 
+    records_view = records
+
     def record(self, number):
         return self.recs[number]
 
@@ -346,3 +348,85 @@ def test_export_then_train_reproduces_the_trial(search, tmp_path):
     assert again.status == "finished"
     assert again.valid_ppl == pytest.approx(record.valid_ppl, rel=1e-4)
     assert again.test_ppl == pytest.approx(record.test_ppl, rel=1e-4)
+
+
+class SlowTracker:
+    """A tracker whose completion work takes ``delay`` seconds (MLflow round trips), or fails from trial ``fail_at``."""
+
+    def __init__(self, delay=0.0, fail_at=None):
+        self.delay, self.fail_at = delay, fail_at
+        self.ended: list[int] = []
+        self.fronts = 0
+        self.threads: set[str] = set()
+
+    def end_trial(self, record):
+        import threading
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail_at is not None and record.number >= self.fail_at:
+            raise ConnectionError(f"tracking server gone at trial {record.number}")
+        self.ended.append(record.number)
+
+    def update_front(self, records, **kwargs):
+        self.fronts += 1
+
+    def trial_logger(self, number):
+        return None
+
+
+def test_a_completions_tracking_runs_off_rays_loop_in_order():
+    """Ending the child run and updating the front take their time on the tracking queue's thread, not on
+    the loop thread that calls on_trial_complete (it returns at once), and run in the order trials closed."""
+    import time
+
+    from squeezelstm.search.backends._tracking_queue import TrackingQueue
+
+    tracker = SlowTracker(delay=0.2)
+    s = SearchSession(controller=FakeController(), trials=4, trials_dir="/nonexistent", tracker=tracker,
+                      ref_params=1e6, ref_ppl=500.0, track=TrackingQueue())
+    token = register_session(s)
+    try:
+        searcher = ControllerSearcher(token)
+        for i in range(4):
+            searcher.suggest(f"id{i}")
+        final = {"final": True, "trial_status": "finished", "valid_ppl": 12.5, "config": {}}
+        start = time.perf_counter()
+        for i in (2, 0, 3, 1):
+            searcher.on_trial_complete(f"id{i}", {**final, "number": i})
+        assert time.perf_counter() - start < 0.2  # four completions' 0.8 s of tracking did not hold the loop
+        assert s.track.pending() > 0
+        s.track.drain()
+        assert s.track.error is None, repr(s.track.error)
+        assert tracker.ended == [2, 0, 3, 1] and tracker.fronts == 4 and s.track.done == 4
+        assert tracker.threads == {"squeezelstm-tracking"}
+    finally:
+        release_session(token)
+
+
+def test_a_tracking_failure_off_the_loop_ends_the_search_at_the_next_completion():
+    from squeezelstm.search.backends._tracking_queue import TrackingQueue
+
+    tracker = SlowTracker(fail_at=1)
+    s = SearchSession(controller=FakeController(), trials=4, trials_dir="/nonexistent", tracker=tracker,
+                      track=TrackingQueue())
+    token = register_session(s)
+    try:
+        searcher = ControllerSearcher(token)
+        for i in range(4):
+            searcher.suggest(f"id{i}")
+        final = {"final": True, "trial_status": "finished", "valid_ppl": 12.5, "config": {}}
+        searcher.on_trial_complete("id0", {**final, "number": 0})
+        searcher.on_trial_complete("id1", {**final, "number": 1})
+        s.track.drain()
+        with pytest.raises(ConnectionError, match="gone at trial 1"):  # raised on the loop thread, as before
+            searcher.on_trial_complete("id2", {**final, "number": 2})
+        assert tracker.ended == [0]
+        s.track.submit(lambda: tracker.ended.append(99))  # a stopped queue takes no more work
+        s.track.drain()
+        assert tracker.ended == [0] and s.track.pending() == 0
+        with pytest.raises(ConnectionError):
+            s.track.check()
+    finally:
+        release_session(token)

@@ -23,6 +23,7 @@ from ..config import SearchConfig
 from ..controller import corpus_vocab_size
 from ..pareto import TrialRecord, pareto_front
 from ..space import SearchSpace, model_cost
+from ._gc import survivors_frozen
 from ._replay import CurveTable
 from ._replay_loop import ReplayResult, replay_search
 
@@ -104,8 +105,9 @@ def run_replay(table: CurveTable, config: SearchConfig, *, trials: int, workers:
     epochs = space.trial_epochs(config.epochs)
     ref = (float(space.max_params), float(vocab))  # what `squeezelstm search` reports against
     start = time.perf_counter()
-    result = replay_search(table, config, workers=workers, budget=budget, vocab_size=vocab, ref=ref,
-                           max_trials=trials, fresh=mapping == "fresh", proposal_time=proposal_time)
+    with survivors_frozen():  # the driver's heap, as a search's: no full collection walking every trial
+        result = replay_search(table, config, workers=workers, budget=budget, vocab_size=vocab, ref=ref,
+                               max_trials=trials, fresh=mapping == "fresh", proposal_time=proposal_time)
     wall = time.perf_counter() - start
     out = summarise(table, config, result, ref=ref, epochs=epochs, workers=workers, mapping=mapping, wall_s=wall)
     out["proposal_time"] = proposal_time

@@ -37,6 +37,7 @@ from ..pareto import TrialRecord, log_hypervolume, pareto_front, records_datafra
 from ..tracking import FrontFiles, SearchTracker
 from ._driver_lock import hold as hold_driver_lock
 from ._event_log import DriverEventLog
+from ._gc import survivors_frozen
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import RecordsFile, SearchPaths, check_writable, has_state, resolve_paths
 from ._threads import ray_nodes, trial_threads
@@ -308,7 +309,8 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
                             failure_config=tune.FailureConfig(max_failures=config.max_failures),
                         ),
                     )
-                    fit_until_signal(tuner.fit, stop)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
+                    with survivors_frozen():  # no full garbage collection walking every trial's objects
+                        fit_until_signal(tuner.fit, stop)  # SearchInterrupted on Ctrl-C / SIGTERM; running trials keep their checkpoints
                     if session.error is not None:
                         raise session.error
         except BaseException as exc:

@@ -26,3 +26,24 @@ def test_trial_threads_is_the_nodes_share(cpus, gpus, nodes, want):
         if node_cpus >= cpus and node_gpus >= gpus and gpus > 0:
             packed = min(int(node_cpus // cpus), int(node_gpus / gpus + 1e-9))
             assert packed * got <= max(node_cpus, packed)  # the packed trials' threads fit the node's cores
+
+
+def test_a_drivers_full_collections_freeze_what_survives_them_and_leaving_unfreezes():
+    import gc
+
+    from squeezelstm.search.backends._gc import survivors_frozen
+
+    gc.unfreeze()
+    keep = [[i] for i in range(10_000)]  # a driver's long-lived objects
+    with survivors_frozen():
+        gc.collect(1)
+        assert gc.get_freeze_count() == 0  # a young collection freezes nothing
+        gc.collect(2)
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(keep)  # survivors of a full collection are out of later ones
+        cycle = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect(2) >= 1  # garbage made after the freeze is still collected
+    assert gc.get_freeze_count() == 0 and gc.callbacks.count(survivors_frozen) == 0
+    del keep

@@ -57,17 +57,25 @@ def test_nearest_returns_exact_recorded_config_and_keeps_family(made_up):
         table.nearest("nope", {}, 10)
 
 
-def test_csv_round_trip_and_truncated_curves(tmp_path, made_up):
-    _, table = made_up
-    path = tmp_path / "t.csv.gz"
+def write_table_csv(curves, path, extra_rows=()):
+    """``curves`` as a recorded-curves CSV (gzip) at ``path``, every epoch 0.5 s, then ``extra_rows`` as they
+    are; returns ``path``."""
+    import json
+
     with gzip.open(path, "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "train_ppl", "epoch_s", "status"])
-        import json
-        for c in table.curves[:3]:
+        for c in curves:
             for e, v in enumerate(c.valid, 1):
                 w.writerow([c.index, c.family, json.dumps(c.sampled), c.params, c.flops, e, v, "", 0.5, c.status])
-        w.writerow([99, "lstm", "{}", 5000, 10, 1, 150.0, "", 0.5, "diverged"])
+        w.writerows(extra_rows)
+    return path
+
+
+def test_csv_round_trip_and_truncated_curves(tmp_path, made_up):
+    _, table = made_up
+    path = write_table_csv(table.curves[:3], tmp_path / "t.csv.gz",
+                           extra_rows=[[99, "lstm", "{}", 5000, 10, 1, 150.0, "", 0.5, "diverged"]])
     back = CurveTable.from_csv(path)
     assert [c.valid for c in back.curves[:3]] == [pytest.approx(c.valid) for c in table.curves[:3]]
     assert back.curves[-1].final(1) == 150.0 and back.curves[-1].final(2) is None
@@ -149,13 +157,7 @@ def test_search_efficiency_script_end_to_end(tmp_path, made_up, capsys):
     import json
 
     _, table = made_up
-    path = tmp_path / "curves.csv.gz"
-    with gzip.open(path, "wt", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "train_ppl", "epoch_s", "status"])
-        for c in table.curves:
-            for e, v in enumerate(c.valid, 1):
-                w.writerow([c.index, c.family, json.dumps(c.sampled), c.params, c.flops, e, v, "", 0.5, c.status])
+    path = write_table_csv(table.curves, tmp_path / "curves.csv.gz")
     bench = _bench_module("search_efficiency")
     out_json, out_html = tmp_path / "e.json", tmp_path / "e.html"
     assert bench.main(["--table", str(path), "--seeds", "2", "--budget", "24", "--ref-ppl", "vocab",

@@ -12,7 +12,7 @@ from squeezelstm.search.backends import replay_search
 from squeezelstm.search.config import SearchConfig
 from squeezelstm.search.samplers import ExactSizeEHVI
 
-from .test_search_replay import EPOCHS, VOCAB, _bench_module, _made_up_table
+from .test_search_replay import EPOCHS, VOCAB, _bench_module, _made_up_table, write_table_csv
 from .test_search_replay_cli import TABLE, run
 
 D = 1.5
@@ -119,17 +119,8 @@ def test_the_command_reports_results_handled_while_a_proposal_computes(capsys):
 
 
 def test_search_efficiency_takes_proposal_times(tmp_path, made_up, capsys):
-    import csv
-    import gzip
-
     _, table = made_up
-    path = tmp_path / "curves.csv.gz"
-    with gzip.open(path, "wt", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "family", "sampled", "params", "flops", "epoch", "valid_ppl", "train_ppl", "epoch_s", "status"])
-        for c in table.curves:
-            for e, v in enumerate(c.valid, 1):
-                w.writerow([c.index, c.family, json.dumps(c.sampled), c.params, c.flops, e, v, "", 0.5, c.status])
+    path = write_table_csv(table.curves, tmp_path / "curves.csv.gz")
     out_json = tmp_path / "e.json"
     bench = _bench_module("search_efficiency")
     assert bench.main(["--table", str(path), "--seeds", "1", "--budget", "24", "--ref-ppl", "vocab", "--workers", "3",

@@ -38,6 +38,7 @@ from squeezelstm.trainers import Config, train
 from squeezelstm.trainers.checkpoint import checkpoint_path, load_checkpoint
 
 from ..pareto import TrialRecord, log_hypervolume, pareto_front, size_text
+from ._tracking_queue import TrackingQueue
 
 # Keys of an epoch's metrics that are passed on to the controller (Ray adds many of its own).
 _FINAL_KEYS = ("valid_ppl", "test_ppl", "train_ppl", "params", "tokens_per_s", "epochs", "elapsed_s", "history")
@@ -89,7 +90,7 @@ class SearchSession:
     reissue: list = field(default_factory=list)
     on_change: Callable[[], None] | None = None
     events: Any = None  # a DriverEventLog (SQUEEZELSTM_DRIVER_EVENTS), or None
-    track: Any = None  # a TrackingQueue: the tracker's per-completion work runs there (None: on Ray's loop)
+    track: TrackingQueue = field(default_factory=TrackingQueue)  # the tracker's per-completion work runs there
     started: set = field(default_factory=set)
     completed: set = field(default_factory=set)
     error: Exception | None = None
@@ -238,12 +239,9 @@ class ControllerSearcher(Searcher):
             status, final = "pruned", None
         record = s.controller.complete(number, status, final)
         s.completed.add(number)
-        if s.tracker is not None:
-            if s.track is None:
-                _track_completion(s, record)
-            else:  # off Ray's loop, in order (``TrackingQueue``); an earlier completion's tracking failure ends it here
-                s.track.check()
-                s.track.submit(lambda: _track_completion(s, record))
+        if s.tracker is not None:  # off Ray's loop, in order; an earlier completion's tracking failure ends it here
+            s.track.check()
+            s.track.submit(lambda: _track_completion(s, record))
         if s.on_change is not None:
             s.on_change()
         s.emit(record.status, number, record)

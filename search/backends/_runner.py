@@ -41,7 +41,6 @@ from ._gc import survivors_frozen
 from ._interrupt import SearchInterrupted, StopSignals, fit_until_signal
 from ._storage import RecordsFile, SearchPaths, check_writable, has_state, resolve_paths
 from ._threads import ray_nodes, trial_threads
-from ._tracking_queue import TrackingQueue
 
 
 @dataclass(frozen=True)
@@ -284,7 +283,6 @@ def _fit(config: SearchConfig, controller: SearchController, paths: SearchPaths,
         ref_params=ref_params, ref_ppl=ref_ppl, optimal_ppl=optimal_ppl, reissue=list(unfinished),
         on_change=lambda: records_file.maybe_write(controller.records_view),
         events=DriverEventLog.from_env(paths.experiment_dir),
-        track=TrackingQueue() if tracker is not None else None,
     )
     to_run = len(unfinished) + max(0, config.trials - len(controller.records()))
     status = "FINISHED"

@@ -7,6 +7,7 @@ agrees with the controller, and an exported trial trains again to the same perpl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
@@ -376,22 +377,27 @@ class SlowTracker:
         return None
 
 
-def test_a_completions_tracking_runs_off_rays_loop_in_order():
-    """Ending the child run and updating the front take their time on the tracking queue's thread, not on
-    the loop thread that calls on_trial_complete (it returns at once), and run in the order trials closed."""
-    import time
-
-    from squeezelstm.search.backends._tracking_queue import TrackingQueue
-
-    tracker = SlowTracker(delay=0.2)
-    s = SearchSession(controller=FakeController(), trials=4, trials_dir="/nonexistent", tracker=tracker,
-                      ref_params=1e6, ref_ppl=500.0, track=TrackingQueue())
+@contextlib.contextmanager
+def tracked_searcher(tracker, **session):
+    """A registered session with ``tracker`` and four suggested trials: (session, searcher, a final result)."""
+    s = SearchSession(controller=FakeController(), trials=4, trials_dir="/nonexistent", tracker=tracker, **session)
     token = register_session(s)
     try:
         searcher = ControllerSearcher(token)
         for i in range(4):
             searcher.suggest(f"id{i}")
-        final = {"final": True, "trial_status": "finished", "valid_ppl": 12.5, "config": {}}
+        yield s, searcher, {"final": True, "trial_status": "finished", "valid_ppl": 12.5, "config": {}}
+    finally:
+        release_session(token)
+
+
+def test_a_completions_tracking_runs_off_rays_loop_in_order():
+    """Ending the child run and updating the front take their time on the tracking queue's thread, not on
+    the loop thread that calls on_trial_complete (it returns at once), and run in the order trials closed."""
+    import time
+
+    tracker = SlowTracker(delay=0.2)
+    with tracked_searcher(tracker, ref_params=1e6, ref_ppl=500.0) as (s, searcher, final):
         start = time.perf_counter()
         for i in (2, 0, 3, 1):
             searcher.on_trial_complete(f"id{i}", {**final, "number": i})
@@ -401,22 +407,11 @@ def test_a_completions_tracking_runs_off_rays_loop_in_order():
         assert s.track.error is None, repr(s.track.error)
         assert tracker.ended == [2, 0, 3, 1] and tracker.fronts == 4 and s.track.done == 4
         assert tracker.threads == {"squeezelstm-tracking"}
-    finally:
-        release_session(token)
 
 
 def test_a_tracking_failure_off_the_loop_ends_the_search_at_the_next_completion():
-    from squeezelstm.search.backends._tracking_queue import TrackingQueue
-
     tracker = SlowTracker(fail_at=1)
-    s = SearchSession(controller=FakeController(), trials=4, trials_dir="/nonexistent", tracker=tracker,
-                      track=TrackingQueue())
-    token = register_session(s)
-    try:
-        searcher = ControllerSearcher(token)
-        for i in range(4):
-            searcher.suggest(f"id{i}")
-        final = {"final": True, "trial_status": "finished", "valid_ppl": 12.5, "config": {}}
+    with tracked_searcher(tracker) as (s, searcher, final):
         searcher.on_trial_complete("id0", {**final, "number": 0})
         searcher.on_trial_complete("id1", {**final, "number": 1})
         s.track.drain()
@@ -428,5 +423,3 @@ def test_a_tracking_failure_off_the_loop_ends_the_search_at_the_next_completion(
         assert tracker.ended == [0] and s.track.pending() == 0
         with pytest.raises(ConnectionError):
             s.track.check()
-    finally:
-        release_session(token)

@@ -64,13 +64,30 @@ def pareto_should_prune(
     ``(1 + neighbor_margin)`` times the ``percentile`` of theirs (neighbourhood). A non-finite
     ``value`` is always pruned.
     """
+    pairs = np.asarray(list(others), dtype=float).reshape(-1, 2)
+    order = np.argsort(pairs[:, 0], kind="stable")
+    return _prune_sorted(value, params, pairs[order, 0], pairs[order, 1], margin=margin, window=window,
+                         percentile=percentile, min_neighbors=min_neighbors, neighbor_margin=neighbor_margin)
+
+
+def _prune_sorted(value: float, params: int, step_params: np.ndarray, step_values: np.ndarray, *, margin: float,
+                  window: float, percentile: float, min_neighbors: int, neighbor_margin: float) -> bool:
+    """``pareto_should_prune`` with the others' params and values as two arrays sorted by params (how
+    ``PruningBridge`` keeps them): "no more parameters" is a prefix, found by bisection. Multiplying by
+    ``1 + margin`` is monotone in floating point, so "some smaller trial's value times ``1 + margin`` is
+    <= ``value``" is "their least value times it is"; the percentile does not depend on the values' order.
+    """
     if not math.isfinite(value):
         return True
-    smaller = [(p, v) for p, v in others if p <= params and math.isfinite(v)]
-    if any(v * (1.0 + margin) <= value for _, v in smaller):
+    smaller_p = step_params[: int(np.searchsorted(step_params, params, side="right"))]
+    smaller_v = step_values[: smaller_p.size]
+    finite = np.isfinite(smaller_v)
+    if not finite.all():
+        smaller_p, smaller_v = smaller_p[finite], smaller_v[finite]
+    if smaller_v.size and float(smaller_v.min()) * (1.0 + margin) <= value:
         return True
-    neighbours = [v for p, v in smaller if p * window >= params]
-    if len(neighbours) >= min_neighbors:
+    neighbours = smaller_v[smaller_p * window >= params]
+    if neighbours.size >= min_neighbors:
         return value > (1.0 + neighbor_margin) * float(np.percentile(neighbours, percentile))
     return False
 
@@ -132,32 +149,16 @@ class ParetoAwarePruner(BasePruner):
             for t in trials
             if t.number != trial.number and step in t.intermediate_values and PARAMS_ATTR in t.user_attrs
         ]
-        return pareto_should_prune(
-            best, params, others, margin=self.margin, window=self.window,
-            percentile=self.percentile, min_neighbors=self.min_neighbors, neighbor_margin=self.neighbor_margin,
-        )
+        return pareto_should_prune(best, params, others, **self._rules())
 
     def decide(self, value: float, params: int, step_params: np.ndarray, step_values: np.ndarray) -> bool:
-        """``pareto_should_prune`` on the other trials' ``(params, value)`` at one step held as two arrays
-        sorted by params (``PruningBridge``'s index): the same decision, in a few vectorised passes.
+        """``prune``'s decision from the other trials' params and values at the step, two arrays sorted by
+        params (``PruningBridge``'s index)."""
+        return _prune_sorted(value, params, step_params, step_values, **self._rules())
 
-        Multiplying by ``1 + margin`` is monotone in floating point, so "some smaller trial's value times
-        ``1 + margin`` is <= ``value``" is "their least value times it is"; the percentile does not depend on
-        the order of its values.
-        """
-        if not math.isfinite(value):
-            return True
-        smaller_p = step_params[: int(np.searchsorted(step_params, params, side="right"))]
-        smaller_v = step_values[: smaller_p.size]
-        finite = np.isfinite(smaller_v)
-        if not finite.all():
-            smaller_p, smaller_v = smaller_p[finite], smaller_v[finite]
-        if smaller_v.size and float(smaller_v.min()) * (1.0 + self.margin) <= value:
-            return True
-        neighbours = smaller_v[smaller_p * self.window >= params]
-        if neighbours.size >= self.min_neighbors:
-            return value > (1.0 + self.neighbor_margin) * float(np.percentile(neighbours, self.percentile))
-        return False
+    def _rules(self) -> dict:
+        return {"margin": self.margin, "window": self.window, "percentile": self.percentile,
+                "min_neighbors": self.min_neighbors, "neighbor_margin": self.neighbor_margin}
 
 
 def make_pruner(name: str, **kwargs) -> BasePruner:
@@ -258,7 +259,7 @@ class PruningBridge:
         step = max(curve)
         if step < pruner.n_warmup_steps or self._completed < pruner.n_startup_trials:
             return False
-        finite = [v for s, v in curve.items() if s <= step and math.isfinite(v)]
+        finite = [v for v in curve.values() if math.isfinite(v)]  # every step reported is <= step, the last
         best = min(finite) if finite else math.inf
         step_params, step_values = self._steps[step].others(number)
         return pruner.decide(best, self._params[number], step_params, step_values)
